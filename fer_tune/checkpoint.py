@@ -1,0 +1,56 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)`` only."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fer_tune.errors import UserError
+
+FORMAT = "fer-tune/1"
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (tensors and plain types) to ``path`` via a temporary file + rename, so a
+    crash mid-write never leaves a half file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a fer-tune checkpoint; anything unreadable is a :class:`UserError` naming the file and why."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; give the path of a .pt file written by fer-tune")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / foreign files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: not a readable checkpoint ({reason[:200]}); it may be truncated or not written by "
+            "fer-tune: re-create it"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
+        raise UserError(f"{path}: not a fer-tune checkpoint (no '{FORMAT}' format tag); re-create it")
+    return payload
+
+
+def model_state_from(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model weights and the training config stored in a checkpoint."""
+    payload = load_checkpoint(path)
+    return payload["model"], payload.get("config", {})

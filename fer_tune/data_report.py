@@ -1,0 +1,90 @@
+"""``launch.py data PATH``: describe a FER2013 file for a person (splits x classes, blanks, duplicates)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from fer_tune import EMOTIONS
+from fer_tune.data import CANONICAL_MD5, FerData
+
+
+def duplicate_groups(images: np.ndarray) -> np.ndarray:
+    """A group id per image: pixel-identical images share an id."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    rows = flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
+    _, group = np.unique(rows, return_inverse=True)
+    return group.ravel()
+
+
+def rows_with_copy_in(data: FerData, split: str, reference: str = "Training") -> np.ndarray:
+    """Boolean mask over ``split``'s rows: True where the exact pixels also occur in ``reference``."""
+    group = duplicate_groups(data.images)
+    ref_code = data.split_names.index(reference)
+    code = data.split_names.index(split)
+    in_reference = np.zeros(group.max() + 1, dtype=bool)
+    in_reference[group[data.usage == ref_code]] = True
+    return in_reference[group[data.usage == code]]
+
+
+def file_md5(path: Path) -> str:
+    """MD5 of a file, read in 8 MiB chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe(data: FerData) -> str:
+    """A Markdown description of ``data``."""
+    lines = [f"# {data.source}", ""]
+    source = Path(data.source)
+    if source.is_file():
+        md5 = file_md5(source)
+        verdict = "the canonical Kaggle fer2013.csv" if md5 == CANONICAL_MD5 else "NOT the canonical Kaggle fer2013.csv"
+        lines += [f"md5 {md5}: {verdict} (canonical md5 {CANONICAL_MD5})", ""]
+    for note in data.notes:
+        lines.append(f"note: {note}")
+    lines += [f"roles: {', '.join(f'{k} = {v}' for k, v in data.roles.items())}", ""]
+
+    header = "| split | " + " | ".join(EMOTIONS) + " | total |"
+    lines += [header, "|" + "---|" * (len(EMOTIONS) + 2)]
+    for code, name in enumerate(data.split_names):
+        counts = np.bincount(data.labels[data.usage == code], minlength=len(EMOTIONS))
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + f" | {counts.sum()} |")
+    total = np.bincount(data.labels, minlength=len(EMOTIONS))
+    lines += ["| all | " + " | ".join(str(c) for c in total) + f" | {total.sum()} |", ""]
+
+    flat = data.images.reshape(len(data.images), -1)
+    blank = flat.max(axis=1) == 0
+    flat_std = flat.std(axis=1) < 5
+    lines.append(f"all-black images: {int(blank.sum())} "
+                 + "(" + ", ".join(f"{n} {int(blank[data.usage == c].sum())}" for c, n in enumerate(data.split_names)) + ")")
+    lines.append(f"near-uniform images (pixel std < 5): {int(flat_std.sum())}")
+
+    group = duplicate_groups(data.images)
+    sizes = np.bincount(group)
+    dup_groups = np.flatnonzero(sizes > 1)
+    in_dup = sizes[group] > 1
+    spans, conflicts = 0, 0
+    if len(dup_groups):
+        order = np.argsort(group[in_dup], kind="stable")
+        g = group[in_dup][order]
+        u = data.usage[in_dup][order]
+        y = data.labels[in_dup][order]
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        spans = int((np.maximum.reduceat(u, starts) != np.minimum.reduceat(u, starts)).sum())
+        conflicts = int((np.maximum.reduceat(y, starts) != np.minimum.reduceat(y, starts)).sum())
+    lines += [
+        f"exact duplicate groups: {len(dup_groups)} covering {int(in_dup.sum())} rows; "
+        f"{spans} groups span more than one split, {conflicts} carry conflicting labels",
+    ]
+    if "Training" in data.split_names:
+        for name in data.split_names:
+            if name != "Training":
+                leaked = rows_with_copy_in(data, name)
+                lines.append(f"{name} rows whose exact pixels also appear in Training: {int(leaked.sum())} of {len(leaked)}")
+    return "\n".join(lines) + "\n"

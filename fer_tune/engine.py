@@ -1,0 +1,236 @@
+"""Train one configuration and evaluate it: the loop every command and every trial runs.
+
+The whole split lives on the device as one uint8 tensor; augmentation is batched there
+(:mod:`fer_tune.augment`). Selection uses the validation split only; the test split is never
+passed to a :class:`Trainer`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_tune.augment import AugmentConfig, BatchAugmenter
+from fer_tune.config import TrainConfig
+from fer_tune.metrics import macro_f1
+from fer_tune.models import create_model, model_info
+from fer_tune.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
+from fer_tune.transfer import TransferReport, train_mode, transfer_weights
+
+
+@dataclass
+class EpochResult:
+    """What one epoch produced; every field is a plain scalar (what Ray Tune reports)."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float  # ten-crop (or the recipe's only view), the selection metric
+    val_acc_single: float  # single centre crop
+    val_f1: float
+    lr: float
+    epoch_time: float
+    diverged: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for CSV / YAML / Ray."""
+        return asdict(self)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``cuda`` when available (or asked), else ``cpu``."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    augmenter: BatchAugmenter,
+    crops: str = "ten",
+    batch_size: int = 256,
+    *,
+    autocast: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Logits (N, 7) for uint8 images (on the model's device), averaged over the evaluation crops."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        views = augmenter.eval_views(images[start : start + batch_size], crops)
+        b, v = views.shape[:2]
+        inputs = views.flatten(0, 1)
+        if channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(inputs).float()
+        out.append(logits.view(b, v, -1).mean(1))
+    return torch.cat(out)
+
+
+class Trainer:
+    """Trains ``config`` on (train_images, train_labels), selects on (val_images, val_labels)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train: tuple[np.ndarray, np.ndarray],
+        val: tuple[np.ndarray, np.ndarray],
+        *,
+        device: str | torch.device | None = None,
+        base_state: dict[str, torch.Tensor] | None = None,
+    ):
+        self.config = config
+        self.device = pick_device(str(device) if device else None)
+        seed_everything(config.seed)
+        info = model_info(config.model)
+        self.model: nn.Module = create_model(
+            config.model, width=config.width, activation=config.activation, pretrained_path=config.pretrained_path
+        )
+        self.transfer: TransferReport | None = None
+        if base_state is not None:
+            self.transfer = transfer_weights(self.model, base_state, freeze=config.freeze)
+        on_cuda = self.device.type == "cuda"
+        self.autocast = on_cuda and config.amp
+        memory_format = torch.channels_last if on_cuda and config.channels_last and info.recipe != "vit" else None
+        self.model.to(self.device, memory_format=memory_format) if memory_format else self.model.to(self.device)
+        self.train_images = torch.from_numpy(np.ascontiguousarray(train[0])).to(self.device)
+        self.train_labels = torch.from_numpy(np.asarray(train[1], dtype=np.int64)).to(self.device)
+        self.val_images = torch.from_numpy(np.ascontiguousarray(val[0])).to(self.device)
+        self.val_labels = torch.from_numpy(np.asarray(val[1], dtype=np.int64)).to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.augmenter = BatchAugmenter(AugmentConfig(recipe=info.recipe), self.generator)
+        n = len(self.train_labels)
+        self.batches_per_epoch = max(1, n // config.batch_size)
+        self.optimizer = build_optimizer(config, self.model.parameters(), self.batches_per_epoch)
+        self.scheduler = build_scheduler(config, self.optimizer)
+        self.epoch = 0
+        self.best_val_acc = -1.0
+        self.history: list[EpochResult] = []
+
+    # ------------------------------------------------------------ training
+
+    def train_one_epoch(self) -> tuple[float, float, bool]:
+        """One pass over the training split; returns (mean loss, accuracy, diverged)."""
+        train_mode(self.model)
+        bs = self.config.batch_size
+        n = len(self.train_labels)
+        order = torch.randperm(n, generator=self.generator, device=self.device)
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for b in range(self.batches_per_epoch):
+            idx = order[b * bs : (b + 1) * bs] if self.batches_per_epoch > 1 else order
+            inputs, targets = self.augmenter.train(self.train_images[idx], self.train_labels[idx])
+            inputs = self._to_model_format(inputs)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.model(inputs)
+                loss = F.cross_entropy(logits.float(), targets)
+            # a host sync: every batch on CPU (free), every 16th on an accelerator
+            if (self.device.type == "cpu" or b % 16 == 0) and not torch.isfinite(loss):
+                return float("nan"), 0.0, True
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total_loss += loss.detach() * len(targets)
+            correct += (logits.argmax(1) == targets).sum()
+            seen += len(targets)
+        mean_loss = float(total_loss) / seen
+        if not math.isfinite(mean_loss):
+            return float("nan"), 0.0, True
+        return mean_loss, int(correct) / seen, False
+
+    def _to_model_format(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda" and self.config.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def predict_logits(self, images: torch.Tensor, crops: str = "ten") -> torch.Tensor:
+        """Logits (N, 7) for uint8 images on the device, averaged over the evaluation crops."""
+        return predict_logits(self.model, images, self.augmenter, crops, self.config.eval_batch_size,
+                              autocast=self.autocast, channels_last=self.device.type == "cuda" and self.config.channels_last)
+
+    def validate(self) -> tuple[float, float, float, float]:
+        """(loss, ten-crop accuracy, single-crop accuracy, macro F1) on the validation split."""
+        logits = self.predict_logits(self.val_images, "ten")
+        loss = float(F.cross_entropy(logits, self.val_labels))
+        pred = logits.argmax(1)
+        acc = float((pred == self.val_labels).float().mean())
+        single = self.predict_logits(self.val_images, "single").argmax(1)
+        acc_single = float((single == self.val_labels).float().mean())
+        f1 = macro_f1(self.val_labels.cpu().numpy(), pred.cpu().numpy())
+        return loss, acc, acc_single, f1
+
+    def step_epoch(self) -> EpochResult:
+        """Train one epoch, validate, step the scheduler; returns the epoch's record."""
+        start = time.perf_counter()
+        train_loss, train_acc, diverged = self.train_one_epoch()
+        self.epoch += 1
+        if diverged:
+            result = EpochResult(self.epoch, math.nan, train_acc, math.nan, 0.0, 0.0, 0.0,
+                                 current_lr(self.optimizer), time.perf_counter() - start, True)
+        else:
+            val_loss, val_acc, val_single, val_f1 = self.validate()
+            lr = current_lr(self.optimizer)
+            step_scheduler(self.scheduler, val_acc)
+            result = EpochResult(self.epoch, train_loss, train_acc, val_loss, val_acc, val_single, val_f1, lr,
+                                 time.perf_counter() - start)
+            self.best_val_acc = max(self.best_val_acc, val_acc)
+        self.history.append(result)
+        return result
+
+    def fit(self, on_epoch: Callable[["Trainer", EpochResult], None] | None = None) -> list[EpochResult]:
+        """Run the remaining epochs (resumes after :meth:`load_state_dict`); stops at divergence."""
+        while self.epoch < self.config.epochs:
+            result = self.step_epoch()
+            if on_epoch is not None:
+                on_epoch(self, result)
+            if result.diverged:
+                break
+        return self.history
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (tensors and plain types only)."""
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc,
+            "history": [r.as_dict() for r in self.history],
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (e.g. a Ray Tune checkpoint after a worker died)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_val_acc = float(state["best_val_acc"])
+        self.history = [EpochResult(**r) for r in state["history"]]
+        self.generator.set_state(state["generator"].to(self.generator.get_state().device))
+        torch.set_rng_state(state["torch_rng"])

@@ -1,0 +1,9 @@
+"""The one exception type for a user's mistake: the CLI prints its message and exits non-zero."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (a file, a field, an option), with what to do about it.
+
+    The message names the file / row / key and the fix; the CLI prints it on one line
+    (no traceback) and exits with status 2.
+    """

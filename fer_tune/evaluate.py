@@ -1,0 +1,64 @@
+"""Score a saved model on one split: ten-crop and single-crop accuracy, macro / per-class P/R/F1,
+confusion matrix. This is the only place that reads the test split (PrivateTest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_tune.augment import AugmentConfig, BatchAugmenter
+from fer_tune.checkpoint import load_checkpoint
+from fer_tune.config import TrainConfig
+from fer_tune.data import FerData
+from fer_tune.engine import pick_device, predict_logits
+from fer_tune.errors import UserError
+from fer_tune.metrics import Scores, score
+from fer_tune.models import create_model, model_info
+
+
+@dataclass
+class Evaluation:
+    """Scores of one model on one split, with the raw predictions kept for re-computation."""
+
+    split: str
+    ten_crop: Scores
+    single_crop: Scores
+    labels: np.ndarray
+    predictions: np.ndarray  # ten-crop argmax
+    logits: np.ndarray
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, TrainConfig]:
+    """Rebuild the model a checkpoint was trained as, with its weights."""
+    payload = load_checkpoint(path)
+    config = TrainConfig.from_mapping(payload.get("config", {}), source=f"{path} (stored config)")
+    model = create_model(config.model, width=config.width, activation=config.activation)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not fit a {config.model!r} model ({str(exc).splitlines()[0]})") from None
+    return model.to(device), config
+
+
+def evaluate_model(
+    model: torch.nn.Module, config: TrainConfig, data: FerData, split: str, device: torch.device
+) -> Evaluation:
+    """Score ``model`` on ``split`` of ``data`` (ten-crop and single-crop)."""
+    images, labels = data.split(split)
+    augmenter = BatchAugmenter(AugmentConfig(recipe=model_info(config.model).recipe), torch.Generator(device))
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    autocast = device.type == "cuda" and config.amp
+    ten = predict_logits(model, x, augmenter, "ten", config.eval_batch_size, autocast=autocast).cpu()
+    single = predict_logits(model, x, augmenter, "single", config.eval_batch_size, autocast=autocast).cpu()
+    pred = ten.argmax(1).numpy()
+    return Evaluation(split, score(labels, pred), score(labels, single.argmax(1).numpy()), labels, pred, ten.numpy())
+
+
+def evaluate_checkpoint(path: str | Path, data: FerData, split: str, device: str | None = None) -> Evaluation:
+    """Load ``path`` and score it on ``split``."""
+    dev = pick_device(device)
+    model, config = model_from_checkpoint(path, dev)
+    return evaluate_model(model, config, data, split, dev)

@@ -1,0 +1,401 @@
+"""``launch.py --search NAME``: Ray Tune + Optuna (TPE) + ASHA over one search space.
+
+Outputs under ``results/<name>/``: ``trials.csv``, ``best_config.yaml``, ``best_model.pt``,
+``search.md`` and the Ray experiment folder ``ray/`` (TensorBoard event files in every trial).
+A search that was interrupted continues when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+
+from fer_tune.checkpoint import load_checkpoint, model_state_from, save_checkpoint
+from fer_tune.config import write_yaml
+from fer_tune.data import FerData
+from fer_tune.errors import UserError
+from fer_tune.search_space import SearchSpace, SpaceSampler, load_search_space, paper_point
+from fer_tune.train_run import prepare_output_dir, run_training
+from fer_tune.trainable import TrialData, fer_trainable
+
+EXPERIMENT = "ray"
+
+
+@dataclass
+class SearchOptions:
+    """Command-line choices that shape one search (None = take the YAML's value)."""
+
+    results_dir: Path = Path("results")
+    name: str | None = None
+    trials: int | None = None
+    max_epochs: int | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    seed: int = 0
+    fresh: bool = False
+    resume: bool = False
+    smoke: bool = False
+    base_checkpoint: str | None = None
+    log: Callable[[str], None] = field(default=print)
+
+
+@dataclass
+class SearchOutcome:
+    """Where a finished search left its files, and its best trial."""
+
+    folder: Path
+    trials_csv: Path
+    best_config: Path
+    best_model: Path
+    best_score: float
+    trials: pd.DataFrame
+
+
+# ------------------------------------------------------------------ locking
+
+
+@contextmanager
+def search_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` for the life of one search process (released even by SIGKILL)."""
+    lock_path = folder / ".lock"
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"{folder}: another search with this name is running ({holder}); wait for it to finish, "
+            "or give this one another --name"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+# ------------------------------------------------------------------ base model
+
+
+def resolve_base(
+    space: SearchSpace, data: FerData, opts: SearchOptions, folder: Path
+) -> tuple[dict | None, str | None]:
+    """The weights a transfer search starts from, and where they came from.
+
+    Order: ``--base-checkpoint``; the best model of a finished search of the base
+    (``results/<base>/best_model.pt``); else the base is trained first with its paper recipe.
+    """
+    if space.base is None:
+        if opts.base_checkpoint:
+            opts.log(f"note: {space.model} trains from scratch; --base-checkpoint is ignored")
+        return None, None
+    if opts.base_checkpoint:
+        source = Path(opts.base_checkpoint)
+    else:
+        base_name = f"{space.base}-smoke" if opts.smoke else space.base
+        source = opts.results_dir / base_name / "best_model.pt"
+        if not source.is_file():
+            source = _train_base(space, data, opts, folder)
+    state, config = model_state_from(source)
+    if config.get("model") != space.base:
+        raise UserError(
+            f"{source}: this checkpoint is a {config.get('model')!r} model, but {space.model} transfers "
+            f"from {space.base!r}; give a {space.base} checkpoint with --base-checkpoint"
+        )
+    opts.log(f"base model: {source} ({space.base})")
+    return state, str(source.resolve())
+
+
+def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: Path) -> Path:
+    base_space = load_search_space(space.base)
+    if opts.smoke:
+        base_space = base_space.for_smoke()
+    base_dir = folder / "base"
+    best = base_dir / "best.pt"
+    if best.is_file():
+        return best
+    config = base_space.train_config(paper_point(base_space))
+    config = config.replace(seed=opts.seed, **{k: v for k, v in space.fixed.items() if k == "width"})
+    opts.log(
+        f"no finished '{space.base}' search under {opts.results_dir} and no --base-checkpoint: training the "
+        f"base {space.base} first with the paper's recipe ({config.epochs} epochs, {config.optimizer}, "
+        f"lr {config.lr:g}) into {base_dir}; the per-epoch lines below show how long each epoch takes"
+    )
+    run_training(config, data, base_dir, log=opts.log)
+    return best
+
+
+# ------------------------------------------------------------------ Ray
+
+
+def init_ray(log: Callable[[str], None]) -> bool:
+    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (dashboard off). True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(address=address or None, include_dashboard=False, configure_logging=False,
+             log_to_driver=True, logging_level="WARNING")
+    where = f"cluster at {address}" if address else "a local Ray instance"
+    log(f"Ray: {where}; {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
+    return True
+
+
+def _progress_callback(metric: str, mode: str, log: Callable[[str], None]):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per trial epoch: the trial, its score, how many trials run / stopped / done, the best so far."""
+
+        def __init__(self) -> None:
+            self.best: tuple[float, str] | None = None
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(metric)
+            if value is not None and math.isfinite(value):
+                better = self.best is None or (value > self.best[0] if mode == "max" else value < self.best[0])
+                if better:
+                    self.best = (value, trial.trial_id)
+            counts: dict[str, int] = {}
+            for t in trials:
+                counts[t.status] = counts.get(t.status, 0) + 1
+            state = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+            best = f"best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+            log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} epoch {result.get('epoch')}: {metric} "
+                f"{value:.4f}{' DIVERGED' if result.get('diverged') else ''} | {state} | {best}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last checkpoint "
+                "if retries are left")
+
+    return Progress()
+
+
+def _tuner(space: SearchSpace, opts: SearchOptions, trial_data: TrialData, folder: Path, restore: bool):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    resources = _trial_resources(space, opts, ray.cluster_resources())
+    trainable = tune.with_resources(tune.with_parameters(fer_trainable, data=trial_data), resources)
+    if restore:
+        return tune.Tuner.restore(str(folder / EXPERIMENT), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    budget = space.budget
+    searcher = OptunaSearch(
+        space=SpaceSampler(space.params),
+        points_to_evaluate=[paper_point(space)] if space.paper_trial else None,
+        seed=opts.seed,
+    )
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=budget.max_epochs, grace_period=budget.grace_period,
+                              reduction_factor=budget.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=space.metric,
+            mode=space.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=budget.num_trials,
+            max_concurrent_trials=budget.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=str(folder.resolve()),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
+            ),
+            failure_config=tune.FailureConfig(max_failures=2),
+            callbacks=[_progress_callback(space.metric, space.mode, opts.log)],
+            verbose=0,
+        ),
+    )
+
+
+def _trial_resources(space: SearchSpace, opts: SearchOptions, cluster: dict[str, float]) -> dict[str, float]:
+    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else space.resources.gpus_per_trial
+    cpus = opts.cpus_per_trial if opts.cpus_per_trial is not None else space.resources.cpus_per_trial
+    cpus = min(cpus, max(cluster.get("CPU", 1), 1))
+    if cluster.get("GPU", 0) <= 0:
+        gpus = 0.0  # a GPU request on a CPU-only cluster would leave every trial PENDING forever
+    return {"cpu": cpus, "gpu": gpus}
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus: float) -> pd.DataFrame:
+    """One row per trial: config, last and best metric, epochs, how it ended, time and GPU/CPU-hours."""
+    rows = []
+    names = [p.name for p in space.params]
+    better = max if space.mode == "max" else min
+    for result in results:
+        history = result.metrics_dataframe
+        metrics = result.metrics or {}
+        row: dict[str, Any] = {"trial_id": metrics.get("trial_id") or Path(result.path).name}
+        row.update({name: result.config.get(name) for name in names})
+        if "scheduler" in names and row.get("scheduler") is None:
+            row["scheduler"] = result.config.get("scheduler", "none")
+        epochs = int(metrics.get("epoch", 0) or 0)
+        series = history[space.metric].dropna() if history is not None and space.metric in history else pd.Series([])
+        row["epochs_run"] = epochs
+        row[f"last_{space.metric}"] = metrics.get(space.metric)
+        row[f"best_{space.metric}"] = better(series) if len(series) else None
+        row["best_epoch"] = int(history.loc[series.idxmax() if space.mode == "max" else series.idxmin(), "epoch"]) if len(series) else None
+        if result.error is not None:
+            status = "error"
+        elif metrics.get("diverged"):
+            status = f"diverged at epoch {epochs}"
+        elif epochs < max_epochs:
+            status = "stopped by ASHA"
+        else:
+            status = "completed"
+        row["status"] = status
+        row["stopped_early_by_asha"] = status == "stopped by ASHA"
+        row["restarts"] = int(metrics.get("restarts", 0) or 0)
+        wall = float(history["epoch_time"].sum()) if history is not None and "epoch_time" in history else 0.0
+        row["wall_time_s"] = round(wall, 2)
+        row["gpu_hours"] = round(wall / 3600 * gpus, 5)
+        row["cpu_hours"] = round(wall / 3600 * cpus, 5)
+        row["node"] = metrics.get("node")
+        row["trial_path"] = result.path
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        frame = frame.sort_values("trial_id", kind="stable").reset_index(drop=True)
+    return frame
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def write_outputs(results, space: SearchSpace, opts: SearchOptions, folder: Path, resources: dict,
+                  base_source: str | None) -> SearchOutcome:
+    """trials.csv, best_config.yaml, best_model.pt (the best trial's best checkpoint)."""
+    table = trials_table(results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"])
+    trials_csv = _write_csv(table, folder / "trials.csv")
+    scored = [r for r in results if r.error is None and r.metrics_dataframe is not None
+              and space.metric in r.metrics_dataframe and not r.metrics.get("diverged")]
+    if not scored:
+        raise UserError(f"{folder}: no trial produced a score (see trials.csv and the Ray logs in {folder / EXPERIMENT})")
+    best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all", filter_nan_and_inf=True)
+    series = best.metrics_dataframe[space.metric]
+    best_score = float(series.max() if space.mode == "max" else series.min())
+    checkpoint = best.get_best_checkpoint(space.metric, space.mode) or best.checkpoint
+    with checkpoint.as_directory() as ckpt_dir:
+        state = load_checkpoint(Path(ckpt_dir) / "state.pt")
+    best_model = save_checkpoint(folder / "best_model.pt", {
+        "config": state["config"], "model": state["model"], "epoch": state["epoch"],
+        "val_acc": state["best_val_acc"], "search": space.name})
+    config = space.train_config(best.config).to_dict()
+    config["base_checkpoint"] = base_source
+    header = (
+        f"# best configuration of search '{folder.name}' ({space.path})\n"
+        f"# best {space.metric} = {best_score:.4f} (validation split; PrivateTest not used), trial "
+        f"{Path(best.path).name}\n# base weights: {base_source or 'none (trained from scratch)'}\n"
+        f"# train it again: python launch.py train --config {folder / 'best_config.yaml'}\n"
+    )
+    best_config = write_yaml(folder / "best_config.yaml", config, header=header)
+    return SearchOutcome(folder, trials_csv, best_config, best_model, best_score, table)
+
+
+def asha_savings(table: pd.DataFrame, max_epochs: int) -> tuple[int, int]:
+    """(epochs actually run, epochs had every trial run to the end)."""
+    return int(table["epochs_run"].sum()), int(len(table) * max_epochs)
+
+
+# ------------------------------------------------------------------ the search
+
+
+def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOutcome:
+    """Run (or resume) one search and write its outputs; see the module docstring."""
+    space = load_search_space(space_name)
+    if opts.smoke:
+        space = space.for_smoke()
+    budget_changes = {}
+    if opts.trials is not None:
+        budget_changes["num_trials"] = opts.trials
+    if opts.max_epochs is not None:
+        budget_changes["max_epochs"] = opts.max_epochs
+        budget_changes["grace_period"] = min(space.budget.grace_period, opts.max_epochs)
+    if budget_changes:
+        from dataclasses import replace
+
+        space = replace(space, budget=replace(space.budget, **budget_changes))
+    name = opts.name or (f"{space.name}-smoke" if opts.smoke else space.name)
+    folder = prepare_output_dir((opts.results_dir / name).resolve())
+    train, val = data.role("train"), data.role("val")
+    started = time.perf_counter()
+    with search_lock(folder):
+        experiment = folder / EXPERIMENT
+        from ray import tune
+
+        if opts.fresh:
+            for child in folder.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            opts.log(f"--fresh: starting {name} over")
+        can_restore = experiment.is_dir() and tune.Tuner.can_restore(str(experiment))
+        if opts.resume and not can_restore:
+            raise UserError(f"{experiment}: nothing to resume (no earlier search named {name!r}); drop --resume to start one")
+        base_state, base_source = resolve_base(space, data, opts, folder)
+        we_started_ray = init_ray(opts.log)
+        try:
+            import ray
+
+            resources = _trial_resources(space, opts, ray.cluster_resources())
+            trial_data = TrialData(space, train[0], train[1], val[0], val[1], base_state, base_source,
+                                   space.budget.max_epochs)
+            if can_restore:
+                done = _finished_trials(experiment)
+                opts.log(f"resuming search {name} from {experiment}: {done} trial(s) already finished")
+            else:
+                opts.log(f"search {name}: {space.budget.num_trials} trials of {space.model}, up to "
+                         f"{space.budget.max_epochs} epochs each, ASHA grace {space.budget.grace_period}, "
+                         f"{resources['cpu']:g} CPU / {resources['gpu']:g} GPU per trial; data {data.source}")
+            tuner = _tuner(space, opts, trial_data, folder, restore=can_restore)
+            results = tuner.fit()
+            outcome = write_outputs(results, space, opts, folder, resources, base_source)
+        finally:
+            if we_started_ray:
+                import ray
+
+                ray.shutdown()
+    ran, full = asha_savings(outcome.trials, space.budget.max_epochs)
+    opts.log(f"search {name} done in {time.perf_counter() - started:.0f}s: best {space.metric} "
+             f"{outcome.best_score:.4f}; ASHA ran {ran} of {full} trial-epochs")
+    opts.log(f"results: {folder}\n  trials:      {outcome.trials_csv}\n  best config: {outcome.best_config}\n"
+             f"  TensorBoard: tensorboard --logdir {folder / EXPERIMENT}")
+    return outcome
+
+
+def _finished_trials(experiment: Path) -> int:
+    """How many trials of an earlier run ended (for the resume message)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(str(experiment))
+    except Exception:  # an experiment killed very early may have no readable state yet
+        return 0
+    return sum(1 for t in analysis.trials if t.status in ("TERMINATED", "ERROR"))

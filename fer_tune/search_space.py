@@ -1,0 +1,272 @@
+"""Search spaces: one plain YAML per model in ``search_spaces/``, validated, sampled by Optuna."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fer_tune.config import OPTIMIZERS, SCHEDULERS, TrainConfig, read_yaml
+from fer_tune.errors import UserError
+from fer_tune.models import MODELS
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+METRICS = {"val_acc": "max", "val_acc_single": "max", "val_f1": "max", "val_loss": "min"}
+TOP_LEVEL_KEYS = ("description", "model", "base", "metric", "budget", "resources", "fixed", "paper_trial", "space", "smoke")
+KINDS = ("choice", "loguniform", "uniform", "int")
+TUNABLE = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "base_checkpoint", "epochs", "pretrained_path"))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a search may spend."""
+
+    max_epochs: int = 30
+    grace_period: int = 3
+    reduction_factor: int = 3
+    num_trials: int = 20
+    max_concurrent: int = 4
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for (the GPU share is dropped to 0 where Ray sees no GPU)."""
+
+    gpus_per_trial: float = 1.0
+    cpus_per_trial: float = 2.0
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter: ``choice`` over values, or a (log-)uniform / int range."""
+
+    name: str
+    kind: str
+    values: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search-space file."""
+
+    name: str
+    path: str
+    model: str
+    description: str
+    base: str | None
+    metric: str
+    mode: str
+    budget: Budget
+    resources: Resources
+    fixed: dict[str, Any]
+    paper_trial: dict[str, Any]
+    params: tuple[Param, ...]
+    smoke: dict[str, Any] = field(default_factory=dict)
+
+    def train_config(self, sampled: dict[str, Any], epochs: int | None = None) -> TrainConfig:
+        """The full training config of one trial: fixed values + sampled ones."""
+        values = {**self.fixed, **sampled, "model": self.model, "epochs": epochs or self.budget.max_epochs}
+        if values.get("optimizer") == "ranger21":
+            values["scheduler"] = "none"  # Ranger21 schedules its own learning rate
+        return TrainConfig.from_mapping(values, source=f"{self.path} (trial config)")
+
+    def for_smoke(self) -> "SearchSpace":
+        """The same space with the file's ``smoke:`` budget and fixed values (tiny, CPU)."""
+        budget = replace(self.budget, **self.smoke.get("budget", {}))
+        return replace(self, budget=budget, fixed={**self.fixed, **self.smoke.get("fixed", {})},
+                       resources=replace(self.resources, gpus_per_trial=0.0))
+
+
+class SpaceSampler:
+    """Optuna define-by-run sampler for a space (a picklable class, so Ray can checkpoint the searcher).
+
+    Conditional rule: Ranger21 brings its own warm-up / warm-down, so when it is drawn the
+    scheduler is not sampled and is set to ``none``.
+    """
+
+    def __init__(self, params: tuple[Param, ...]):
+        self.params = params
+
+    def __call__(self, trial) -> dict[str, Any]:
+        constants: dict[str, Any] = {}
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if p.name == "scheduler" and chosen.get("optimizer") == "ranger21":
+                constants["scheduler"] = "none"
+                continue
+            if p.kind == "choice":
+                chosen[p.name] = trial.suggest_categorical(p.name, list(p.values))
+            elif p.kind == "int":
+                chosen[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high))
+            else:
+                chosen[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.kind == "loguniform")
+        if chosen.get("optimizer") == "ranger21":
+            constants["scheduler"] = "none"
+        return constants
+
+
+def available_spaces() -> list[str]:
+    """Names of the search spaces shipped in ``search_spaces/``."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def resolve_space_path(name_or_path: str) -> Path:
+    """``vgg_spinal`` -> search_spaces/vgg_spinal.yaml; a path to a .yaml file is taken as is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise UserError(f"{candidate}: search-space file not found")
+        return candidate
+    path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UserError(
+            f"unknown search {name_or_path!r}; available: {', '.join(available_spaces())} "
+            "(or give the path of a .yaml file); see `launch.py --list`"
+        )
+    return path
+
+
+def load_search_space(name_or_path: str) -> SearchSpace:
+    """Read and validate a search-space YAML; every problem names the file, the key and what is allowed."""
+    path = resolve_space_path(name_or_path)
+    raw = read_yaml(path)
+    src = str(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{src}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    _no_unknown(src, "", raw, TOP_LEVEL_KEYS)
+    model = raw.get("model")
+    if model not in MODELS:
+        raise UserError(f"{src}: model = {model!r} is unknown; allowed: {', '.join(MODELS)}")
+    base = raw.get("base")
+    if base is not None and base not in MODELS:
+        raise UserError(f"{src}: base = {base!r} is unknown; allowed: {', '.join(MODELS)} or leave it out")
+    metric = raw.get("metric", "val_acc")
+    if metric not in METRICS:
+        raise UserError(f"{src}: metric = {metric!r} is unknown; allowed: {', '.join(METRICS)}")
+    budget = _dataclass_from(src, "budget", Budget, raw.get("budget", {}))
+    resources = _dataclass_from(src, "resources", Resources, raw.get("resources", {}))
+    if budget.grace_period > budget.max_epochs or budget.grace_period < 1:
+        raise UserError(f"{src}: budget.grace_period = {budget.grace_period} must be 1..max_epochs ({budget.max_epochs})")
+    if budget.reduction_factor < 2 or budget.num_trials < 1 or budget.max_concurrent < 1:
+        raise UserError(f"{src}: budget needs reduction_factor >= 2, num_trials >= 1, max_concurrent >= 1")
+    fixed = _config_values(src, "fixed", raw.get("fixed", {}))
+    paper_trial = _config_values(src, "paper_trial", raw.get("paper_trial", {}))
+    params = _params(src, raw.get("space", {}))
+    smoke = raw.get("smoke", {}) or {}
+    if not isinstance(smoke, dict):
+        raise UserError(f"{src}: smoke must be a mapping with budget: and fixed:")
+    _no_unknown(src, "smoke.", smoke, ("budget", "fixed"))
+    _dataclass_from(src, "smoke.budget", Budget, smoke.get("budget", {}))
+    _config_values(src, "smoke.fixed", smoke.get("fixed", {}))
+    space = SearchSpace(
+        name=path.stem, path=src, model=model, description=str(raw.get("description", "")).strip(),
+        base=base, metric=metric, mode=METRICS[metric], budget=budget, resources=resources,
+        fixed=fixed, paper_trial=paper_trial, params=params, smoke=smoke,
+    )
+    _check_paper_trial(space)
+    return space
+
+
+def _no_unknown(src: str, prefix: str, mapping: dict, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise UserError(f"{src}: unknown key {prefix}{unknown[0]}; allowed: {', '.join(allowed)}")
+
+
+def _dataclass_from(src: str, key: str, cls, values: Any):
+    if not isinstance(values, dict):
+        raise UserError(f"{src}: {key} must be a mapping")
+    allowed = tuple(f.name for f in fields(cls))
+    _no_unknown(src, f"{key}.", values, allowed)
+    converted = {}
+    for f in fields(cls):
+        if f.name in values:
+            value = values[f.name]
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                converted[f.name] = int(value) if f.type == "int" else float(value)
+                if f.type == "int" and float(value) != int(value):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise UserError(f"{src}: {key}.{f.name} = {value!r} is not a valid {f.type}") from None
+            if converted[f.name] < 0:
+                raise UserError(f"{src}: {key}.{f.name} = {value!r} must not be negative")
+    return cls(**converted)
+
+
+def _config_values(src: str, key: str, values: Any) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise UserError(f"{src}: {key} must be a mapping of training settings")
+    _no_unknown(src, f"{key}.", values, TUNABLE)
+    probe_values = dict(values)
+    if probe_values.get("optimizer") == "ranger21":
+        probe_values["scheduler"] = "none"
+    probe = TrainConfig.from_mapping(probe_values, source=f"{src} ({key})")
+    return {k: getattr(probe, k) for k in values}
+
+
+def _params(src: str, space: Any) -> tuple[Param, ...]:
+    if not isinstance(space, dict):
+        raise UserError(f"{src}: space must be a mapping of name: {{choice: [...]}} or {{loguniform: [low, high]}}")
+    _no_unknown(src, "space.", space, TUNABLE)
+    params = []
+    for name, spec in space.items():
+        where = f"{src}: space.{name}"
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+            raise UserError(f"{where} must be one of {{choice: [...]}}, {{loguniform: [low, high]}}, "
+                            "{uniform: [low, high]}, {int: [low, high]}")
+        kind, value = next(iter(spec.items()))
+        if kind == "choice":
+            if not isinstance(value, list) or not value:
+                raise UserError(f"{where}.choice must be a non-empty list")
+            params.append(Param(name, kind, values=tuple(_check_value(src, name, v) for v in value)))
+            continue
+        if not isinstance(value, list) or len(value) != 2:
+            raise UserError(f"{where}.{kind} must be [low, high]")
+        try:
+            low, high = float(value[0]), float(value[1])
+        except (TypeError, ValueError):
+            raise UserError(f"{where}.{kind} = {value!r}: low and high must be numbers") from None
+        if not low < high:
+            raise UserError(f"{where}.{kind}: low {value[0]} is not below high {value[1]}; swap them")
+        if kind == "loguniform" and low <= 0:
+            raise UserError(f"{where}.loguniform: low must be above 0 for a log scale")
+        _check_value(src, name, low if kind != "int" else int(low))
+        params.append(Param(name, kind, low=low, high=high))
+    return tuple(params)
+
+
+def _check_value(src: str, name: str, value: Any) -> Any:
+    probe = {name: value}
+    if name == "optimizer" and value == "ranger21":
+        probe["scheduler"] = "none"
+    if name == "optimizer" and value not in OPTIMIZERS:
+        raise UserError(f"{src}: space.optimizer has {value!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if name == "scheduler" and value not in SCHEDULERS:
+        raise UserError(f"{src}: space.scheduler has {value!r}; allowed: {', '.join(SCHEDULERS)}")
+    return getattr(TrainConfig.from_mapping(probe, source=f"{src} (space.{name})"), name)
+
+
+def _check_paper_trial(space: SearchSpace) -> None:
+    """The paper's settings must be a point of the space (Optuna enqueues them as trial 1)."""
+    by_name = {p.name: p for p in space.params}
+    for key, value in space.paper_trial.items():
+        p = by_name.get(key)
+        if p is None:
+            raise UserError(f"{space.path}: paper_trial.{key} is not in space:; add it to space or move it to fixed")
+        if p.kind == "choice" and value not in p.values:
+            raise UserError(f"{space.path}: paper_trial.{key} = {value!r} is not one of space.{key}.choice")
+        if p.kind != "choice" and not (p.low <= value <= p.high or math.isclose(value, p.low) or math.isclose(value, p.high)):
+            raise UserError(f"{space.path}: paper_trial.{key} = {value} is outside space.{key} [{p.low}, {p.high}]")
+
+
+def paper_point(space: SearchSpace) -> dict[str, Any]:
+    """The paper's trial as an Optuna point: only the parameters the sampler will ask for."""
+    point = dict(space.paper_trial)
+    if point.get("optimizer") == "ranger21":
+        point.pop("scheduler", None)
+    return {k: v for k, v in point.items() if k in {p.name for p in space.params}}

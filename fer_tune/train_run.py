@@ -1,0 +1,93 @@
+"""``launch.py train``: one configuration, one run, its files under ``results/train/<name>/``."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from fer_tune.checkpoint import model_state_from, save_checkpoint
+from fer_tune.config import TrainConfig, write_yaml
+from fer_tune.data import FerData
+from fer_tune.engine import EpochResult, Trainer
+from fer_tune.errors import UserError
+from fer_tune.models import model_info
+
+METRIC_FIELDS = list(EpochResult.__dataclass_fields__)
+
+
+def load_base_state(config: TrainConfig) -> dict | None:
+    """The weights to transfer, from ``config.base_checkpoint``; checks that the base fits the model."""
+    if not config.base_checkpoint:
+        return None
+    state, base_config = model_state_from(config.base_checkpoint)
+    base_model = base_config.get("model")
+    expected = model_info(config.model).base or config.model
+    if base_model not in (expected, config.model):
+        raise UserError(
+            f"{config.base_checkpoint}: this checkpoint is a {base_model!r} model, but {config.model!r} "
+            f"transfers from {expected!r}; give a {expected} checkpoint"
+        )
+    return state
+
+
+def prepare_output_dir(path: Path) -> Path:
+    """Create ``path`` (and check it is writable) before any training starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{path}: results folder is not writable ({exc.strerror}); choose another with --results") from None
+    return path
+
+
+def run_training(
+    config: TrainConfig,
+    data: FerData,
+    out_dir: Path,
+    *,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> list[EpochResult]:
+    """Train ``config`` on the train split, select on val, write config.yaml, metrics.csv,
+    best.pt (best val accuracy) and last.pt into ``out_dir``."""
+    base_state = load_base_state(config)
+    out_dir = prepare_output_dir(out_dir)
+    trainer = Trainer(config, data.role("train"), data.role("val"), device=device, base_state=base_state)
+    if trainer.transfer is not None:
+        log(f"base {config.base_checkpoint}: {trainer.transfer.summary()}")
+    write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"# fer-tune train config; data: {data.source}\n")
+    metrics_path = out_dir / "metrics.csv"
+    tmp_metrics = out_dir / ".metrics.csv.tmp"
+    started = time.perf_counter()
+    log(f"training {config.model} on {trainer.device} for {config.epochs} epochs "
+        f"({len(trainer.train_labels)} train / {len(trainer.val_labels)} val images) -> {out_dir}")
+
+    def on_epoch(tr: Trainer, result: EpochResult) -> None:
+        with open(tmp_metrics, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(r.as_dict() for r in tr.history)
+        os.replace(tmp_metrics, metrics_path)
+        if result.diverged:
+            log(f"epoch {result.epoch}/{config.epochs}: loss is not finite: the run diverged "
+                f"(lr {config.lr:g} is probably too high); stopped")
+            return
+        best = result.val_acc >= tr.best_val_acc
+        if best:
+            save_checkpoint(out_dir / "best.pt", {"config": config.to_dict(), "model": tr.model.state_dict(),
+                                                  "epoch": result.epoch, "val_acc": result.val_acc,
+                                                  "data": data.source})
+        save_checkpoint(out_dir / "last.pt", tr.state_dict())
+        log(f"epoch {result.epoch:3d}/{config.epochs}  train loss {result.train_loss:.4f} acc {result.train_acc:.3f}  "
+            f"val loss {result.val_loss:.4f} acc {result.val_acc:.3f} (single crop {result.val_acc_single:.3f}) "
+            f"F1 {result.val_f1:.3f}  lr {result.lr:.2e}  {result.epoch_time:.1f}s{'  *best' if best else ''}")
+
+    history = trainer.fit(on_epoch)
+    log(f"done in {time.perf_counter() - started:.0f}s; best val accuracy {trainer.best_val_acc:.4f}; "
+        f"files in {out_dir}")
+    return history
