@@ -96,9 +96,9 @@ class TrainConfig:
         """Plain Python types only."""
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with some fields changed (validated)."""
-        return TrainConfig.from_mapping({**self.to_dict(), **changes})
+    def replace(self, source: str = "config", **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated; errors name ``source``)."""
+        return TrainConfig.from_mapping({**self.to_dict(), **changes}, source=source)
 
 
 def _coerce(value: Any, field: dataclasses.Field, source: str) -> Any:

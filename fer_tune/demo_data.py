@@ -63,12 +63,12 @@ def draw_faces(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     side = np.abs(u)
 
     face = (u / 0.8) ** 2 + (v / 1.0) ** 2 < 1.0
-    eyes = ((side - 0.35) / 0.16) ** 2 + ((v + 0.22) / (0.075 * eye_open)) ** 2 < 1.0
+    eyes = ((side - 0.33) / 0.17) ** 2 + ((v + 0.22) / (0.09 * eye_open)) ** 2 < 1.0
     brow_line = -0.5 - raise_ + slope * 0.25 * (0.35 - side)
-    brows = (np.abs(v - brow_line) < 0.045) & (np.abs(side - 0.35) < 0.19)
+    brows = (np.abs(v - brow_line) < 0.06) & (np.abs(side - 0.35) < 0.2)
     mouth_line = 0.45 + curve * 2.2 * (0.1225 - u**2)
-    mouth_height = opening * 0.28 * np.clip(1 - (u / 0.36) ** 2, 0, None)
-    mouth = (v > mouth_line - 0.035 - mouth_height) & (v < mouth_line + 0.035) & (side < 0.36)
+    mouth_height = opening * 0.3 * np.clip(1 - (u / 0.4) ** 2, 0, None)
+    mouth = (v > mouth_line - 0.05 - mouth_height) & (v < mouth_line + 0.05) & (side < 0.4)
 
     brightness = rng.uniform(0.35, 0.75, n)[:, None, None]
     contrast = rng.uniform(0.25, 0.45, n)[:, None, None]

@@ -112,10 +112,10 @@ class Trainer:
         self.autocast = on_cuda and config.amp
         memory_format = torch.channels_last if on_cuda and config.channels_last and info.recipe != "vit" else None
         self.model.to(self.device, memory_format=memory_format) if memory_format else self.model.to(self.device)
-        self.train_images = torch.from_numpy(np.ascontiguousarray(train[0])).to(self.device)
-        self.train_labels = torch.from_numpy(np.asarray(train[1], dtype=np.int64)).to(self.device)
-        self.val_images = torch.from_numpy(np.ascontiguousarray(val[0])).to(self.device)
-        self.val_labels = torch.from_numpy(np.asarray(val[1], dtype=np.int64)).to(self.device)
+        self.train_images = torch.tensor(train[0], dtype=torch.uint8).to(self.device)
+        self.train_labels = torch.tensor(train[1], dtype=torch.long).to(self.device)
+        self.val_images = torch.tensor(val[0], dtype=torch.uint8).to(self.device)
+        self.val_labels = torch.tensor(val[1], dtype=torch.long).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.augmenter = BatchAugmenter(AugmentConfig(recipe=info.recipe), self.generator)
         n = len(self.train_labels)

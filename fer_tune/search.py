@@ -147,11 +147,14 @@ def init_ray(log: Callable[[str], None]) -> bool:
     """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (dashboard off). True if we started it."""
     import ray
 
+    # Tune's "snapshotting too often" advice is noise for epoch-level checkpoints of small trials
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
+    # the dashboard stays off (nothing listens beyond localhost); trial output goes to the trial logs
     ray.init(address=address or None, include_dashboard=False, configure_logging=False,
-             log_to_driver=True, logging_level="WARNING")
+             log_to_driver=False, logging_level="ERROR")
     where = f"cluster at {address}" if address else "a local Ray instance"
     log(f"Ray: {where}; {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
     return True
@@ -202,6 +205,8 @@ def _tuner(space: SearchSpace, opts: SearchOptions, trial_data: TrialData, folde
     searcher = OptunaSearch(
         space=SpaceSampler(space.params),
         points_to_evaluate=[paper_point(space)] if space.paper_trial else None,
+        metric=space.metric,  # a define-by-run space needs metric / mode on the searcher itself
+        mode=space.mode,
         seed=opts.seed,
     )
     scheduler = ASHAScheduler(time_attr="epoch", max_t=budget.max_epochs, grace_period=budget.grace_period,
@@ -215,6 +220,7 @@ def _tuner(space: SearchSpace, opts: SearchOptions, trial_data: TrialData, folde
             scheduler=scheduler,
             num_samples=budget.num_trials,
             max_concurrent_trials=budget.max_concurrent,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
@@ -227,6 +233,11 @@ def _tuner(space: SearchSpace, opts: SearchOptions, trial_data: TrialData, folde
             verbose=0,
         ),
     )
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Ray's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"
 
 
 def _trial_resources(space: SearchSpace, opts: SearchOptions, cluster: dict[str, float]) -> dict[str, float]:

@@ -1,0 +1,233 @@
+"""Command line: ``python launch.py --search NAME`` and the ``train`` / ``evaluate`` / ``data`` commands.
+
+Every user mistake ends as one ``error:`` line naming the file / row / key and the fix, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from fer_tune.errors import UserError
+
+COMMANDS = ("train", "evaluate", "data", "demo-data")
+
+SEARCH_HELP = """\
+fer-tune: hyperparameter search for facial-expression recognition on FER2013.
+
+  python launch.py --search vgg_spinal --smoke       # the whole path on built-in demo data, CPU, ~2 min
+  python launch.py --search vgg --data data/fer2013.csv
+  python launch.py --list                            # the search spaces and what each explores
+  python launch.py train --config results/vgg/best_config.yaml --data data/fer2013.csv
+  python launch.py evaluate --checkpoint results/vgg/best_model.pt --data data/fer2013.csv
+  python launch.py data data/fer2013.csv             # describe a data file
+
+A search runs Optuna (TPE) + ASHA in Ray Tune on a local Ray instance, or on the cluster in
+RAY_ADDRESS. It selects on PublicTest (validation) only. Run the same command again to resume.
+"""
+
+
+def _search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py", description=SEARCH_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--search", metavar="NAME", help="search space to run: a name from --list or a .yaml path")
+    p.add_argument("--list", action="store_true", help="list the search spaces and what each explores")
+    p.add_argument("--data", metavar="PATH", help="fer2013.csv (or another layout; see `launch.py data`)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny budgets on the built-in demo data (or --data), CPU only: checks the whole path")
+    p.add_argument("--trials", type=int, metavar="N", help="number of trials (default: the YAML's)")
+    p.add_argument("--max-epochs", type=int, metavar="N", help="epochs of a trial ASHA never stops")
+    p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial, e.g. 0.5")
+    p.add_argument("--cpus-per-trial", type=float, metavar="N", help="CPUs per trial")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler and the base training")
+    p.add_argument("--name", help="results folder name under --results (default: the search name)")
+    p.add_argument("--results", default="results", metavar="DIR", help="where results go (default: results/)")
+    p.add_argument("--base-checkpoint", metavar="PATH",
+                   help="weights to transfer from (default: results/<base>/best_model.pt, else the base is trained first)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fresh", action="store_true", help="discard an earlier search of this name and start over")
+    g.add_argument("--resume", action="store_true", help="continue an earlier search (an error if there is none)")
+    return p
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py train", description="Train one configuration and keep its best checkpoint.")
+    p.add_argument("--config", metavar="YAML", help="a config such as results/<name>/best_config.yaml")
+    p.add_argument("--data", metavar="PATH", help="fer2013.csv (required unless --smoke)")
+    p.add_argument("--smoke", action="store_true", help="demo data and a tiny budget: checks a config in seconds")
+    p.add_argument("--model", help="vgg, vgg_spinal, vgg_progressive_spinal, effnetv2s, effnetv2s_spinal, vit_l32, vit_l32_spinal")
+    for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
+                       ("momentum", float), ("width", float), ("seed", int)):
+        p.add_argument(f"--{name}", type=kind)
+    p.add_argument("--optimizer", help="sgd_nesterov | adam | ranger | ranger21")
+    p.add_argument("--scheduler", help="plateau | cosine | step | none (ranger21 needs none)")
+    p.add_argument("--activation", help="swish | mish (EfficientNet)")
+    p.add_argument("--pretrained", dest="pretrained_path", metavar="DIR", help="local pretrained ViT folder")
+    p.add_argument("--base-checkpoint", metavar="PATH", help="transfer weights by name from this checkpoint")
+    p.add_argument("--freeze", action="store_true", default=None, help="freeze the transferred weights")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--name", help="run folder under results/train/ (default: model and time)")
+    p.add_argument("--results", default="results", metavar="DIR")
+    return p
+
+
+def _evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py evaluate", description="Score a checkpoint on one split.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--data", required=True, metavar="PATH")
+    p.add_argument("--split", default=None, help="split name (default: the test split, PrivateTest)")
+    p.add_argument("--out", metavar="DIR", help="where the confusion-matrix PNG goes (default: beside the checkpoint)")
+    p.add_argument("--device")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``launch.py`` and the ``fer-tune`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in COMMANDS:
+            return {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data,
+                    "demo-data": _cmd_demo}[argv[0]](argv[1:])
+        return _cmd_search(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+def _load_data(path: str | None, smoke: bool):
+    from fer_tune.data import load_fer
+    from fer_tune.demo_data import DemoSpec, default_demo_csv
+
+    if path:
+        return load_fer(path)
+    if smoke:
+        demo = default_demo_csv(DemoSpec(train_per_class=100, val_per_class=25, test_per_class=25))
+        print(f"data: built-in demo faces (not FER2013) from {demo}")
+        return load_fer(demo)
+    raise UserError("no data given: pass --data PATH/TO/fer2013.csv, or --smoke for the built-in demo data")
+
+
+def _cmd_search(argv: list[str]) -> int:
+    args = _search_parser().parse_args(argv)
+    if args.list:
+        return _cmd_list()
+    if not args.search:
+        _search_parser().print_help()
+        return 2
+    from fer_tune.search import SearchOptions, run_search
+    from fer_tune.search_space import load_search_space
+
+    load_search_space(args.search)  # a broken YAML fails before any data is read
+    data = _load_data(args.data, args.smoke)
+    opts = SearchOptions(
+        results_dir=Path(args.results), name=args.name, trials=args.trials, max_epochs=args.max_epochs,
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, seed=args.seed,
+        fresh=args.fresh, resume=args.resume, smoke=args.smoke, base_checkpoint=args.base_checkpoint,
+    )
+    if args.smoke and args.cpus_per_trial is None:
+        opts.cpus_per_trial = 1
+    run_search(args.search, data, opts)
+    return 0
+
+
+def _cmd_list() -> int:
+    from fer_tune.search_space import available_spaces, load_search_space
+
+    for name in available_spaces():
+        space = load_search_space(name)
+        explored = ", ".join(
+            f"{p.name} {list(p.values)}" if p.kind == "choice" else f"{p.name} {p.kind}[{p.low:g}, {p.high:g}]"
+            for p in space.params
+        )
+        base = f"base {space.base}" if space.base else "from scratch"
+        print(f"{name:24s} {space.model} ({base}); {space.budget.num_trials} trials x {space.budget.max_epochs} epochs\n"
+              f"{'':24s} {space.description}\n{'':24s} explores: {explored}")
+    return 0
+
+
+def _cmd_train(argv: list[str]) -> int:
+    import time
+
+    from fer_tune.config import TrainConfig, load_train_config
+    from fer_tune.train_run import run_training
+
+    args = _train_parser().parse_args(argv)
+    config = load_train_config(args.config) if args.config else TrainConfig()
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in TrainConfig.__dataclass_fields__ and v is not None}
+    if args.base_checkpoint:
+        overrides["base_checkpoint"] = args.base_checkpoint
+    if overrides.get("optimizer") == "ranger21" and "scheduler" not in overrides:
+        overrides["scheduler"] = "none"
+    if args.smoke:
+        overrides.setdefault("epochs", 2)
+        if config.model.startswith("vgg") or overrides.get("model", "").startswith("vgg"):
+            overrides.setdefault("width", min(config.width, 0.125))
+        overrides.setdefault("batch_size", min(config.batch_size, 32))
+        if config.base_checkpoint and not Path(config.base_checkpoint).is_file():
+            overrides["base_checkpoint"] = None
+    config = config.replace(source=args.config or "command line", **overrides)
+    data = _load_data(args.data, args.smoke)
+    name = args.name or f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_training(config, data, Path(args.results) / "train" / name, device=args.device)
+    return 0
+
+
+def _cmd_evaluate(argv: list[str]) -> int:
+    from fer_tune.data import load_fer
+    from fer_tune.evaluate import evaluate_checkpoint
+    from fer_tune.plots import plot_confusion
+    from fer_tune import EMOTIONS
+
+    args = _evaluate_parser().parse_args(argv)
+    data = load_fer(args.data)
+    split = args.split or data.roles.get("test")
+    if split is None:
+        raise UserError(f"{args.data}: this layout has no labelled test split; pass --split with one of {', '.join(data.split_names)}")
+    result = evaluate_checkpoint(args.checkpoint, data, split, args.device)
+    for label, s in (("ten-crop", result.ten_crop), ("single-crop", result.single_crop)):
+        print(f"{split} ({s.count} images) {label}: accuracy {s.accuracy:.4f}  macro precision "
+              f"{s.macro_precision:.4f}  recall {s.macro_recall:.4f}  F1 {s.macro_f1:.4f}")
+    s = result.ten_crop
+    print("per class (ten-crop):  " + "  ".join(
+        f"{e} P{p:.2f}/R{r:.2f}/F{f:.2f}" for e, p, r, f in zip(EMOTIONS, s.per_class_precision,
+                                                           s.per_class_recall, s.per_class_f1)))
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    png = plot_confusion(s.confusion, out / f"confusion_{split}.png",
+                         f"{Path(args.checkpoint).name} on {split} (ten-crop, row-normalised)")
+    print(f"confusion matrix: {png}")
+    return 0
+
+
+def _cmd_data(argv: list[str]) -> int:
+    from fer_tune.data import load_fer
+    from fer_tune.data_report import describe
+
+    p = argparse.ArgumentParser(prog="launch.py data", description="Describe a FER2013 data file.")
+    p.add_argument("path")
+    args = p.parse_args(argv)
+    print(describe(load_fer(args.path)), end="")
+    return 0
+
+
+def _cmd_demo(argv: list[str]) -> int:
+    from fer_tune.demo_data import DemoSpec, write_demo_csv
+
+    p = argparse.ArgumentParser(prog="launch.py demo-data", description="Write the built-in demo faces as a FER2013-format CSV.")
+    p.add_argument("out")
+    p.add_argument("--per-class", type=int, default=160, help="Training rows per class")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    spec = DemoSpec(train_per_class=args.per_class, val_per_class=max(1, args.per_class // 4),
+                    test_per_class=max(1, args.per_class // 4), seed=args.seed)
+    print(f"wrote {write_demo_csv(args.out, spec)} (demo faces, not FER2013)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
