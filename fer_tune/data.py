@@ -225,13 +225,14 @@ def _read_csv_frame(path: Path) -> pd.DataFrame:
     if b"\x00" in head:
         raise UserError(f"{path}: this is a binary file, not a CSV; give the FER2013 CSV (header emotion,pixels,Usage)")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # header=None: a row with more fields than the header is an error, not a silent index column
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, header=None)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text CSV (bytes that are not UTF-8); give the FER2013 CSV") from None
     except pd.errors.ParserError as exc:
         raise UserError(f"{path}: malformed CSV ({exc}); every row must be emotion,pixels,Usage") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+    frame.columns = [str(c).strip() for c in frame.iloc[0]]
+    return frame.iloc[1:].reset_index(drop=True)
 
 
 def _bad_rows_message(path: Path, bad: np.ndarray, describe) -> str:

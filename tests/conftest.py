@@ -1,0 +1,50 @@
+"""Shared fixtures: demo data the project generates itself (never the real FER2013)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fer_tune.data import load_fer
+from fer_tune.demo_data import DemoSpec, write_demo_csv
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep demo files and read-only-data caches out of the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    """280 / 70 / 70 demo faces: enough for pipelines and searches, fast on 2 cores."""
+    return write_demo_csv(tmp_path_factory.mktemp("tiny") / "fer2013.csv", DemoSpec(40, 10, 10, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_csv):
+    return load_fer(tiny_csv)
+
+
+@pytest.fixture(scope="session")
+def learn_csv(tmp_path_factory) -> Path:
+    """1120 / 280 / 280 demo faces: for the tests that check a model really learns."""
+    return write_demo_csv(tmp_path_factory.mktemp("learn") / "fer2013.csv", DemoSpec(160, 40, 40, seed=0))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs) shared by the in-process search tests."""
+    import ray
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

@@ -1,0 +1,73 @@
+"""The training engine: it learns, it repeats exactly, it stops on divergence, it resumes exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fer_tune.config import TrainConfig
+from fer_tune.data import load_fer
+from fer_tune.engine import Trainer
+
+SMALL = dict(model="vgg", width=0.125, batch_size=32)
+
+
+def test_short_training_on_demo_data_beats_chance_widely(learn_csv):
+    data = load_fer(learn_csv)
+    trainer = Trainer(TrainConfig(**SMALL, epochs=6, lr=0.01), data.role("train"), data.role("val"))
+    history = trainer.fit()
+    assert len(history) == 6
+    assert history[-1].train_loss < history[0].train_loss
+    assert trainer.best_val_acc > 0.5  # chance is 1/7 = 0.14
+    assert all(0 <= r.val_f1 <= 1 and r.lr > 0 for r in history)
+
+
+def test_same_seed_same_metrics_on_cpu(tiny_data):
+    def run():
+        t = Trainer(TrainConfig(**SMALL, epochs=2, seed=3), tiny_data.role("train"), tiny_data.role("val"))
+        return [r.as_dict() | {"epoch_time": 0} for r in t.fit()]
+
+    assert run() == run()
+
+
+def test_divergence_is_detected_at_the_first_non_finite_loss(tiny_data):
+    config = TrainConfig(**SMALL, epochs=5, lr=1e6, optimizer="sgd_nesterov", scheduler="none")
+    trainer = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    history = trainer.fit()
+    assert history[-1].diverged and len(history) < 5
+    assert math.isnan(history[-1].train_loss)
+
+
+def test_resume_from_state_continues_exactly(tiny_data):
+    config = TrainConfig(**SMALL, epochs=3, seed=1, optimizer="adam", lr=1e-3, scheduler="cosine")
+    straight = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    expected = [r.val_acc for r in straight.fit()] + [straight.history[-1].train_loss]
+
+    first = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    first.step_epoch()
+    first.step_epoch()
+    state = first.state_dict()
+    second = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    second.load_state_dict(state)
+    assert second.epoch == 2
+    history = second.fit()
+    assert [r.epoch for r in history] == [1, 2, 3]
+    assert [r.val_acc for r in history] + [history[-1].train_loss] == pytest.approx(expected, abs=1e-6)
+
+
+def test_test_split_is_never_given_to_the_trainer(tiny_data, monkeypatch):
+    """A Trainer receives arrays; the CLI and the search hand it only the train and val roles."""
+    seen = []
+    original = type(tiny_data).role
+
+    def spy(self, role):
+        seen.append(role)
+        return original(self, role)
+
+    monkeypatch.setattr(type(tiny_data), "role", spy)
+    from fer_tune.train_run import run_training
+
+    run_training(TrainConfig(**SMALL, epochs=1), tiny_data, __import__("pathlib").Path(
+        __import__("tempfile").mkdtemp()), log=lambda s: None)
+    assert "test" not in seen and set(seen) == {"train", "val"}
