@@ -236,8 +236,15 @@ def _tuner(space: SearchSpace, opts: SearchOptions, trial_data: TrialData, folde
 
 
 def trial_dirname(trial) -> str:
-    """Short trial folder names (Ray's default spells out the whole config)."""
-    return f"trial_{trial.trial_id}"
+    """Short trial folder names in creation order, ``trial_001_<id>`` (Ray's default spells out the config)."""
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return f"trial_{int(number):03d}_{trial.trial_id}" if number.isdigit() else f"trial_{trial.trial_id}"
+
+
+def trial_number(path: str) -> int | None:
+    """The creation order of a trial from its folder name (1 = the first trial, the paper's settings)."""
+    parts = Path(path).name.split("_")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
 
 
 def _trial_resources(space: SearchSpace, opts: SearchOptions, cluster: dict[str, float]) -> dict[str, float]:
@@ -260,7 +267,8 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
     for result in results:
         history = result.metrics_dataframe
         metrics = result.metrics or {}
-        row: dict[str, Any] = {"trial_id": metrics.get("trial_id") or Path(result.path).name}
+        row: dict[str, Any] = {"trial": trial_number(result.path),
+                               "trial_id": metrics.get("trial_id") or Path(result.path).name}
         row.update({name: result.config.get(name) for name in names})
         if "scheduler" in names and row.get("scheduler") is None:
             row["scheduler"] = result.config.get("scheduler", "none")
@@ -290,7 +298,7 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
         rows.append(row)
     frame = pd.DataFrame(rows)
     if len(frame):
-        frame = frame.sort_values("trial_id", kind="stable").reset_index(drop=True)
+        frame = frame.sort_values(["trial", "trial_id"], kind="stable").reset_index(drop=True)
     return frame
 
 

@@ -1,0 +1,130 @@
+"""The search: Ray Tune + Optuna + ASHA end to end on demo data, its outputs, its YAML validation."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fer_tune.cli import main
+from fer_tune.errors import UserError
+from fer_tune.search import SearchOptions, run_search
+from fer_tune.search_space import available_spaces, load_search_space, paper_point
+
+pytestmark = pytest.mark.slow
+
+
+def _space_file(tmp_path: Path, body: str, name: str = "designed.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path, capsys):
+    """`--search vgg_spinal --smoke`: base trained first, transferred, 4 trials with ASHA, all outputs."""
+    rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "vgg_spinal-smoke"
+    assert "training the base vgg first with the paper's recipe" in out
+    assert f"results: {folder}" in out
+    assert (folder / "base" / "best.pt").is_file()
+
+    table = pd.read_csv(folder / "trials.csv")
+    assert len(table) == 4
+    assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze", "epochs_run", "best_val_acc",
+            "last_val_acc", "status", "stopped_early_by_asha", "wall_time_s", "gpu_hours"} <= set(table.columns)
+    assert table.trial.tolist() == [1, 2, 3, 4]
+    first = table.iloc[0]
+    paper = paper_point(load_search_space("vgg_spinal"))  # Table 10: Ranger21, lr 1e-3, wd 5e-4, frozen
+    assert {k: first[k] for k in paper} == pytest.approx(paper)
+    assert first.scheduler == "none"
+
+    best = yaml.safe_load((folder / "best_config.yaml").read_text())
+    assert best["model"] == "vgg_spinal" and best["base_checkpoint"].endswith("best.pt")
+    assert all(isinstance(v, (str, int, float, bool, type(None))) for v in best.values())
+    assert list(folder.glob("ray/trial_*/events.out.tfevents.*"))
+    assert (folder / "best_model.pt").is_file()
+
+    rc = main(["train", "--config", str(folder / "best_config.yaml"), "--smoke", "--data", str(tiny_csv),
+               "--results", str(tmp_path), "--name", "again", "--epochs", "1"])
+    assert rc == 0 and (tmp_path / "train" / "again" / "best.pt").is_file()
+
+
+def test_asha_stops_weak_trials_early(ray_local, tiny_data, tmp_path):
+    space = _space_file(tmp_path, """
+        model: vgg
+        metric: val_loss
+        budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, num_trials: 4, max_concurrent: 1}
+        resources: {gpus_per_trial: 0, cpus_per_trial: 2}
+        fixed: {width: 0.125, batch_size: 32, scheduler: none}
+        space:
+          optimizer: {choice: [adam]}
+          lr: {choice: [1.0e-7, 0.02, 0.05]}   # 1e-7 keeps val_loss at ln 7; 0.02+ overshoots in epoch 1
+        paper_trial: {optimizer: adam, lr: 1.0e-7}
+    """)
+    outcome = run_search(str(space), tiny_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
+    table = outcome.trials
+    assert len(table) == 4
+    assert table.stopped_early_by_asha.any(), table[["lr", "epochs_run", "status"]]
+    assert (table.epochs_run == 3).any()
+    assert (table.loc[table.stopped_early_by_asha, "epochs_run"] < 3).all()
+
+
+def test_diverging_trial_is_recorded_and_the_search_goes_on(ray_local, tiny_data, tmp_path):
+    space = _space_file(tmp_path, """
+        model: vgg
+        budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, num_trials: 2, max_concurrent: 2}
+        resources: {gpus_per_trial: 0, cpus_per_trial: 1}
+        fixed: {width: 0.125, batch_size: 32, scheduler: none, optimizer: sgd_nesterov}
+        space:
+          lr: {choice: [1.0e+6, 1.0e-3]}
+        paper_trial: {lr: 1.0e+6}
+    """)
+    outcome = run_search(str(space), tiny_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
+    table = outcome.trials.set_index("lr")
+    assert table.loc[1e6, "status"] == "diverged at epoch 1"
+    assert table.loc[1e-3, "status"] == "completed" and table.loc[1e-3, "epochs_run"] == 2
+
+
+def test_every_shipped_space_loads_and_validates():
+    names = available_spaces()
+    assert names == sorted(["vgg", "vgg_spinal", "vgg_progressive_spinal", "effnetv2s", "effnetv2s_spinal",
+                            "vit_l32", "vit_l32_spinal"])
+    for name in names:
+        space = load_search_space(name)
+        assert space.model == name and space.paper_trial
+        assert {"optimizer", "lr", "weight_decay", "batch_size"} <= {p.name for p in space.params}
+        assert (space.base is not None) == ("freeze" in {p.name for p in space.params})
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("model: vgg\nspace: {lr: {loguniform: [1e-3\n", r"line \d+ column \d+: YAML syntax error"),
+        ("model: vgg\nbudgett: {max_epochs: 3}\n", "unknown key budgett; allowed: description, model"),
+        ("model: vgg\nbudget: {max_epoch: 3}\n", "unknown key budget.max_epoch"),
+        ("model: vgg\nspace: {lr: {loguniform: [0.1, 0.001]}}\n", "space.lr.loguniform: low 0.1 is not below high 0.001"),
+        ("model: vgg\nspace: {optimizer: {choice: [sgd_nesterov, lion]}}\n", "space.optimizer has 'lion'; allowed: sgd_nesterov"),
+        ("model: resnet\n", "model = 'resnet' is unknown; allowed: vgg"),
+        ("model: vgg\nspace: {learning_rate: {choice: [1]}}\n", "unknown key space.learning_rate"),
+        ("model: vgg\nspace: {lr: {normal: [1, 2]}}\n", "space.lr must be one of"),
+        ("model: vgg\nspace: {lr: {choice: [0.1]}}\npaper_trial: {lr: 0.5}\n", "paper_trial.lr = 0.5 is not one of"),
+        ("model: vgg\nmetric: test_acc\n", "metric = 'test_acc' is unknown"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
+def test_broken_space_yaml_names_file_key_and_fix(tmp_path, body, message):
+    path = tmp_path / "broken.yaml"
+    path.write_text(body)
+    with pytest.raises(UserError, match=message) as info:
+        load_search_space(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_unknown_search_name_and_nothing_to_resume(tiny_csv, tmp_path, capsys):
+    assert main(["--search", "vgg", "--resume", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
