@@ -111,14 +111,20 @@ def resolve_base(
         source = opts.results_dir / base_name / "best_model.pt"
         if not source.is_file():
             source = _train_base(space, data, opts, folder)
+    state = check_base_checkpoint(source, space)
+    opts.log(f"base model: {source} ({space.base})")
+    return state, str(source.resolve())
+
+
+def check_base_checkpoint(source: Path, space: SearchSpace) -> dict:
+    """The weights of ``source``, after checking that they are a model of ``space.base``'s architecture."""
     state, config = model_state_from(source)
     if config.get("model") != space.base:
         raise UserError(
             f"{source}: this checkpoint is a {config.get('model')!r} model, but {space.model} transfers "
             f"from {space.base!r}; give a {space.base} checkpoint with --base-checkpoint"
         )
-    opts.log(f"base model: {source} ({space.base})")
-    return state, str(source.resolve())
+    return state
 
 
 def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: Path) -> Path:
@@ -183,9 +189,12 @@ def _progress_callback(metric: str, mode: str, log: Callable[[str], None]):
             log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} epoch {result.get('epoch')}: {metric} "
                 f"{value:.4f}{' DIVERGED' if result.get('diverged') else ''} | {state} | {best}")
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last checkpoint")
+
         def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last checkpoint "
-                "if retries are left")
+            log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed and has no retries left; "
+                f"its error is in {trial.local_path}/error.txt")
 
     return Progress()
 
@@ -363,6 +372,8 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
 
         space = replace(space, budget=replace(space.budget, **budget_changes))
     name = opts.name or (f"{space.name}-smoke" if opts.smoke else space.name)
+    if opts.base_checkpoint and space.base is not None:
+        check_base_checkpoint(Path(opts.base_checkpoint), space)  # before any folder is made
     folder = prepare_output_dir((opts.results_dir / name).resolve())
     train, val = data.role("train"), data.role("val")
     started = time.perf_counter()
