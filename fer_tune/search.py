@@ -200,10 +200,13 @@ def _progress_callback(metric: str, mode: str, log: Callable[[str], None]):
 
 
 def _tuner(space: SearchSpace, opts: SearchOptions, trial_data: TrialData, folder: Path, restore: bool):
+    import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     resources = _trial_resources(space, opts, ray.cluster_resources())
     trainable = tune.with_resources(tune.with_parameters(fer_trainable, data=trial_data), resources)
