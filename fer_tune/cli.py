@@ -46,6 +46,14 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", metavar="DIR", help="where results go (default: results/)")
     p.add_argument("--base-checkpoint", metavar="PATH",
                    help="weights to transfer from (default: results/<base>/best_model.pt, else the base is trained first)")
+    p.add_argument("--retrain", metavar="NAME",
+                   help="retrain the winners of the finished search results/NAME and score them on PrivateTest")
+    p.add_argument("--no-retrain", action="store_true", help="stop after the search (no retraining, no report)")
+    p.add_argument("--top-k", type=int, metavar="K", help="configurations to retrain (default 3; 2 with --smoke)")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds per configuration (default 3; 2 with --smoke)")
+    p.add_argument("--protocol", default="paper", choices=["paper", "trainval"],
+                   help="paper: train on Training, select on PublicTest; trainval: then refit on Training + PublicTest")
+    p.add_argument("--report", action="store_true", help="gather every scored search under --results into leaderboard.md")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fresh", action="store_true", help="discard an earlier search of this name and start over")
     g.add_argument("--resume", action="store_true", help="continue an earlier search (an error if there is none)")
@@ -116,6 +124,17 @@ def _cmd_search(argv: list[str]) -> int:
     args = _search_parser().parse_args(argv)
     if args.list:
         return _cmd_list()
+    if args.report:
+        from fer_tune.report import write_leaderboard
+
+        print(f"leaderboard: {write_leaderboard(Path(args.results))}")
+        return 0
+    if args.retrain:
+        folder = Path(args.results) / args.retrain
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such search folder; run --search first (or give --results)")
+        _finish(folder, _load_data(args.data, args.smoke), args)
+        return 0
     if not args.search:
         _search_parser().print_help()
         return 2
@@ -131,8 +150,20 @@ def _cmd_search(argv: list[str]) -> int:
     )
     if args.smoke and args.cpus_per_trial is None:
         opts.cpus_per_trial = 1
-    run_search(args.search, data, opts)
+    outcome = run_search(args.search, data, opts)
+    if not args.no_retrain:
+        _finish(outcome.folder, data, args)
     return 0
+
+
+def _finish(folder: Path, data, args: argparse.Namespace) -> None:
+    from fer_tune.finish import FinishOptions, retrain_and_report
+
+    small = 2 if args.smoke else 3
+    retrain_and_report(folder, data, FinishOptions(
+        top_k=args.top_k or small, seeds=args.seeds or small, protocol=args.protocol,
+        gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else (0.0 if args.smoke else 1.0),
+        cpus_per_trial=args.cpus_per_trial or 1.0))
 
 
 def _cmd_list() -> int:

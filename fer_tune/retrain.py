@@ -12,6 +12,7 @@ Only the train and validation arrays reach a retraining trial; PrivateTest is re
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ def pick_winners(folder: Path, top_k: int, epochs: int | None = None) -> list[Wi
         raise UserError(f"{folder}: no trials.csv, so no finished search to retrain; run --search first")
     table = pd.read_csv(trials_csv)
     best_config = load_train_config(folder / "best_config.yaml")
-    space = load_search_space(str(table.attrs.get("space", "")) or _space_of(folder, best_config))
+    space = load_search_space(_space_of(folder, best_config))
     metric_col = f"best_{space.metric}"
     usable = table[table.status.isin(["completed", "stopped by ASHA"]) & table[metric_col].notna()]
     if usable.empty:
@@ -71,7 +72,8 @@ def pick_winners(folder: Path, top_k: int, epochs: int | None = None) -> list[Wi
     winners = []
     for rank, (_, row) in enumerate(usable.head(top_k).iterrows(), start=1):
         sampled = {n: _plain(row[n]) for n in names if n in row and not pd.isna(row[n])}
-        config = space.train_config(sampled, epochs=epochs or space.budget.max_epochs).to_dict()
+        # the search's own budget (best_config.yaml records it, smoke or not) unless told otherwise
+        config = space.train_config(sampled, epochs=epochs or best_config.epochs).to_dict()
         config.update({k: v for k, v in best_config.to_dict().items() if k in ("width", "base_checkpoint")})
         winners.append(Winner(rank, str(row.trial_id), float(row[metric_col]), config))
     return winners
@@ -141,9 +143,9 @@ def run_retrain(
     gpus_per_trial: float = 0.0,
     cpus_per_trial: float = 1.0,
     log: Callable[[str], None] = print,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, list[Winner]]:
     """Retrain the winners of the search in ``folder``; returns one row per (winner, seed) run with
-    the path of its kept checkpoint under ``folder/winners/``."""
+    the path of its kept checkpoint under ``folder/winners/``, and the winners."""
     import ray
     from ray import tune
 
@@ -158,6 +160,9 @@ def run_retrain(
     shared = RetrainData(tuple(winners), train[0], train[1], val[0], val[1], base_state, protocol)
     log(f"retraining the top {len(winners)} configurations of {folder.name} with {seeds} seeds each "
         f"({winners[0].config['epochs']} epochs, protocol '{protocol}')")
+    for stale in (folder / RETRAIN_EXPERIMENT, folder / "winners"):  # a retraining starts over as a whole
+        if stale.exists():
+            shutil.rmtree(stale)
     started_ray = init_ray(log)
     try:
         gpus = gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -195,4 +200,4 @@ def run_retrain(
     finally:
         if started_ray:
             ray.shutdown()
-    return pd.DataFrame(rows).sort_values(["winner", "seed"]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["winner", "seed"]).reset_index(drop=True), winners

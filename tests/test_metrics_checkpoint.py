@@ -81,3 +81,16 @@ def test_corrupt_truncated_foreign_and_pickled_checkpoints(tmp_path):
 
 class _Unsafe:
     pass
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_samples():
+    from fer_tune.scoring import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    small = (rng.random(100) < 0.7).astype(float)
+    large = (rng.random(10_000) < 0.7).astype(float)
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 5
+    assert bootstrap_ci(small) == (lo_s, hi_s)  # seeded

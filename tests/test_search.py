@@ -23,14 +23,35 @@ def _space_file(tmp_path: Path, body: str, name: str = "designed.yaml") -> Path:
     return path
 
 
-def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path, capsys):
-    """`--search vgg_spinal --smoke`: base trained first, transferred, 4 trials with ASHA, all outputs."""
+def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path, capsys, monkeypatch):
+    """`--search vgg_spinal --smoke`: base trained first, transferred, 4 trials with ASHA, all outputs,
+    then the top 2 retrained over 2 seeds and scored once on PrivateTest, with the report."""
+    from fer_tune import finish
+    from fer_tune.data import FerData
+
+    events: list[str] = []
+    original_split, original_score = FerData.split, finish.score_runs
+
+    def spy_split(self, name):
+        events.append(f"split:{name}")
+        return original_split(self, name)
+
+    def spy_score(*args, **kwargs):
+        events.append("scoring starts")
+        return original_score(*args, **kwargs)
+
+    monkeypatch.setattr(FerData, "split", spy_split)
+    monkeypatch.setattr(finish, "score_runs", spy_score)
     rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path)])
     assert rc == 0
+    # PrivateTest is read only after the scoring step began, never by the search or the retraining
+    assert "split:PrivateTest" in events
+    assert events.index("split:PrivateTest") > events.index("scoring starts")
+    assert "split:Training" in events[: events.index("scoring starts")]
     out = capsys.readouterr().out
     folder = tmp_path / "vgg_spinal-smoke"
     assert "training the base vgg first with the paper's recipe" in out
-    assert f"results: {folder}" in out
+    assert f"results: {folder}" in out and f"report: {folder / 'report.md'}" in out
     assert (folder / "base" / "best.pt").is_file()
 
     table = pd.read_csv(folder / "trials.csv")
@@ -52,6 +73,39 @@ def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path,
     rc = main(["train", "--config", str(folder / "best_config.yaml"), "--smoke", "--data", str(tiny_csv),
                "--results", str(tmp_path), "--name", "again", "--epochs", "1"])
     assert rc == 0 and (tmp_path / "train" / "again" / "best.pt").is_file()
+
+    # retraining, scoring, report
+    report = (folder / "report.md").read_text()
+    assert "| VGGSpinalNet | 74.45% | 0.740 | 0.727 | 0.733 |" in report
+    assert "Protocol: **paper**" in report and "PrivateTest" in report
+    winners = pd.read_csv(folder / "winners.csv")
+    assert winners.winner.tolist() == [1, 2] and (winners.seeds == 2).all()
+    assert len(list((folder / "winners").glob("winner*_seed*.pt"))) == 4
+    from PIL import Image
+
+    with Image.open(folder / "confusion_matrix.png") as png:
+        assert png.size == (640, 560) and len(set(png.convert("L").getdata())) > 10
+    assert (folder / "learning_curves.png").stat().st_size > 5000 and (folder / "search.png").is_file()
+    # the report's figures are the ones recomputed from the saved predictions
+    from fer_tune.metrics import score
+
+    predictions = pd.read_csv(folder / "predictions.csv")
+    scores = pd.read_csv(folder / "scores.csv")
+    for run in scores.itertuples():
+        mine = predictions[(predictions.winner == run.winner) & (predictions.seed == run.seed)]
+        again = score(mine.label.to_numpy(), mine.prediction.to_numpy())
+        assert again.accuracy == pytest.approx(run.accuracy) and again.macro_f1 == pytest.approx(run.macro_f1)
+        clean = mine[~mine.in_training]
+        assert score(clean.label.to_numpy(), clean.prediction.to_numpy()).accuracy == pytest.approx(
+            run.leak_free_accuracy)
+    for row in winners.itertuples():
+        mean = scores[scores.winner == row.winner].accuracy.mean()
+        assert row.accuracy_mean == pytest.approx(mean)
+        assert f"{mean * 100:.2f}%" in report
+        assert row.accuracy_ci_low <= mean <= row.accuracy_ci_high
+
+    assert main(["--report", "--results", str(tmp_path)]) == 0
+    assert "vgg_spinal-smoke" in (tmp_path / "leaderboard.md").read_text()
 
 
 def test_asha_stops_weak_trials_early(ray_local, tiny_data, tmp_path):

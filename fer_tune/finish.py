@@ -1,0 +1,45 @@
+"""From a finished search to a result: retrain the winners, score them once on PrivateTest, report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fer_tune.data import FerData
+from fer_tune.report import write_report
+from fer_tune.retrain import run_retrain
+from fer_tune.scoring import score_runs, write_scores
+
+
+@dataclass
+class FinishOptions:
+    """How to retrain: top-k configurations x seeds, under one protocol."""
+
+    top_k: int = 3
+    seeds: int = 3
+    protocol: str = "paper"
+    epochs: int | None = None
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    device: str | None = None
+
+
+def retrain_and_report(folder: Path, data: FerData, opts: FinishOptions, log: Callable[[str], None] = print) -> Path:
+    """Retrain (training and validation splits only), then score on the test split, then write the report."""
+    runs, winners = run_retrain(folder, data, top_k=opts.top_k, seeds=opts.seeds, protocol=opts.protocol,
+                                epochs=opts.epochs, gpus_per_trial=opts.gpus_per_trial,
+                                cpus_per_trial=opts.cpus_per_trial, log=log)
+    runs.to_csv(folder / "retrain_runs.csv", index=False)
+    log(f"scoring {len(runs)} retrained runs once on the test split")
+    scored = score_runs(runs, data, opts.device)
+    write_scores(scored, folder)
+    base = winners[0].config.get("base_checkpoint")
+    report = write_report(folder, winners[0].config["model"], runs, scored,
+                          {w.rank: w.config for w in winners}, base)
+    best = scored.winners.sort_values("accuracy_mean", ascending=False).iloc[0]
+    log(f"{scored.test_split}: best winner {int(best.winner)} accuracy {best.accuracy_mean:.4f} "
+        f"+- {best.accuracy_std:.4f} (95% CI {best.accuracy_ci_low:.4f}-{best.accuracy_ci_high:.4f}), "
+        f"macro F1 {best.macro_f1_mean:.4f}")
+    log(f"report: {report}")
+    return report

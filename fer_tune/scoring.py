@@ -1,0 +1,104 @@
+"""The final scoring: each retrained run is scored once on the test split (PrivateTest).
+
+This module is the only caller of ``FerData.role("test")`` outside ``launch.py evaluate``.
+It also scores a leakage-free PrivateTest that leaves out the test images whose exact pixels
+also appear in Training, and gives bootstrap confidence intervals of the accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fer_tune.data import FerData
+from fer_tune.data_report import rows_with_copy_in
+from fer_tune.engine import pick_device
+from fer_tune.evaluate import evaluate_model, model_from_checkpoint
+from fer_tune.metrics import Scores, score
+
+
+def bootstrap_ci(correct: np.ndarray, samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``correct`` (per-image accuracy, 0..1)."""
+    rng = np.random.default_rng(seed)
+    n = len(correct)
+    means = np.empty(samples)
+    for start in range(0, samples, 256):  # resample in blocks to bound memory
+        idx = rng.integers(0, n, size=(min(256, samples - start), n))
+        means[start : start + len(idx)] = correct[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass
+class ScoredRuns:
+    """Per-run scores, per-winner summaries and every prediction (for re-computation)."""
+
+    runs: pd.DataFrame
+    winners: pd.DataFrame
+    predictions: pd.DataFrame
+    test_split: str
+    left_out: int
+    confusion_by_winner: dict[int, list[list[int]]]
+
+
+def _flat(prefix: str, s: Scores) -> dict[str, float]:
+    return {f"{prefix}accuracy": s.accuracy, f"{prefix}macro_precision": s.macro_precision,
+            f"{prefix}macro_recall": s.macro_recall, f"{prefix}macro_f1": s.macro_f1}
+
+
+def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> ScoredRuns:
+    """Score every retrained checkpoint in ``runs`` once on the test split."""
+    dev = pick_device(device)
+    test_split = data.roles.get("test")
+    images, labels = data.role("test")  # the one read of the test split
+    leaked = rows_with_copy_in(data, test_split, data.roles["train"])
+    keep = ~leaked
+    rows, predictions = [], []
+    confusion: dict[int, np.ndarray] = {}
+    for run in runs.itertuples():
+        model, config = model_from_checkpoint(run.checkpoint, dev)
+        result = evaluate_model(model, config, data, test_split, dev)
+        clean = score(labels[keep], result.predictions[keep])
+        rows.append({"winner": run.winner, "seed": run.seed, "protocol": run.protocol,
+                     **_flat("", result.ten_crop), "single_crop_accuracy": result.single_crop.accuracy,
+                     **_flat("leak_free_", clean),
+                     **{f"f1_{i}": v for i, v in enumerate(result.ten_crop.per_class_f1)},
+                     **{f"precision_{i}": v for i, v in enumerate(result.ten_crop.per_class_precision)},
+                     **{f"recall_{i}": v for i, v in enumerate(result.ten_crop.per_class_recall)}})
+        confusion[run.winner] = confusion.get(run.winner, 0) + np.asarray(result.ten_crop.confusion)
+        predictions.append(pd.DataFrame({"winner": run.winner, "seed": run.seed, "row": np.arange(len(labels)),
+                                         "label": labels, "prediction": result.predictions,
+                                         "in_training": leaked}))
+    per_run = pd.DataFrame(rows)
+    preds = pd.concat(predictions, ignore_index=True)
+    return ScoredRuns(per_run, summarise(per_run, preds), preds, test_split, int(leaked.sum()),
+                      {k: v.tolist() for k, v in confusion.items()})
+
+
+def summarise(per_run: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per winner: mean and std over seeds, and a bootstrap 95% interval of the accuracy (images
+    resampled, each image's correctness averaged over the seeds)."""
+    rows = []
+    metrics = ["accuracy", "single_crop_accuracy", "macro_precision", "macro_recall", "macro_f1",
+               "leak_free_accuracy", "leak_free_macro_f1"]
+    for winner, group in per_run.groupby("winner"):
+        preds = predictions[predictions.winner == winner]
+        correct = (preds.label == preds.prediction).groupby(preds.row).mean().to_numpy()
+        low, high = bootstrap_ci(correct)
+        row = {"winner": winner, "seeds": len(group), "protocol": group.protocol.iloc[0]}
+        for m in metrics:
+            row[f"{m}_mean"] = float(group[m].mean())
+            row[f"{m}_std"] = float(group[m].std(ddof=1)) if len(group) > 1 else 0.0
+        row["accuracy_ci_low"], row["accuracy_ci_high"] = low, high
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_scores(scored: ScoredRuns, folder: Path) -> None:
+    """scores.csv (per run), predictions.csv (every image of every run)."""
+    scored.runs.to_csv(folder / "scores.csv", index=False)
+    scored.predictions.to_csv(folder / "predictions.csv", index=False)
