@@ -271,7 +271,8 @@ def _trial_resources(space: SearchSpace, opts: SearchOptions, cluster: dict[str,
 # ------------------------------------------------------------------ outputs
 
 
-def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus: float) -> pd.DataFrame:
+def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus: float,
+                 base_source: str | None = None) -> pd.DataFrame:
     """One row per trial: config, last and best metric, epochs, how it ended, time and GPU/CPU-hours."""
     rows = []
     names = [p.name for p in space.params]
@@ -306,6 +307,7 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
         row["gpu_hours"] = round(wall / 3600 * gpus, 5)
         row["cpu_hours"] = round(wall / 3600 * cpus, 5)
         row["node"] = metrics.get("node")
+        row["base_checkpoint"] = base_source
         row["trial_path"] = result.path
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -324,7 +326,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
 def write_outputs(results, space: SearchSpace, opts: SearchOptions, folder: Path, resources: dict,
                   base_source: str | None) -> SearchOutcome:
     """trials.csv, best_config.yaml, best_model.pt (the best trial's best checkpoint)."""
-    table = trials_table(results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"])
+    table = trials_table(results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"], base_source)
     trials_csv = _write_csv(table, folder / "trials.csv")
     scored = [r for r in results if r.error is None and r.metrics_dataframe is not None
               and space.metric in r.metrics_dataframe and not r.metrics.get("diverged")]
@@ -409,6 +411,9 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
                          f"{resources['cpu']:g} CPU / {resources['gpu']:g} GPU per trial; data {data.source}")
             tuner = _tuner(space, opts, trial_data, folder, restore=can_restore)
             results = tuner.fit()
+            ended = results.num_terminated + results.num_errors
+            if ended < space.budget.num_trials:  # Ctrl-C: Tune saved its state and returned early
+                raise KeyboardInterrupt(f"{ended} of {space.budget.num_trials} trials ended")
             outcome = write_outputs(results, space, opts, folder, resources, base_source)
         finally:
             if we_started_ray:
