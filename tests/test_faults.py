@@ -51,7 +51,7 @@ SEQUENTIAL = """
 
 def test_killed_driver_resumes_without_losing_or_retraining_trials(tiny_csv, tmp_path):
     space = _space(tmp_path, "killme", SEQUENTIAL)
-    args = ["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r")]
+    args = ["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r"), "--no-retrain"]
     first = _launch(args)
     finished: dict[str, float] = {}
     deadline = time.time() + 240
@@ -90,7 +90,7 @@ def test_dying_worker_is_retried_from_its_last_checkpoint(tiny_csv, tmp_path):
     """)
     marker_dir = tmp_path / "marker"
     marker_dir.mkdir()
-    proc = _launch(["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r")],
+    proc = _launch(["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r"), "--no-retrain"],
                    env={"FER_TUNE_TEST_CRASH_ONCE_DIR": str(marker_dir)})
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
