@@ -19,9 +19,12 @@ def duplicate_groups(images: np.ndarray) -> np.ndarray:
     return group.ravel()
 
 
-def rows_with_copy_in(data: FerData, split: str, reference: str = "Training") -> np.ndarray:
-    """Boolean mask over ``split``'s rows: True where the exact pixels also occur in ``reference``."""
-    group = duplicate_groups(data.images)
+def rows_with_copy_in(
+    data: FerData, split: str, reference: str = "Training", group: np.ndarray | None = None
+) -> np.ndarray:
+    """Boolean mask over ``split``'s rows: True where the exact pixels also occur in ``reference``.
+    ``group`` (from :func:`duplicate_groups`) saves recomputing it for several splits."""
+    group = duplicate_groups(data.images) if group is None else group
     ref_code = data.split_names.index(reference)
     code = data.split_names.index(split)
     in_reference = np.zeros(group.max() + 1, dtype=bool)
@@ -85,6 +88,6 @@ def describe(data: FerData) -> str:
     if "Training" in data.split_names:
         for name in data.split_names:
             if name != "Training":
-                leaked = rows_with_copy_in(data, name)
+                leaked = rows_with_copy_in(data, name, group=group)
                 lines.append(f"{name} rows whose exact pixels also appear in Training: {int(leaked.sum())} of {len(leaked)}")
     return "\n".join(lines) + "\n"
