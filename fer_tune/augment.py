@@ -139,6 +139,11 @@ class BatchAugmenter:
         """How many network inputs one training image becomes (10 for the ten-crop recipe)."""
         return 10 if self.cfg.recipe == "vgg" else 1
 
+    @property
+    def single_view_only(self) -> bool:
+        """True when evaluation has one view whatever is asked (ViT: the whole upscaled face)."""
+        return self.cfg.recipe == "vit"
+
     def train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, 48, 48) + labels -> (inputs, targets); ten-crop repeats each label 10 times."""
         x = images.unsqueeze(1).float() / 255.0
@@ -157,7 +162,7 @@ class BatchAugmenter:
         if crops not in ("ten", "single"):
             raise ValueError(f"crops must be 'ten' or 'single', not {crops!r}")
         x = images.unsqueeze(1).float() / 255.0
-        if self.cfg.recipe == "vit":
+        if self.single_view_only:
             return self._vit_input(x).unsqueeze(1)
         if crops == "ten":
             return ten_crop(x, self.cfg.crop)

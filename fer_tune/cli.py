@@ -46,6 +46,9 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", metavar="DIR", help="where results go (default: results/)")
     p.add_argument("--base-checkpoint", metavar="PATH",
                    help="weights to transfer from (default: results/<base>/best_model.pt, else the base is trained first)")
+    p.add_argument("--pretrained", metavar="DIR",
+                   help="ViT: a local folder of pretrained weights (a copy of google/vit-large-patch32-224-in21k "
+                        "saved with save_pretrained), shipped to every trial; 'from_scratch' for random weights")
     p.add_argument("--retrain", metavar="NAME",
                    help="retrain the winners of the finished search results/NAME and score them on PrivateTest")
     p.add_argument("--no-retrain", action="store_true", help="stop after the search (no retraining, no report)")
@@ -147,6 +150,7 @@ def _cmd_search(argv: list[str]) -> int:
         results_dir=Path(args.results), name=args.name, trials=args.trials, max_epochs=args.max_epochs,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, seed=args.seed,
         fresh=args.fresh, resume=args.resume, smoke=args.smoke, base_checkpoint=args.base_checkpoint,
+        pretrained=args.pretrained,
     )
     if args.smoke and args.cpus_per_trial is None:
         opts.cpus_per_trial = 1
@@ -163,7 +167,7 @@ def _finish(folder: Path, data, args: argparse.Namespace) -> None:
     retrain_and_report(folder, data, FinishOptions(
         top_k=args.top_k or small, seeds=args.seeds or small, protocol=args.protocol,
         gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else (0.0 if args.smoke else 1.0),
-        cpus_per_trial=args.cpus_per_trial or 1.0))
+        cpus_per_trial=args.cpus_per_trial or 1.0, pretrained=args.pretrained))
 
 
 def _cmd_list() -> int:
@@ -223,7 +227,8 @@ def _cmd_evaluate(argv: list[str]) -> int:
     result = evaluate_checkpoint(args.checkpoint, data, split, args.device)
     for label, s in (("ten-crop", result.ten_crop), ("single-crop", result.single_crop)):
         print(f"{split} ({s.count} images) {label}: accuracy {s.accuracy:.4f}  macro precision "
-              f"{s.macro_precision:.4f}  recall {s.macro_recall:.4f}  F1 {s.macro_f1:.4f}")
+              f"{s.macro_precision:.4f}  recall {s.macro_recall:.4f}  F1 (mean of per-class F1) {s.macro_f1:.4f}  "
+              f"F1 of macro P and R {s.f1_of_macro_pr:.4f}")
     s = result.ten_crop
     print("per class (ten-crop):  " + "  ".join(
         f"{e} P{p:.2f}/R{r:.2f}/F{f:.2f}" for e, p, r, f in zip(EMOTIONS, s.per_class_precision,

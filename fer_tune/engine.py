@@ -22,6 +22,7 @@ from fer_tune.augment import AugmentConfig, BatchAugmenter
 from fer_tune.config import TrainConfig
 from fer_tune.metrics import macro_f1
 from fer_tune.models import create_model, model_info
+from fer_tune.models.vit import PretrainedViT, resolve_pretrained
 from fer_tune.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
 from fer_tune.transfer import TransferReport, train_mode, transfer_weights
 
@@ -97,13 +98,15 @@ class Trainer:
         *,
         device: str | torch.device | None = None,
         base_state: dict[str, torch.Tensor] | None = None,
+        pretrained: PretrainedViT | None = None,
     ):
         self.config = config
         self.device = pick_device(str(device) if device else None)
         seed_everything(config.seed)
         info = model_info(config.model)
         self.model: nn.Module = create_model(
-            config.model, width=config.width, activation=config.activation, pretrained_path=config.pretrained_path
+            config.model, width=config.width, activation=config.activation,
+            pretrained=(pretrained or resolve_pretrained(config.pretrained_path)) if info.recipe == "vit" else None,
         )
         self.transfer: TransferReport | None = None
         if base_state is not None:
@@ -125,6 +128,14 @@ class Trainer:
         self.epoch = 0
         self.best_val_acc = -1.0
         self.history: list[EpochResult] = []
+        self.lr_replay: list[float] | None = None
+        # the loss check is a host sync: every batch on CPU (free), every 16th on an accelerator
+        self.loss_check_every = 1 if self.device.type == "cpu" else 16
+
+    def replay_learning_rates(self, rates: list[float]) -> None:
+        """Train epoch k at ``rates[k]`` instead of stepping the scheduler (a refit repeating a
+        ReduceLROnPlateau run whose validation split has become training data)."""
+        self.lr_replay = list(rates)
 
     # ------------------------------------------------------------ training
 
@@ -144,12 +155,16 @@ class Trainer:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                 logits = self.model(inputs)
                 loss = F.cross_entropy(logits.float(), targets)
-            # a host sync: every batch on CPU (free), every 16th on an accelerator
-            if (self.device.type == "cpu" or b % 16 == 0) and not torch.isfinite(loss):
+            if b % self.loss_check_every == 0 and not torch.isfinite(loss):
                 return float("nan"), 0.0, True
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:  # Ranger21: "hit nan for variance_normalized"
+                if "nan" not in str(exc).lower():
+                    raise
+                return float("nan"), 0.0, True
             total_loss += loss.detach() * len(targets)
             correct += (logits.argmax(1) == targets).sum()
             seen += len(targets)
@@ -174,14 +189,21 @@ class Trainer:
         loss = float(F.cross_entropy(logits, self.val_labels))
         pred = logits.argmax(1)
         acc = float((pred == self.val_labels).float().mean())
-        single = self.predict_logits(self.val_images, "single").argmax(1)
-        acc_single = float((single == self.val_labels).float().mean())
+        if self.augmenter.single_view_only:  # the same view twice: compute it once
+            acc_single = acc
+        else:
+            single = self.predict_logits(self.val_images, "single").argmax(1)
+            acc_single = float((single == self.val_labels).float().mean())
         f1 = macro_f1(self.val_labels.cpu().numpy(), pred.cpu().numpy())
         return loss, acc, acc_single, f1
 
     def step_epoch(self) -> EpochResult:
         """Train one epoch, validate, step the scheduler; returns the epoch's record."""
         start = time.perf_counter()
+        replaying = self.lr_replay is not None and self.epoch < len(self.lr_replay)
+        if replaying:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_replay[self.epoch]
         train_loss, train_acc, diverged = self.train_one_epoch()
         self.epoch += 1
         if diverged:
@@ -190,7 +212,8 @@ class Trainer:
         else:
             val_loss, val_acc, val_single, val_f1 = self.validate()
             lr = current_lr(self.optimizer)
-            step_scheduler(self.scheduler, val_acc)
+            if not replaying:
+                step_scheduler(self.scheduler, val_acc)
             result = EpochResult(self.epoch, train_loss, train_acc, val_loss, val_acc, val_single, val_f1, lr,
                                  time.perf_counter() - start)
             self.best_val_acc = max(self.best_val_acc, val_acc)
@@ -221,6 +244,7 @@ class Trainer:
             "history": [r.as_dict() for r in self.history],
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -234,3 +258,5 @@ class Trainer:
         self.history = [EpochResult(**r) for r in state["history"]]
         self.generator.set_state(state["generator"].to(self.generator.get_state().device))
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])

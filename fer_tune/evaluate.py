@@ -35,7 +35,10 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch
     """Rebuild the model a checkpoint was trained as, with its weights."""
     payload = load_checkpoint(path)
     config = TrainConfig.from_mapping(payload.get("config", {}), source=f"{path} (stored config)")
-    model = create_model(config.model, width=config.width, activation=config.activation)
+    # a ViT fine-tuned from a local pretrained folder has that folder's architecture (read it when present)
+    vit_folder = config.pretrained_path if model_info(config.model).recipe == "vit" else None
+    architecture = {"pretrained_path": vit_folder} if vit_folder and Path(vit_folder, "config.json").is_file() else {}
+    model = create_model(config.model, width=config.width, activation=config.activation, **architecture)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:

@@ -17,7 +17,8 @@ class Scores:
     accuracy: float
     macro_precision: float
     macro_recall: float
-    macro_f1: float
+    macro_f1: float  # the mean of the per-class F1 scores (scikit-learn's average="macro")
+    f1_of_macro_pr: float  # 2PR / (P + R) of the macro precision and recall: the paper's "macro F1"
     per_class_precision: list[float]
     per_class_recall: list[float]
     per_class_f1: list[float]
@@ -42,12 +43,18 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = len(EMOTION
         macro_precision=float(macro[0]),
         macro_recall=float(macro[1]),
         macro_f1=float(macro[2]),
+        f1_of_macro_pr=f1_of_means(float(macro[0]), float(macro[1])),
         per_class_precision=[float(v) for v in per_class[0]],
         per_class_recall=[float(v) for v in per_class[1]],
         per_class_f1=[float(v) for v in per_class[2]],
         confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         count=int(len(y_true)),
     )
+
+
+def f1_of_means(precision: float, recall: float) -> float:
+    """The harmonic mean of a (macro) precision and recall; 0 when both are 0."""
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = len(EMOTIONS)) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +26,10 @@ from fer_tune.config import TrainConfig, load_train_config
 from fer_tune.data import FerData
 from fer_tune.engine import Trainer
 from fer_tune.errors import UserError
+from fer_tune.models import check_pretrained_choice, model_info
+from fer_tune.models.vit import PretrainedViT, resolve_pretrained
 from fer_tune.search_space import load_search_space
+from fer_tune.transfer import BaseWeights, load_base
 
 PROTOCOLS = ("paper", "trainval")
 RETRAIN_EXPERIMENT = "retrain"
@@ -51,7 +54,8 @@ class RetrainData:
     train_labels: np.ndarray
     val_images: np.ndarray
     val_labels: np.ndarray
-    base_state: dict | None
+    base: BaseWeights | None
+    pretrained: PretrainedViT | None
     protocol: str
 
 
@@ -105,9 +109,9 @@ def retrain_trainable(config: dict[str, Any], data: RetrainData) -> None:
     winner = data.winners[config["winner"] - 1]
     train_config = TrainConfig.from_mapping({**winner.config, "seed": int(config["seed"])})
     train, val = (data.train_images, data.train_labels), (data.val_images, data.val_labels)
-    trainer = Trainer(train_config, train, val, base_state=data.base_state)
-    for phase, current in _phases(trainer, train_config, train, val, data):
-        while current.epoch < current.config.epochs:
+    trainer = Trainer(train_config, train, val, **_starting_points(data))
+    for phase, current, stop_epoch in _phases(trainer, train_config, train, val, data):
+        while current.epoch < stop_epoch:
             result = current.step_epoch()
             metrics = {**result.as_dict(), "diverged": int(result.diverged), "phase": phase,
                        "winner": winner.rank, "seed": int(config["seed"])}
@@ -123,13 +127,27 @@ def retrain_trainable(config: dict[str, Any], data: RetrainData) -> None:
                 return
 
 
+def _starting_points(data: RetrainData) -> dict[str, Any]:
+    return {"base_state": data.base.state if data.base is not None else None, "pretrained": data.pretrained}
+
+
 def _phases(trainer: Trainer, config: TrainConfig, train, val, data: RetrainData):
-    yield "select", trainer
+    """(phase, trainer, the epoch it stops at): ``select`` runs the whole budget; under ``trainval`` a
+    ``refit`` on Training + PublicTest repeats the selected run's trajectory up to its selected epoch:
+    the schedule is built for the whole budget (cosine, step and Ranger21's warm-down depend on it) and
+    ReduceLROnPlateau, which cannot watch a validation split that is now training data, is replaced
+    by the learning rates the selected run recorded."""
+    yield "select", trainer, config.epochs
     if data.protocol == "trainval":
-        best = max(trainer.history, key=lambda r: r.val_acc)
+        scored = [r for r in trainer.history if not r.diverged]
+        if not scored:
+            return
+        best = max(scored, key=lambda r: r.val_acc)
         merged = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
-        refit = Trainer(config.replace(epochs=best.epoch), merged, val, base_state=data.base_state)
-        yield "refit", refit
+        refit = Trainer(config, merged, val, **_starting_points(data))
+        if config.scheduler == "plateau":
+            refit.replay_learning_rates([r.lr for r in trainer.history[: best.epoch]])
+        yield "refit", refit, best.epoch
 
 
 def run_retrain(
@@ -142,6 +160,7 @@ def run_retrain(
     epochs: int | None = None,
     gpus_per_trial: float = 0.0,
     cpus_per_trial: float = 1.0,
+    pretrained: str | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, list[Winner]]:
     """Retrain the winners of the search in ``folder``; returns one row per (winner, seed) run with
@@ -150,14 +169,18 @@ def run_retrain(
     from ray import tune
 
     from fer_tune.search import init_ray, trial_dirname
-    from fer_tune.train_run import load_base_state
 
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
     winners = pick_winners(folder, top_k, epochs)
-    base_state = load_base_state(TrainConfig.from_mapping(winners[0].config))
+    if pretrained is not None:
+        winners = [replace(w, config={**w.config, "pretrained_path": pretrained}) for w in winners]
+    first = TrainConfig.from_mapping(winners[0].config)
+    check_pretrained_choice(first.model, first.pretrained_path, str(folder / "best_config.yaml"))
+    base = load_base(first.base_checkpoint, first.model) if first.base_checkpoint else None
+    pretrained = resolve_pretrained(first.pretrained_path) if model_info(first.model).recipe == "vit" else None
     train, val = data.role("train"), data.role("val")
-    shared = RetrainData(tuple(winners), train[0], train[1], val[0], val[1], base_state, protocol)
+    shared = RetrainData(tuple(winners), train[0], train[1], val[0], val[1], base, pretrained, protocol)
     log(f"retraining the top {len(winners)} configurations of {folder.name} with {seeds} seeds each "
         f"({winners[0].config['epochs']} epochs, protocol '{protocol}')")
     for stale in (folder / RETRAIN_EXPERIMENT, folder / "winners"):  # a retraining starts over as a whole

@@ -2,7 +2,9 @@
 
 This module is the only caller of ``FerData.role("test")`` outside ``launch.py evaluate``.
 It also scores a leakage-free PrivateTest that leaves out the test images whose exact pixels
-also appear in Training, and gives bootstrap confidence intervals of the accuracy.
+also appear in what the models trained on (Training; under ``trainval`` PublicTest too), and gives
+bootstrap confidence intervals of the accuracy. Nothing here chooses among the runs: the headline
+is chosen on validation scores (:func:`fer_tune.report.headline_winner`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,18 @@ class ScoredRuns:
 
 def _flat(prefix: str, s: Scores) -> dict[str, float]:
     return {f"{prefix}accuracy": s.accuracy, f"{prefix}macro_precision": s.macro_precision,
-            f"{prefix}macro_recall": s.macro_recall, f"{prefix}macro_f1": s.macro_f1}
+            f"{prefix}macro_recall": s.macro_recall, f"{prefix}macro_f1": s.macro_f1,
+            f"{prefix}f1_of_macro_pr": s.f1_of_macro_pr}
+
+
+def rows_seen_in_training(data: FerData, protocol: str) -> np.ndarray:
+    """Test rows whose exact pixels occur in data the scored models trained on: Training, and under
+    ``trainval`` PublicTest too (it is training data there)."""
+    test_split = data.roles["test"]
+    seen = rows_with_copy_in(data, test_split, data.roles["train"])
+    if protocol == "trainval":
+        seen = seen | rows_with_copy_in(data, test_split, data.roles["val"])
+    return seen
 
 
 def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> ScoredRuns:
@@ -55,7 +68,10 @@ def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> 
     dev = pick_device(device)
     test_split = data.roles.get("test")
     images, labels = data.role("test")  # the one read of the test split
-    leaked = rows_with_copy_in(data, test_split, data.roles["train"])
+    protocols = set(runs.protocol)
+    if len(protocols) != 1:
+        raise ValueError(f"one protocol per scoring, got {sorted(protocols)}")
+    leaked = rows_seen_in_training(data, protocols.pop())
     keep = ~leaked
     rows, predictions = [], []
     confusion: dict[int, np.ndarray] = {}
@@ -84,7 +100,7 @@ def summarise(per_run: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
     resampled, each image's correctness averaged over the seeds)."""
     rows = []
     metrics = ["accuracy", "single_crop_accuracy", "macro_precision", "macro_recall", "macro_f1",
-               "leak_free_accuracy", "leak_free_macro_f1"]
+               "f1_of_macro_pr", "leak_free_accuracy", "leak_free_macro_f1"]
     for winner, group in per_run.groupby("winner"):
         preds = predictions[predictions.winner == winner]
         correct = (preds.label == preds.prediction).groupby(preds.row).mean().to_numpy()

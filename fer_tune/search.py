@@ -19,13 +19,16 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from fer_tune.checkpoint import load_checkpoint, model_state_from, save_checkpoint
+from fer_tune.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.config import write_yaml
 from fer_tune.data import FerData
 from fer_tune.errors import UserError
+from fer_tune.models import check_pretrained_choice, create_model, model_info
+from fer_tune.models.vit import resolve_pretrained
 from fer_tune.search_space import SearchSpace, SpaceSampler, load_search_space, paper_point
 from fer_tune.train_run import prepare_output_dir, run_training
 from fer_tune.trainable import TrialData, fer_trainable
+from fer_tune.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
 
 EXPERIMENT = "ray"
 
@@ -45,6 +48,7 @@ class SearchOptions:
     resume: bool = False
     smoke: bool = False
     base_checkpoint: str | None = None
+    pretrained: str | None = None  # ViT: a local pretrained folder, or "from_scratch"
     log: Callable[[str], None] = field(default=print)
 
 
@@ -92,10 +96,8 @@ def search_lock(folder: Path) -> Iterator[None]:
 # ------------------------------------------------------------------ base model
 
 
-def resolve_base(
-    space: SearchSpace, data: FerData, opts: SearchOptions, folder: Path
-) -> tuple[dict | None, str | None]:
-    """The weights a transfer search starts from, and where they came from.
+def resolve_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: Path) -> BaseWeights | None:
+    """The weights a transfer search starts from.
 
     Order: ``--base-checkpoint``; the best model of a finished search of the base
     (``results/<base>/best_model.pt``); else the base is trained first with its paper recipe.
@@ -103,7 +105,7 @@ def resolve_base(
     if space.base is None:
         if opts.base_checkpoint:
             opts.log(f"note: {space.model} trains from scratch; --base-checkpoint is ignored")
-        return None, None
+        return None
     if opts.base_checkpoint:
         source = Path(opts.base_checkpoint)
     else:
@@ -111,20 +113,25 @@ def resolve_base(
         source = opts.results_dir / base_name / "best_model.pt"
         if not source.is_file():
             source = _train_base(space, data, opts, folder)
-    state = check_base_checkpoint(source, space)
-    opts.log(f"base model: {source} ({space.base})")
-    return state, str(source.resolve())
+    base = load_base(source, space.model)
+    opts.log(f"base model: {source} ({base.config.get('model')})")
+    return base
 
 
-def check_base_checkpoint(source: Path, space: SearchSpace) -> dict:
-    """The weights of ``source``, after checking that they are a model of ``space.base``'s architecture."""
-    state, config = model_state_from(source)
-    if config.get("model") != space.base:
-        raise UserError(
-            f"{source}: this checkpoint is a {config.get('model')!r} model, but {space.model} transfers "
-            f"from {space.base!r}; give a {space.base} checkpoint with --base-checkpoint"
-        )
-    return state
+def adopt_base_architecture(space: SearchSpace, base: BaseWeights, log: Callable[[str], None]) -> SearchSpace:
+    """Fix the base's width / activation for every trial (a transfer needs the same architecture),
+    then check on one model that the base fits, and log what a transfer moves."""
+    inherited = architecture_of_base(model_info(space.model).options, base.config)
+    for key, value in inherited.items():
+        if key in space.fixed and space.fixed[key] != value:
+            log(f"note: {space.path} fixes {key} {space.fixed[key]!r}, but the base was trained with {value!r}; "
+                f"the trials use {value!r}")
+    space = space.with_fixed(**inherited)
+    config = space.train_config(paper_point(space))
+    model = create_model(space.model, width=config.width, activation=config.activation)
+    report = transfer_weights(model, base.state, freeze=True)
+    log(f"base {base.source}: {report.summary()} (frozen only in trials with freeze on)")
+    return space
 
 
 def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: Path) -> Path:
@@ -136,7 +143,8 @@ def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: 
     if best.is_file():
         return best
     config = base_space.train_config(paper_point(base_space))
-    config = config.replace(seed=opts.seed, **{k: v for k, v in space.fixed.items() if k == "width"})
+    config = config.replace(seed=opts.seed, **{k: v for k, v in space.fixed.items()
+                                                 if k in ("width", "pretrained_path")})
     opts.log(
         f"no finished '{space.base}' search under {opts.results_dir} and no --base-checkpoint: training the "
         f"base {space.base} first with the paper's recipe ({config.epochs} epochs, {config.optimizer}, "
@@ -307,6 +315,8 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
         row["gpu_hours"] = round(wall / 3600 * gpus, 5)
         row["cpu_hours"] = round(wall / 3600 * cpus, 5)
         row["node"] = metrics.get("node")
+        for key in ("transfer_loaded", "transfer_new", "transfer_frozen"):
+            row[key] = metrics.get(key)
         row["base_checkpoint"] = base_source
         row["trial_path"] = result.path
         rows.append(row)
@@ -377,8 +387,12 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
 
         space = replace(space, budget=replace(space.budget, **budget_changes))
     name = opts.name or (f"{space.name}-smoke" if opts.smoke else space.name)
+    if opts.pretrained is not None:
+        space = space.with_fixed(pretrained_path=opts.pretrained)
+    check_pretrained_choice(space.model, space.fixed.get("pretrained_path"), space.path)
+    pretrained = resolve_pretrained(space.fixed.get("pretrained_path")) if model_info(space.model).recipe == "vit" else None
     if opts.base_checkpoint and space.base is not None:
-        check_base_checkpoint(Path(opts.base_checkpoint), space)  # before any folder is made
+        load_base(opts.base_checkpoint, space.model)  # before any folder is made
     folder = prepare_output_dir((opts.results_dir / name).resolve())
     train, val = data.role("train"), data.role("val")
     started = time.perf_counter()
@@ -394,13 +408,16 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
         can_restore = experiment.is_dir() and tune.Tuner.can_restore(str(experiment))
         if opts.resume and not can_restore:
             raise UserError(f"{experiment}: nothing to resume (no earlier search named {name!r}); drop --resume to start one")
-        base_state, base_source = resolve_base(space, data, opts, folder)
+        base = resolve_base(space, data, opts, folder)
+        if base is not None:
+            space = adopt_base_architecture(space, base, opts.log)
+        base_source = base.source if base else None
         we_started_ray = init_ray(opts.log)
         try:
             import ray
 
             resources = _trial_resources(space, opts, ray.cluster_resources())
-            trial_data = TrialData(space, train[0], train[1], val[0], val[1], base_state, base_source,
+            trial_data = TrialData(space, train[0], train[1], val[0], val[1], base, pretrained,
                                    space.budget.max_epochs)
             if can_restore:
                 done = _finished_trials(experiment)

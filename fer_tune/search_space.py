@@ -15,6 +15,7 @@ SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 METRICS = {"val_acc": "max", "val_acc_single": "max", "val_f1": "max", "val_loss": "min"}
 TOP_LEVEL_KEYS = ("description", "model", "base", "metric", "budget", "resources", "fixed", "paper_trial", "space", "smoke")
 KINDS = ("choice", "loguniform", "uniform", "int")
+FIXED_ONLY = ("pretrained_path",)  # settings a space may fix for every trial but never sample
 TUNABLE = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "base_checkpoint", "epochs", "pretrained_path"))
 
 
@@ -72,6 +73,14 @@ class SearchSpace:
         if values.get("optimizer") == "ranger21":
             values["scheduler"] = "none"  # Ranger21 schedules its own learning rate
         return TrainConfig.from_mapping(values, source=f"{self.path} (trial config)")
+
+    def with_fixed(self, **values: Any) -> "SearchSpace":
+        """The same space with some settings fixed for every trial (e.g. taken from the base checkpoint)."""
+        sampled = sorted(set(values) & {p.name for p in self.params})
+        if sampled:
+            raise UserError(f"{self.path}: space.{sampled[0]} is sampled, but it must be {values[sampled[0]]!r} "
+                            "here (taken from the base checkpoint); remove it from space:")
+        return replace(self, fixed={**self.fixed, **values})
 
     def for_smoke(self) -> "SearchSpace":
         """The same space with the file's ``smoke:`` budget and fixed values (tiny, CPU)."""
@@ -201,7 +210,7 @@ def _dataclass_from(src: str, key: str, cls, values: Any):
 def _config_values(src: str, key: str, values: Any) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UserError(f"{src}: {key} must be a mapping of training settings")
-    _no_unknown(src, f"{key}.", values, TUNABLE)
+    _no_unknown(src, f"{key}.", values, TUNABLE + (FIXED_ONLY if key.endswith("fixed") else ()))
     probe_values = dict(values)
     if probe_values.get("optimizer") == "ranger21":
         probe_values["scheduler"] = "none"

@@ -8,29 +8,30 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from fer_tune.checkpoint import model_state_from, save_checkpoint
+from fer_tune.checkpoint import save_checkpoint
 from fer_tune.config import TrainConfig, write_yaml
 from fer_tune.data import FerData
 from fer_tune.engine import EpochResult, Trainer
 from fer_tune.errors import UserError
 from fer_tune.models import model_info
+from fer_tune.transfer import architecture_of_base, load_base
 
 METRIC_FIELDS = list(EpochResult.__dataclass_fields__)
 
 
 def load_base_state(config: TrainConfig) -> dict | None:
-    """The weights to transfer, from ``config.base_checkpoint``; checks that the base fits the model."""
+    """The weights to transfer, from ``config.base_checkpoint``; the base must be the model's base
+    (or the model itself) and share its architecture (width, activation)."""
     if not config.base_checkpoint:
         return None
-    state, base_config = model_state_from(config.base_checkpoint)
-    base_model = base_config.get("model")
-    expected = model_info(config.model).base or config.model
-    if base_model not in (expected, config.model):
-        raise UserError(
-            f"{config.base_checkpoint}: this checkpoint is a {base_model!r} model, but {config.model!r} "
-            f"transfers from {expected!r}; give a {expected} checkpoint"
-        )
-    return state
+    base = load_base(config.base_checkpoint, config.model)
+    for key, value in architecture_of_base(model_info(config.model).options, base.config).items():
+        if getattr(config, key) != value:
+            raise UserError(
+                f"{config.base_checkpoint}: the base was trained with {key} {value!r}, this config asks for "
+                f"{getattr(config, key)!r}; a transfer needs the same {key}: set {key}: {value}"
+            )
+    return base.state
 
 
 def prepare_output_dir(path: Path) -> Path:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fer_tune.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.engine import Trainer
+from fer_tune.models.vit import PretrainedViT
 from fer_tune.search_space import SearchSpace
+from fer_tune.transfer import BaseWeights
 
 CRASH_ENV = "FER_TUNE_TEST_CRASH_ONCE_DIR"  # test-only: a trial process dies once at its 2nd epoch
 
@@ -34,8 +35,8 @@ class TrialData:
     train_labels: np.ndarray
     val_images: np.ndarray
     val_labels: np.ndarray
-    base_state: dict[str, torch.Tensor] | None
-    base_source: str | None
+    base: BaseWeights | None
+    pretrained: PretrainedViT | None
     max_epochs: int
 
 
@@ -66,14 +67,16 @@ def fer_trainable(config: dict[str, Any], data: TrialData) -> None:
     from ray.tune import Checkpoint
 
     train_config = data.space.train_config(config, epochs=data.max_epochs)
-    if data.base_source:
-        train_config = train_config.replace(base_checkpoint=data.base_source)
+    if data.base is not None:
+        train_config = train_config.replace(base_checkpoint=data.base.source)
     trainer = Trainer(
         train_config,
         (data.train_images, data.train_labels),
         (data.val_images, data.val_labels),
-        base_state=data.base_state,
+        base_state=data.base.state if data.base is not None else None,
+        pretrained=data.pretrained,
     )
+    transfer = trainer.transfer.counts() if trainer.transfer is not None else {}
     restarts = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -100,6 +103,7 @@ def fer_trainable(config: dict[str, Any], data: TrialData) -> None:
             "diverged": int(result.diverged),
             "restarts": restarts,
             "node": node,
+            **transfer,
         }
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder) / "state.pt", {**trainer.state_dict(), "restarts": restarts})

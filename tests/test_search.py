@@ -59,6 +59,10 @@ def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path,
     assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze", "epochs_run", "best_val_acc",
             "last_val_acc", "status", "stopped_early_by_asha", "wall_time_s", "gpu_hours"} <= set(table.columns)
     assert table.trial.tolist() == [1, 2, 3, 4]
+    # every trial says what it took from the base: VGG's 56 conv/BN tensors, the head's 30 new
+    assert (table.transfer_loaded == 56).all() and (table.transfer_new == 30).all()
+    assert set(table.transfer_frozen[table.freeze]) == {32} and set(table.transfer_frozen[~table.freeze]) <= {0}
+    assert "transfer: loaded 56 tensors, 30 new" in out
     first = table.iloc[0]
     paper = paper_point(load_search_space("vgg_spinal"))  # Table 10: Ranger21, lr 1e-3, wd 5e-4, frozen
     assert {k: first[k] for k in paper} == pytest.approx(paper)
@@ -76,7 +80,8 @@ def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path,
 
     # retraining, scoring, report
     report = (folder / "report.md").read_text()
-    assert "| VGGSpinalNet | 74.45% | 0.740 | 0.727 | 0.733 |" in report
+    assert "| paper: VGGSpinalNet | 74.45% | 0.740 | 0.727 | 0.733 | |" in report
+    assert "## Headline: winner" in report and "tensors loaded from the base" in report
     assert "Protocol: **paper**" in report and "PrivateTest" in report
     winners = pd.read_csv(folder / "winners.csv")
     assert winners.winner.tolist() == [1, 2] and (winners.seeds == 2).all()

@@ -43,9 +43,9 @@ MODELS: Mapping[str, ModelInfo] = MappingProxyType(
                    "EfficientNetV2-S (timm efficientnetv2_rw_s, 1792 features), grayscale, from scratch"),
             _entry("effnetv2s_spinal", lambda **kw: FerEfficientNetV2("spinal", **kw), "effnet", "effnetv2s",
                    ("activation",), "EfficientNetV2-S + SpinalNet head"),
-            _entry("vit_l32", lambda **kw: FerViT("linear", **kw), "vit", None, ("pretrained_path",),
+            _entry("vit_l32", lambda **kw: FerViT("linear", **kw), "vit", None, ("pretrained_path", "pretrained"),
                    "ViT-L/32 (transformers ViTConfig), 224x224, 3 channels"),
-            _entry("vit_l32_spinal", lambda **kw: FerViT("spinal", **kw), "vit", "vit_l32", ("pretrained_path",),
+            _entry("vit_l32_spinal", lambda **kw: FerViT("spinal", **kw), "vit", "vit_l32", ("pretrained_path", "pretrained"),
                    "ViT-L/32 + SpinalNet head"),
         ]
     )
@@ -64,3 +64,16 @@ def create_model(name: str, num_classes: int = 7, **options) -> nn.Module:
     info = model_info(name)
     kwargs = {k: v for k, v in options.items() if k in info.options and v is not None}
     return info.builder(num_classes=num_classes, **kwargs)
+
+
+def check_pretrained_choice(model: str, pretrained_path: str | None, where: str) -> None:
+    """A ViT trained without a base must say where its start comes from: the paper fine-tunes
+    ``google/vit-large-patch32-224-in21k``, and random weights are only taken when asked for."""
+    info = model_info(model)
+    if info.recipe == "vit" and info.base is None and pretrained_path is None:
+        raise UserError(
+            f"{where}: {model} starts from pretrained ViT-L/32 weights in the paper, and none were given; "
+            "pass --pretrained DIR (a local copy of google/vit-large-patch32-224-in21k, saved with "
+            "save_pretrained) or set fixed: {pretrained_path: DIR} in the search space; to train from random "
+            "weights on purpose, pass --pretrained from_scratch"
+        )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,11 +24,23 @@ VIT_L32 = dict(
 )
 
 
-def build_vit(pretrained_path: str | None = None, **overrides) -> ViTModel:
-    """ViT-L/32 with random weights, or from ``pretrained_path`` (a local ``save_pretrained`` folder,
-    e.g. a copy of ``google/vit-large-patch32-224-in21k``); nothing is downloaded."""
-    if pretrained_path is None:
-        return ViTModel(ViTConfig(**{**VIT_L32, **overrides}), add_pooling_layer=False)
+FROM_SCRATCH = "from_scratch"  # the explicit ``pretrained_path`` value for random initial weights
+
+
+@dataclass(frozen=True)
+class PretrainedViT:
+    """Pretrained ViT weights read once on the driver and shipped to every trial (any node)."""
+
+    source: str
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+
+
+def resolve_pretrained(pretrained_path: str | None) -> PretrainedViT | None:
+    """The weights in a local ``save_pretrained`` folder (e.g. a copy of
+    ``google/vit-large-patch32-224-in21k``); None for no path or ``from_scratch``. Nothing is downloaded."""
+    if pretrained_path is None or pretrained_path == FROM_SCRATCH:
+        return None
     folder = Path(pretrained_path)
     if not (folder / "config.json").is_file():
         raise UserError(
@@ -34,17 +48,28 @@ def build_vit(pretrained_path: str | None = None, **overrides) -> ViTModel:
             "save_pretrained(), e.g. a download of google/vit-large-patch32-224-in21k"
         )
     try:
-        return ViTModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
+        model = ViTModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder}: cannot load the pretrained ViT ({exc})") from None
+    return PretrainedViT(str(folder.resolve()), model.config.to_dict(), model.state_dict())
+
+
+def build_vit(pretrained: PretrainedViT | None = None, **overrides) -> ViTModel:
+    """ViT-L/32 with random weights, or the architecture and weights of ``pretrained``."""
+    if pretrained is None:
+        return ViTModel(ViTConfig(**{**VIT_L32, **overrides}), add_pooling_layer=False)
+    model = ViTModel(ViTConfig.from_dict(pretrained.config), add_pooling_layer=False)
+    model.load_state_dict(pretrained.state)
+    return model
 
 
 class FerViT(nn.Module):
     """ViT encoder -> [CLS] token -> a linear classifier or a SpinalNet head."""
 
-    def __init__(self, head: str = "linear", num_classes: int = 7, pretrained_path: str | None = None, **overrides):
+    def __init__(self, head: str = "linear", num_classes: int = 7, pretrained: PretrainedViT | None = None,
+                 pretrained_path: str | None = None, **overrides):
         super().__init__()
-        self.backbone = build_vit(pretrained_path, **overrides)
+        self.backbone = build_vit(pretrained or resolve_pretrained(pretrained_path), **overrides)
         hidden = self.backbone.config.hidden_size
         if head == "linear":
             self.classifier: nn.Module = nn.Linear(hidden, num_classes)
