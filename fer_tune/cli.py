@@ -144,7 +144,10 @@ def _cmd_search(argv: list[str]) -> int:
     from fer_tune.search import SearchOptions, run_search
     from fer_tune.search_space import load_search_space
 
-    load_search_space(args.search)  # a broken YAML fails before any data is read
+    from fer_tune.models import check_pretrained_choice
+
+    space = load_search_space(args.search)  # a broken YAML fails before any data is read
+    check_pretrained_choice(space.model, args.pretrained or space.fixed.get("pretrained_path"), space.path)
     data = _load_data(args.data, args.smoke)
     opts = SearchOptions(
         results_dir=Path(args.results), name=args.name, trials=args.trials, max_epochs=args.max_epochs,

@@ -15,6 +15,7 @@ Nothing is dropped silently.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -214,12 +215,22 @@ def _read_csv_layout(path: Path) -> FerData:
     )
 
 
+COMPRESSED_SUFFIXES = {".xz": "lzma", ".gz": "gzip", ".bz2": "bz2"}  # read as the CSV they hold
+
+
+def _open_binary(path: Path):
+    """``path`` opened for reading, decompressed on the fly when its suffix names a compression."""
+    module = COMPRESSED_SUFFIXES.get(path.suffix.lower())
+    return open(path, "rb") if module is None else importlib.import_module(module).open(path, "rb")
+
+
 def _read_csv_frame(path: Path) -> pd.DataFrame:
     try:
-        with open(path, "rb") as f:
+        with _open_binary(path) as f:
             head = f.read(4096)
     except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror}); check the path and its permissions") from None
+        reason = exc.strerror or str(exc)
+        raise UserError(f"{path}: cannot be read ({reason}); check the path, its permissions and its compression") from None
     if not head.strip():
         raise UserError(f"{path}: the file is empty; give the FER2013 CSV (header emotion,pixels,Usage)")
     if b"\x00" in head:

@@ -45,7 +45,11 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
                  base_source: str | None) -> Path:
     """Write report.md, winners.csv and the PNGs into ``folder``; returns the report's path."""
     trials = pd.read_csv(folder / "trials.csv")
-    summary = scored.winners.merge(
+    if "stage" not in runs:
+        runs = runs.assign(stage="main")
+    finetuned = _finetune_lines(scored.winners, runs, scored.test_split)
+    runs = runs[runs.stage == "main"]
+    summary = scored.winners[scored.winners.stage == "main"].merge(
         runs.groupby("winner").agg(trial=("trial", "first"), search_score=("search_score", "first"),
                                    val_acc_mean=("val_acc", "mean")).reset_index(),
         on="winner")
@@ -142,6 +146,7 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
         f"(`{scored.test_split}` of the file the search ran on; demo data is not FER2013).",
         "",
         *lines_transfer,
+        *finetuned,
         "## Compute",
         "",
         f"- search: {len(trials)} trials, {trials.epochs_run.sum()} trial-epochs, "
@@ -163,6 +168,24 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _finetune_lines(winners: pd.DataFrame, runs: pd.DataFrame, test_split: str) -> list[str]:
+    """The fine-tune stage's own table (paper Table 11), apart from the main run's figures."""
+    tuned = winners[winners.stage == "finetune"]
+    if tuned.empty:
+        return []
+    val = runs[runs.stage == "finetune"].groupby("winner").val_acc.mean()
+    lines = ["## After the fine-tune stage (search space's finetune:, e.g. paper Table 11)", "",
+             "Each retrained run's kept weights trained on at the fine-tune learning rate; scored once more on "
+             f"{test_split}. Reported apart from the main run; it chooses nothing.", "",
+             "| winner | seeds | val acc. after fine-tune | accuracy | F1 of macro P and R | macro F1 (mean of per-class F1) |",
+             "|---|---|---|---|---|---|"]
+    for row in tuned.itertuples():
+        lines.append(f"| {row.winner} | {row.seeds} | {val.get(row.winner, float('nan')):.4f} | "
+                     f"{_pct(row.accuracy_mean)} +- {_pct(row.accuracy_std)} | {_num(row.f1_of_macro_pr_mean)} | "
+                     f"{_num(row.macro_f1_mean)} |")
+    return lines + [""]
 
 
 def _transfer_lines(trials: pd.DataFrame, summary: pd.DataFrame) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +28,8 @@ from fer_tune.engine import Trainer
 from fer_tune.errors import UserError
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import PretrainedViT, resolve_pretrained
-from fer_tune.search_space import load_search_space
+from fer_tune.manifest import read_manifest
+from fer_tune.search_space import SearchSpace, load_search_space
 from fer_tune.transfer import BaseWeights, load_base
 
 PROTOCOLS = ("paper", "trainval")
@@ -57,6 +58,7 @@ class RetrainData:
     base: BaseWeights | None
     pretrained: PretrainedViT | None
     protocol: str
+    finetune: dict[str, Any] = field(default_factory=dict)  # the search space's fine-tune stage
 
 
 def pick_winners(folder: Path, top_k: int, epochs: int | None = None) -> list[Winner]:
@@ -66,7 +68,7 @@ def pick_winners(folder: Path, top_k: int, epochs: int | None = None) -> list[Wi
         raise UserError(f"{folder}: no trials.csv, so no finished search to retrain; run --search first")
     table = pd.read_csv(trials_csv)
     best_config = load_train_config(folder / "best_config.yaml")
-    space = load_search_space(_space_of(folder, best_config))
+    space = search_space_of(folder)
     metric_col = f"best_{space.metric}"
     usable = table[table.status.isin(["completed", "stopped by ASHA"]) & table[metric_col].notna()]
     if usable.empty:
@@ -81,6 +83,16 @@ def pick_winners(folder: Path, top_k: int, epochs: int | None = None) -> list[Wi
         config.update({k: v for k, v in best_config.to_dict().items() if k in ("width", "base_checkpoint")})
         winners.append(Winner(rank, str(row.trial_id), float(row[metric_col]), config))
     return winners
+
+
+def search_space_of(folder: Path) -> SearchSpace:
+    """The search space a finished search in ``folder`` ran (with its smoke overlay when it was a
+    smoke run), from its manifest; folders of older versions fall back to best_config.yaml's header."""
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        space = load_search_space(manifest.space)
+        return space.for_smoke() if manifest.smoke else space
+    return load_search_space(_space_of(folder, load_train_config(folder / "best_config.yaml")))
 
 
 def _space_of(folder: Path, best: TrainConfig) -> str:
@@ -101,30 +113,68 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _payload(trainer: Trainer, result, phase: str, protocol: str) -> dict[str, Any]:
+    """What a retraining keeps of one epoch: weights only, with the config that rebuilds the model."""
+    return {"config": trainer.config.to_dict(), "model": {k: v.detach().cpu().clone() for k, v in
+                                                           trainer.model.state_dict().items()},
+            "epoch": result.epoch, "val_acc": result.val_acc, "phase": phase, "protocol": protocol}
+
+
 def retrain_trainable(config: dict[str, Any], data: RetrainData) -> None:
-    """Train one winner with one seed; report per epoch with a checkpoint (best kept by val_acc)."""
+    """Train one winner with one seed; report per epoch with a checkpoint (best kept by val_acc).
+
+    With a ``finetune`` stage (paper Table 11), the kept main-run weights train on at the fine-tune
+    learning rate; its last epoch is reported with a checkpoint holding both models (``model.pt``, the
+    main run's, and ``finetune.pt``), so that each is scored on its own."""
     from ray import tune
     from ray.tune import Checkpoint
 
     winner = data.winners[config["winner"] - 1]
-    train_config = TrainConfig.from_mapping({**winner.config, "seed": int(config["seed"])})
+    seed = int(config["seed"])
+    train_config = TrainConfig.from_mapping({**winner.config, "seed": seed})
     train, val = (data.train_images, data.train_labels), (data.val_images, data.val_labels)
     trainer = Trainer(train_config, train, val, **_starting_points(data))
-    for phase, current, stop_epoch in _phases(trainer, train_config, train, val, data):
+    kept: dict[str, Any] | None = None
+    for phase, current, stop_epoch in _stages(trainer, train_config, train, val, data, lambda: kept):
         while current.epoch < stop_epoch:
             result = current.step_epoch()
             metrics = {**result.as_dict(), "diverged": int(result.diverged), "phase": phase,
-                       "winner": winner.rank, "seed": int(config["seed"])}
+                       "winner": winner.rank, "seed": seed}
+            last = current.epoch == stop_epoch or result.diverged
+            if phase == "finetune":
+                if not last:
+                    tune.report({**metrics, "keep_score": -1.0})
+                    continue
+                with tempfile.TemporaryDirectory() as folder:
+                    save_checkpoint(Path(folder) / "model.pt", kept)
+                    save_checkpoint(Path(folder) / "finetune.pt", _payload(current, result, phase, data.protocol))
+                    tune.report({**metrics, "keep_score": 1e9}, checkpoint=Checkpoint.from_directory(folder))
+                return
+            payload = _payload(current, result, phase, data.protocol)
+            # in the refit phase the score is not a selection signal: keep the last epoch
+            score = result.val_acc if phase == "select" else 1.0 + result.epoch
+            if not result.diverged and (kept is None or phase == "refit" or result.val_acc > kept["val_acc"]):
+                kept = payload
             with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(Path(folder) / "model.pt", {
-                    "config": current.config.to_dict(), "model": current.model.state_dict(),
-                    "epoch": result.epoch, "val_acc": result.val_acc, "phase": phase,
-                    "protocol": data.protocol})
-                # in the refit phase the score is not a selection signal: keep the last epoch
-                score = result.val_acc if phase == "select" else 1.0 + result.epoch
+                save_checkpoint(Path(folder) / "model.pt", payload)
                 tune.report({**metrics, "keep_score": score}, checkpoint=Checkpoint.from_directory(folder))
             if result.diverged:
                 return
+
+
+def _stages(trainer: Trainer, config: TrainConfig, train, val, data: RetrainData, kept):
+    """The main phases (:func:`_phases`), then the optional fine-tune from the kept main-run weights
+    (``kept()``), on the data the kept model trained on."""
+    yield from _phases(trainer, config, train, val, data)
+    if not data.finetune or kept() is None:
+        return
+    spec = {"scheduler": "none", **data.finetune}
+    finetune_config = config.replace(source="finetune", **spec)
+    if data.protocol == "trainval":
+        train = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    finetune = Trainer(finetune_config, train, val, **_starting_points(data))
+    finetune.model.load_state_dict(kept()["model"])
+    yield "finetune", finetune, finetune_config.epochs
 
 
 def _starting_points(data: RetrainData) -> dict[str, Any]:
@@ -180,9 +230,12 @@ def run_retrain(
     base = load_base(first.base_checkpoint, first.model) if first.base_checkpoint else None
     pretrained = resolve_pretrained(first.pretrained_path) if model_info(first.model).recipe == "vit" else None
     train, val = data.role("train"), data.role("val")
-    shared = RetrainData(tuple(winners), train[0], train[1], val[0], val[1], base, pretrained, protocol)
+    finetune = search_space_of(folder).finetune
+    shared = RetrainData(tuple(winners), train[0], train[1], val[0], val[1], base, pretrained, protocol, finetune)
+    stage = (f"; then a fine-tune of {finetune['epochs']} epochs at lr {finetune['lr']:g}, scored separately"
+             if finetune else "")
     log(f"retraining the top {len(winners)} configurations of {folder.name} with {seeds} seeds each "
-        f"({winners[0].config['epochs']} epochs, protocol '{protocol}')")
+        f"({winners[0].config['epochs']} epochs, protocol '{protocol}'{stage})")
     for stale in (folder / RETRAIN_EXPERIMENT, folder / "winners"):  # a retraining starts over as a whole
         if stale.exists():
             shutil.rmtree(stale)
@@ -210,17 +263,22 @@ def run_retrain(
                 raise UserError(f"retraining run {result.path} failed: {result.error}")
             rank, seed = int(result.config["winner"]), int(result.config["seed"])
             checkpoint = result.get_best_checkpoint("keep_score", "max")
-            with checkpoint.as_directory() as ckpt:
-                payload = load_checkpoint(Path(ckpt) / "model.pt")
-            kept = save_checkpoint(folder / "winners" / f"winner{rank}_seed{seed}.pt", payload)
             history = result.metrics_dataframe
-            rows.append({"winner": rank, "seed": seed, "protocol": protocol, "trial": winners[rank - 1].trial,
-                         "search_score": winners[rank - 1].search_score, "checkpoint": str(kept),
-                         "selected_epoch": int(payload["epoch"]),
-                         "val_acc": float(history[history.phase == "select"].val_acc.max()),
-                         "wall_time_s": float(history.epoch_time.sum()), "gpus": gpus, "cpus": cpus_per_trial,
-                         "history": str(Path(result.path) / "progress.csv")})
+            with checkpoint.as_directory() as ckpt:
+                for stage, file in (("main", "model.pt"), ("finetune", "finetune.pt")):
+                    if not (Path(ckpt) / file).is_file():
+                        continue
+                    payload = load_checkpoint(Path(ckpt) / file)
+                    suffix = "" if stage == "main" else "_finetune"
+                    kept = save_checkpoint(folder / "winners" / f"winner{rank}_seed{seed}{suffix}.pt", payload)
+                    phase = history[history.phase == ("finetune" if stage == "finetune" else "select")]
+                    rows.append({"winner": rank, "seed": seed, "stage": stage, "protocol": protocol,
+                                 "trial": winners[rank - 1].trial, "search_score": winners[rank - 1].search_score,
+                                 "checkpoint": str(kept), "selected_epoch": int(payload["epoch"]),
+                                 "val_acc": float(phase.val_acc.max() if stage == "main" else phase.val_acc.iloc[-1]),
+                                 "wall_time_s": float(history.epoch_time.sum()), "gpus": gpus,
+                                 "cpus": cpus_per_trial, "history": str(Path(result.path) / "progress.csv")})
     finally:
         if started_ray:
             ray.shutdown()
-    return pd.DataFrame(rows).sort_values(["winner", "seed"]).reset_index(drop=True), winners
+    return pd.DataFrame(rows).sort_values(["stage", "winner", "seed"]).reset_index(drop=True), winners

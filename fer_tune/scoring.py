@@ -79,14 +79,17 @@ def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> 
         model, config = model_from_checkpoint(run.checkpoint, dev)
         result = evaluate_model(model, config, data, test_split, dev)
         clean = score(labels[keep], result.predictions[keep])
-        rows.append({"winner": run.winner, "seed": run.seed, "protocol": run.protocol,
+        stage = getattr(run, "stage", "main")
+        rows.append({"winner": run.winner, "seed": run.seed, "stage": stage, "protocol": run.protocol,
                      **_flat("", result.ten_crop), "single_crop_accuracy": result.single_crop.accuracy,
                      **_flat("leak_free_", clean),
                      **{f"f1_{i}": v for i, v in enumerate(result.ten_crop.per_class_f1)},
                      **{f"precision_{i}": v for i, v in enumerate(result.ten_crop.per_class_precision)},
                      **{f"recall_{i}": v for i, v in enumerate(result.ten_crop.per_class_recall)}})
-        confusion[run.winner] = confusion.get(run.winner, 0) + np.asarray(result.ten_crop.confusion)
-        predictions.append(pd.DataFrame({"winner": run.winner, "seed": run.seed, "row": np.arange(len(labels)),
+        if stage == "main":
+            confusion[run.winner] = confusion.get(run.winner, 0) + np.asarray(result.ten_crop.confusion)
+        predictions.append(pd.DataFrame({"winner": run.winner, "seed": run.seed, "stage": stage,
+                                         "row": np.arange(len(labels)),
                                          "label": labels, "prediction": result.predictions,
                                          "in_training": leaked}))
     per_run = pd.DataFrame(rows)
@@ -96,16 +99,18 @@ def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> 
 
 
 def summarise(per_run: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Per winner: mean and std over seeds, and a bootstrap 95% interval of the accuracy (images
+    """Per winner and stage (``main``, or ``finetune``): mean and std over seeds, and a bootstrap 95% interval of the accuracy (images
     resampled, each image's correctness averaged over the seeds)."""
     rows = []
     metrics = ["accuracy", "single_crop_accuracy", "macro_precision", "macro_recall", "macro_f1",
                "f1_of_macro_pr", "leak_free_accuracy", "leak_free_macro_f1"]
-    for winner, group in per_run.groupby("winner"):
-        preds = predictions[predictions.winner == winner]
+    if "stage" not in per_run:
+        per_run, predictions = per_run.assign(stage="main"), predictions.assign(stage="main")
+    for (winner, stage), group in per_run.groupby(["winner", "stage"]):
+        preds = predictions[(predictions.winner == winner) & (predictions.stage == stage)]
         correct = (preds.label == preds.prediction).groupby(preds.row).mean().to_numpy()
         low, high = bootstrap_ci(correct)
-        row = {"winner": winner, "seeds": len(group), "protocol": group.protocol.iloc[0]}
+        row = {"winner": winner, "stage": stage, "seeds": len(group), "protocol": group.protocol.iloc[0]}
         for m in metrics:
             row[f"{m}_mean"] = float(group[m].mean())
             row[f"{m}_std"] = float(group[m].std(ddof=1)) if len(group) > 1 else 0.0

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,6 +23,7 @@ from fer_tune.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.config import write_yaml
 from fer_tune.data import FerData
 from fer_tune.errors import UserError
+from fer_tune.manifest import SearchManifest
 from fer_tune.models import check_pretrained_choice, create_model, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.search_space import SearchSpace, SpaceSampler, load_search_space, paper_point
@@ -405,6 +406,11 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
                 if child.name != ".lock":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             opts.log(f"--fresh: starting {name} over")
+        manifest = SearchManifest(
+            name=name, space=space.path, model=space.model, base=space.base, metric=space.metric, mode=space.mode,
+            smoke=opts.smoke, seed=opts.seed, budget=asdict(space.budget), finetune=space.finetune,
+            pretrained=space.fixed.get("pretrained_path"), data=data.source)
+        manifest.write(folder)
         can_restore = experiment.is_dir() and tune.Tuner.can_restore(str(experiment))
         if opts.resume and not can_restore:
             raise UserError(f"{experiment}: nothing to resume (no earlier search named {name!r}); drop --resume to start one")
@@ -412,6 +418,8 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
         if base is not None:
             space = adopt_base_architecture(space, base, opts.log)
         base_source = base.source if base else None
+        manifest.base_source = base_source
+        manifest.write(folder)
         we_started_ray = init_ray(opts.log)
         try:
             import ray

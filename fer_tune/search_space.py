@@ -13,7 +13,9 @@ from fer_tune.models import MODELS
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 METRICS = {"val_acc": "max", "val_acc_single": "max", "val_f1": "max", "val_loss": "min"}
-TOP_LEVEL_KEYS = ("description", "model", "base", "metric", "budget", "resources", "fixed", "paper_trial", "space", "smoke")
+TOP_LEVEL_KEYS = ("description", "model", "base", "metric", "budget", "resources", "fixed", "paper_trial", "space",
+                  "finetune", "smoke")
+FINETUNE_KEYS = ("epochs", "lr", "scheduler")  # an extra stage after the main run (paper Table 11)
 KINDS = ("choice", "loguniform", "uniform", "int")
 FIXED_ONLY = ("pretrained_path",)  # settings a space may fix for every trial but never sample
 TUNABLE = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "base_checkpoint", "epochs", "pretrained_path"))
@@ -66,6 +68,7 @@ class SearchSpace:
     paper_trial: dict[str, Any]
     params: tuple[Param, ...]
     smoke: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)  # epochs, lr, scheduler; empty = no stage
 
     def train_config(self, sampled: dict[str, Any], epochs: int | None = None) -> TrainConfig:
         """The full training config of one trial: fixed values + sampled ones."""
@@ -85,7 +88,8 @@ class SearchSpace:
     def for_smoke(self) -> "SearchSpace":
         """The same space with the file's ``smoke:`` budget and fixed values (tiny, CPU)."""
         budget = replace(self.budget, **self.smoke.get("budget", {}))
-        return replace(self, budget=budget, fixed={**self.fixed, **self.smoke.get("fixed", {})},
+        finetune = {**self.finetune, **self.smoke.get("finetune", {})} if self.finetune else {}
+        return replace(self, budget=budget, fixed={**self.fixed, **self.smoke.get("fixed", {})}, finetune=finetune,
                        resources=replace(self.resources, gpus_per_trial=0.0))
 
 
@@ -167,16 +171,32 @@ def load_search_space(name_or_path: str) -> SearchSpace:
     smoke = raw.get("smoke", {}) or {}
     if not isinstance(smoke, dict):
         raise UserError(f"{src}: smoke must be a mapping with budget: and fixed:")
-    _no_unknown(src, "smoke.", smoke, ("budget", "fixed"))
+    _no_unknown(src, "smoke.", smoke, ("budget", "fixed", "finetune"))
     _dataclass_from(src, "smoke.budget", Budget, smoke.get("budget", {}))
     _config_values(src, "smoke.fixed", smoke.get("fixed", {}))
+    finetune = _finetune(src, "finetune", raw.get("finetune", {}))
+    _finetune(src, "smoke.finetune", smoke.get("finetune", {}))
     space = SearchSpace(
         name=path.stem, path=src, model=model, description=str(raw.get("description", "")).strip(),
         base=base, metric=metric, mode=METRICS[metric], budget=budget, resources=resources,
-        fixed=fixed, paper_trial=paper_trial, params=params, smoke=smoke,
+        fixed=fixed, paper_trial=paper_trial, params=params, smoke=smoke, finetune=finetune,
     )
     _check_paper_trial(space)
     return space
+
+
+def _finetune(src: str, key: str, values: Any) -> dict[str, Any]:
+    """``finetune: {epochs: 20, lr: 1.0e-5}``: more epochs from the main run's selected weights, at
+    that learning rate (scheduler ``none`` unless given), same optimizer."""
+    if not values:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{src}: {key} must be a mapping such as {{epochs: 20, lr: 1.0e-5}}")
+    _no_unknown(src, f"{key}.", values, FINETUNE_KEYS)
+    if key == "finetune" and not {"epochs", "lr"} <= set(values):
+        raise UserError(f"{src}: finetune needs epochs and lr, e.g. {{epochs: 20, lr: 1.0e-5}}")
+    probe = TrainConfig.from_mapping({"scheduler": "none", **values}, source=f"{src} ({key})")
+    return {k: getattr(probe, k) for k in values}
 
 
 def _no_unknown(src: str, prefix: str, mapping: dict, allowed: tuple[str, ...]) -> None:

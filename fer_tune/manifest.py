@@ -1,0 +1,67 @@
+"""The manifest a search writes into its folder (``manifest.yaml``): what it searched, how, and
+with which versions. The retraining and the report read it instead of re-parsing comments, and its
+presence is how fer-tune recognises a folder it made itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fer_tune.config import read_yaml, write_yaml
+from fer_tune.errors import UserError
+
+MANIFEST = "manifest.yaml"
+KIND = "fer-tune search"
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("fer-tune", "torch", "ray", "optuna", "timm", "transformers", "ranger21"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+@dataclass
+class SearchManifest:
+    """One search's identity; written when its folder is made, updated when it ends."""
+
+    name: str
+    space: str  # the search-space file
+    model: str
+    base: str | None
+    metric: str
+    mode: str
+    smoke: bool
+    seed: int
+    budget: dict[str, Any]
+    finetune: dict[str, Any] = field(default_factory=dict)
+    base_source: str | None = None
+    pretrained: str | None = None
+    data: str | None = None
+    kind: str = KIND
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    versions: dict[str, str] = field(default_factory=_versions)
+
+    def write(self, folder: Path) -> Path:
+        """``folder/manifest.yaml``, atomically."""
+        return write_yaml(folder / MANIFEST, dataclasses.asdict(self),
+                          header="# written by fer-tune's search: what this folder holds; do not edit\n")
+
+
+def read_manifest(folder: Path) -> SearchManifest | None:
+    """The manifest of ``folder``; None where there is none (a folder fer-tune's search did not make)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    values = read_yaml(path)
+    known = {f.name for f in dataclasses.fields(SearchManifest)}
+    if not isinstance(values, dict) or values.get("kind") != KIND or not {"name", "space", "model"} <= set(values):
+        raise UserError(f"{path}: not a fer-tune search manifest; was it edited? restore it or start over with --fresh")
+    return SearchManifest(**{k: v for k, v in values.items() if k in known})
