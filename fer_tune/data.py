@@ -104,7 +104,8 @@ def load_fer(path: str | os.PathLike, *, use_cache: bool = True) -> FerData:
 def cache_path_for(path: Path) -> Path:
     """Where the parsed arrays of ``path`` are cached: beside it, or in ~/.cache if read-only."""
     beside = path.with_name(path.name + ".fer-tune.npz")
-    if os.access(path.parent, os.W_OK):
+    # a folder without write bits is read-only even for root (who os.access says may write anywhere)
+    if os.access(path.parent, os.W_OK) and path.parent.stat().st_mode & 0o222:
         return beside
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-tune" / f"{digest}.npz"

@@ -145,6 +145,18 @@ def test_read_only_folder_caches_under_user_cache(tmp_path, monkeypatch):
     assert "fer-tune" in str(cache_path_for(csv)) and cache_path_for(csv).parent != csv.parent
 
 
+def test_folder_without_write_bits_is_read_only_even_for_root(tmp_path):
+    """CI lays the real data out without write bits and runs as root, whom os.access lets write anywhere."""
+    csv = write_demo_csv(tmp_path / "ro" / "fer2013.csv", DemoSpec(5, 2, 2))
+    csv.parent.chmod(0o555)
+    try:
+        assert cache_path_for(csv).parent != csv.parent
+        load_fer(csv)
+        assert sorted(p.name for p in csv.parent.iterdir()) == ["fer2013.csv"]
+    finally:
+        csv.parent.chmod(0o755)
+
+
 def test_demo_data_is_deterministic(tmp_path):
     a = write_demo_csv(tmp_path / "a.csv", DemoSpec(5, 2, 2, seed=7)).read_bytes()
     b = write_demo_csv(tmp_path / "b.csv", DemoSpec(5, 2, 2, seed=7)).read_bytes()
