@@ -6,13 +6,43 @@ Every user mistake ends as one ``error:`` line naming the file / row / key and t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from fer_tune.errors import UserError
+from fer_tune.run_folder import check_run_name
 
 COMMANDS = ("train", "evaluate", "data", "demo-data")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one ``error:`` line (exit 2) like every other user mistake."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}; see {self.prog} --help")
+
+
+# every number the search command takes: (what is allowed, the check); None = not given
+SEARCH_NUMBERS = {
+    "trials": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
+    "max_epochs": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
+    "gpus_per_trial": ("0 to 1 (a share of one GPU) or a whole number of GPUs up to 64",
+                       lambda v: math.isfinite(v) and 0 <= v <= 64 and (v <= 1 or v == int(v))),
+    "cpus_per_trial": ("above 0 and at most 1024", lambda v: math.isfinite(v) and 0 < v <= 1024),
+    "seed": ("0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
+    "top_k": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
+    "seeds": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
+}
+
+
+def check_numbers(args: argparse.Namespace, rules: dict) -> None:
+    """One :class:`UserError` for the first option outside its range (before anything starts)."""
+    for dest, (allowed, ok) in rules.items():
+        value = getattr(args, dest, None)
+        if value is not None and not ok(value):
+            raise UserError(f"--{dest.replace('_', '-')} {value!r} is not allowed; use {allowed}")
 
 SEARCH_HELP = """\
 fer-tune: hyperparameter search for facial-expression recognition on FER2013.
@@ -30,7 +60,7 @@ RAY_ADDRESS. It selects on PublicTest (validation) only. Run the same command ag
 
 
 def _search_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch.py", description=SEARCH_HELP,
+    p = Parser(prog="launch.py", description=SEARCH_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--search", metavar="NAME", help="search space to run: a name from --list or a .yaml path")
     p.add_argument("--list", action="store_true", help="list the search spaces and what each explores")
@@ -64,7 +94,7 @@ def _search_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch.py train", description="Train one configuration and keep its best checkpoint.")
+    p = Parser(prog="launch.py train", description="Train one configuration and keep its best checkpoint.")
     p.add_argument("--config", metavar="YAML", help="a config such as results/<name>/best_config.yaml")
     p.add_argument("--data", metavar="PATH", help="fer2013.csv (required unless --smoke)")
     p.add_argument("--smoke", action="store_true", help="demo data and a tiny budget: checks a config in seconds")
@@ -85,7 +115,7 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch.py evaluate", description="Score a checkpoint on one split.")
+    p = Parser(prog="launch.py evaluate", description="Score a checkpoint on one split.")
     p.add_argument("--checkpoint", required=True, metavar="PATH")
     p.add_argument("--data", required=True, metavar="PATH")
     p.add_argument("--split", default=None, help="split name (default: the test split, PrivateTest)")
@@ -115,16 +145,25 @@ def _load_data(path: str | None, smoke: bool):
     from fer_tune.demo_data import DemoSpec, default_demo_csv
 
     if path:
-        return load_fer(path)
-    if smoke:
+        data = load_fer(path)
+    elif smoke:
         demo = default_demo_csv(DemoSpec(train_per_class=100, val_per_class=25, test_per_class=25))
         print(f"data: built-in demo faces (not FER2013) from {demo}")
-        return load_fer(demo)
-    raise UserError("no data given: pass --data PATH/TO/fer2013.csv, or --smoke for the built-in demo data")
+        data = load_fer(demo)
+    else:
+        raise UserError("no data given: pass --data PATH/TO/fer2013.csv, or --smoke for the built-in demo data")
+    for note in data.notes:
+        print(f"note: {note}")
+    data.role("train"), data.role("val")  # both must hold rows before anything starts
+    return data
 
 
 def _cmd_search(argv: list[str]) -> int:
     args = _search_parser().parse_args(argv)
+    check_numbers(args, SEARCH_NUMBERS)
+    for option in ("name", "retrain"):
+        if getattr(args, option) is not None:
+            check_run_name(getattr(args, option), f"--{option}")
     if args.list:
         return _cmd_list()
     if args.report:
@@ -195,6 +234,11 @@ def _cmd_train(argv: list[str]) -> int:
     from fer_tune.train_run import run_training
 
     args = _train_parser().parse_args(argv)
+    if args.name is not None:
+        check_run_name(args.name)
+    from fer_tune.engine import pick_device
+
+    pick_device(args.device)
     config = load_train_config(args.config) if args.config else TrainConfig()
     overrides = {k: v for k, v in vars(args).items()
                  if k in TrainConfig.__dataclass_fields__ and v is not None}
@@ -223,6 +267,12 @@ def _cmd_evaluate(argv: list[str]) -> int:
     from fer_tune import EMOTIONS
 
     args = _evaluate_parser().parse_args(argv)
+    from fer_tune.engine import pick_device
+
+    pick_device(args.device)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; --out names a folder for the confusion-matrix PNG")
     data = load_fer(args.data)
     split = args.split or data.roles.get("test")
     if split is None:
@@ -236,7 +286,6 @@ def _cmd_evaluate(argv: list[str]) -> int:
     print("per class (ten-crop):  " + "  ".join(
         f"{e} P{p:.2f}/R{r:.2f}/F{f:.2f}" for e, p, r, f in zip(EMOTIONS, s.per_class_precision,
                                                            s.per_class_recall, s.per_class_f1)))
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
     png = plot_confusion(s.confusion, out / f"confusion_{split}.png",
                          f"{Path(args.checkpoint).name} on {split} (ten-crop, row-normalised)")
     print(f"confusion matrix: {png}")
@@ -247,7 +296,7 @@ def _cmd_data(argv: list[str]) -> int:
     from fer_tune.data import load_fer
     from fer_tune.data_report import describe
 
-    p = argparse.ArgumentParser(prog="launch.py data", description="Describe a FER2013 data file.")
+    p = Parser(prog="launch.py data", description="Describe a FER2013 data file.")
     p.add_argument("path")
     args = p.parse_args(argv)
     print(describe(load_fer(args.path)), end="")
@@ -257,7 +306,7 @@ def _cmd_data(argv: list[str]) -> int:
 def _cmd_demo(argv: list[str]) -> int:
     from fer_tune.demo_data import DemoSpec, write_demo_csv
 
-    p = argparse.ArgumentParser(prog="launch.py demo-data", description="Write the built-in demo faces as a FER2013-format CSV.")
+    p = Parser(prog="launch.py demo-data", description="Write the built-in demo faces as a FER2013-format CSV.")
     p.add_argument("out")
     p.add_argument("--per-class", type=int, default=160, help="Training rows per class")
     p.add_argument("--seed", type=int, default=0)

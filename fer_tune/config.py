@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Mapping
 import yaml
 
 from fer_tune.errors import UserError
+from fer_tune.files import write_text_atomic
 
 OPTIMIZERS = ("sgd_nesterov", "adam", "ranger", "ranger21")
 SCHEDULERS = ("plateau", "cosine", "step", "none")
@@ -57,16 +59,31 @@ class TrainConfig:
         """Raise a :class:`UserError` naming the field and the allowed values."""
         from fer_tune.models import MODELS
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{source}: {f.name} = {value!r} is not allowed; use a finite number")
         checks = [
             ("model", self.model in MODELS, f"one of {', '.join(MODELS)}"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
             ("scheduler", self.scheduler in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
             ("activation", self.activation in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
-            ("lr", self.lr > 0, "a positive number"),
-            ("weight_decay", self.weight_decay >= 0, "0 or more"),
-            ("batch_size", self.batch_size >= 1, "1 or more"),
-            ("epochs", self.epochs >= 1, "1 or more"),
-            ("width", self.width > 0, "a positive number"),
+            ("lr", self.lr > 0, "a number above 0"),
+            ("weight_decay", 0 <= self.weight_decay <= 1, "0 to 1"),
+            ("momentum", 0 <= self.momentum < 1, "0 or more and below 1"),
+            ("batch_size", 1 <= self.batch_size <= 65536, "1 to 65536"),
+            ("eval_batch_size", 1 <= self.eval_batch_size <= 65536, "1 to 65536"),
+            ("epochs", 1 <= self.epochs <= 100_000, "1 to 100000"),
+            ("seed", 0 <= self.seed < 2**32, "0 to 2**32 - 1"),
+            ("width", 0 < self.width <= 8, "above 0 and at most 8 (1 = the paper's widths)"),
+            ("plateau_factor", 0 < self.plateau_factor < 1, "above 0 and below 1"),
+            ("plateau_patience", self.plateau_patience >= 0, "0 or more"),
+            ("step_size", self.step_size >= 1, "1 or more"),
+            ("step_gamma", 0 < self.step_gamma <= 1, "above 0 and at most 1"),
+            ("ranger21_norm_loss_factor", 0 <= self.ranger21_norm_loss_factor <= 1, "0 to 1"),
+            ("ranger21_warmdown_start", 0 < self.ranger21_warmdown_start < 1, "above 0 and below 1"),
+            ("ranger21_warmdown_min_lr", 0 <= self.ranger21_warmdown_min_lr <= 1, "0 to 1"),
+            ("ranger21_pnm_momentum", 0 <= self.ranger21_pnm_momentum <= 10, "0 to 10"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -130,6 +147,21 @@ def _coerce(value: Any, field: dataclasses.Field, source: str) -> Any:
         raise UserError(f"{source}: {field.name} = {value!r} is not a valid {expected}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (the last would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise UserError(f"{self.name}: key {key!r} appears twice (lines {seen[key]} and {line}); "
+                                "keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | os.PathLike) -> Any:
     """``yaml.safe_load`` of a file, with a :class:`UserError` naming the file and line on failure."""
     path = Path(path)
@@ -139,8 +171,10 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise UserError(f"{path}: file not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot be read ({exc})") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -148,6 +182,8 @@ def read_yaml(path: str | os.PathLike) -> Any:
             where = f" line {mark.line + 1} column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{path}{where}: YAML syntax error ({problem}); fix the file") from None
+    finally:
+        loader.dispose()
 
 
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
@@ -160,9 +196,4 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
 
 def write_yaml(path: str | os.PathLike, values: Any, header: str = "") -> Path:
     """Write plain data as YAML (atomic: temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(header + yaml.safe_dump(values, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, header + yaml.safe_dump(values, sort_keys=False))

@@ -19,7 +19,7 @@ import importlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,13 @@ class FerData:
                 f"{self.source}: this data has no labelled {role} split "
                 f"({'; '.join(self.notes) or 'see `launch.py data`'}); use the Kaggle fer2013.csv"
             )
-        return self.split(self.roles[role])
+        images, labels = self.split(self.roles[role])
+        if role in ("train", "val") and len(labels) == 0:
+            raise UserError(
+                f"{self.source}: the {role} split ({self.roles[role]}) has no rows, so nothing can be "
+                f"{'trained' if role == 'train' else 'validated'}; give a file with more rows per class"
+            )
+        return images, labels
 
     def split_sizes(self) -> dict[str, int]:
         """Rows per split, in split order."""
@@ -244,6 +250,10 @@ def _read_csv_frame(path: Path) -> pd.DataFrame:
     except pd.errors.ParserError as exc:
         raise UserError(f"{path}: malformed CSV ({exc}); every row must be emotion,pixels,Usage") from None
     frame.columns = [str(c).strip() for c in frame.iloc[0]]
+    repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if repeated:
+        raise UserError(f"{path}: column {repeated[0]!r} appears more than once in the header; "
+                        "a FER2013 CSV has the header emotion,pixels,Usage")
     return frame.iloc[1:].reset_index(drop=True)
 
 
@@ -357,19 +367,28 @@ def _with_held_out_validation(
 
 
 def _read_image_folder(root: Path) -> FerData:
-    train = _read_image_split(root / "train")
-    test = _read_image_split(root / "test") if (root / "test").is_dir() else None
-    return _with_held_out_validation(
+    skipped: list[str] = []
+    train = _read_image_split(root / "train", skipped)
+    test = _read_image_split(root / "test", skipped) if (root / "test").is_dir() else None
+    data = _with_held_out_validation(
         *train,
         source=str(root),
         test=test,
         note=f"image folder: {HELD_OUT_VALIDATION} is a seeded, stratified {HELD_OUT_FRACTION:.0%} held out of train/",
     )
+    if skipped:
+        names = ", ".join(str(Path(p).relative_to(root)) for p in skipped[:3])
+        data = replace(data, notes=data.notes + (
+            f"not read: {len(skipped)} entries that are not images directly in <split>/<emotion>/ "
+            f"(e.g. {names}); move them there or remove them",))
+    return data
 
 
-def _read_image_split(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_image_split(folder: Path, skipped: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``folder/<emotion>/``; entries it does not read are added to ``skipped``."""
     from PIL import Image, UnidentifiedImageError
 
+    skipped.extend(str(p) for p in sorted(folder.iterdir()) if not p.is_dir())
     unknown = [d.name for d in folder.iterdir() if d.is_dir() and d.name.lower() not in EMOTIONS]
     if unknown:
         raise UserError(f"{folder}: unknown emotion folder(s) {', '.join(sorted(unknown))}; allowed: {', '.join(EMOTIONS)}")
@@ -378,7 +397,8 @@ def _read_image_split(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         candidates = [d for d in folder.iterdir() if d.is_dir() and d.name.lower() == emotion]
         for directory in candidates:
             for file in sorted(directory.iterdir()):
-                if file.suffix.lower() not in _IMAGE_SUFFIXES:
+                if file.is_dir() or file.suffix.lower() not in _IMAGE_SUFFIXES:
+                    skipped.append(str(file))
                     continue
                 try:
                     with Image.open(file) as img:

@@ -20,6 +20,7 @@ from torch import nn
 
 from fer_tune.augment import AugmentConfig, BatchAugmenter
 from fer_tune.config import TrainConfig
+from fer_tune.errors import UserError
 from fer_tune.metrics import macro_f1
 from fer_tune.models import create_model, model_info
 from fer_tune.models.vit import PretrainedViT, resolve_pretrained
@@ -48,10 +49,21 @@ class EpochResult:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """``cuda`` when available (or asked), else ``cpu``."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cuda`` when available, else ``cpu``; a requested device must exist here."""
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {requested!r}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise UserError(f"--device {requested}: this machine has {count} CUDA device(s); use --device cpu "
+                            "or leave --device out (fer-tune takes CUDA when it is there)")
+    elif device.type != "cpu":
+        raise UserError(f"--device {requested}: fer-tune trains on cpu or cuda; use one of those")
+    return device
 
 
 def seed_everything(seed: int) -> None:

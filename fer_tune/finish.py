@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from fer_tune.data import FerData
+from fer_tune.files import write_csv_atomic
 import pandas as pd
 
 from fer_tune.report import headline_winner, write_report
@@ -33,7 +34,7 @@ def retrain_and_report(folder: Path, data: FerData, opts: FinishOptions, log: Ca
     runs, winners = run_retrain(folder, data, top_k=opts.top_k, seeds=opts.seeds, protocol=opts.protocol,
                                 epochs=opts.epochs, gpus_per_trial=opts.gpus_per_trial,
                                 cpus_per_trial=opts.cpus_per_trial, pretrained=opts.pretrained, log=log)
-    runs.to_csv(folder / "retrain_runs.csv", index=False)
+    write_csv_atomic(runs, folder / "retrain_runs.csv")
     log(f"scoring {len(runs)} retrained runs once on the test split")
     scored = score_runs(runs, data, opts.device)
     write_scores(scored, folder)

@@ -12,6 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fer_tune import EMOTIONS  # noqa: E402
+from fer_tune.files import write_atomic  # noqa: E402
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically, then close it."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str) -> Path:
@@ -31,10 +39,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str) -
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_curves(curves: dict[str, Sequence[float]], path: Path, title: str, ylabel: str) -> Path:
@@ -49,7 +54,4 @@ def plot_curves(curves: dict[str, Sequence[float]], path: Path, title: str, ylab
     if 0 < len(curves) <= 12:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

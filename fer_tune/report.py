@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fer_tune.plots import plot_confusion, plot_curves
+from fer_tune.files import write_csv_atomic, write_text_atomic
+from fer_tune.plots import plot_confusion, plot_curves, save_figure
 from fer_tune.scoring import ScoredRuns
 
 # SPEC section 5: FER2013 PrivateTest as the paper reports it (accuracy, macro P, R, F1)
@@ -59,7 +60,7 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
     settings_keys = keys + (["activation"] if model.startswith("effnet") else [])
     for key in settings_keys:
         summary[key] = summary.winner.map(lambda w: winners_config[w].get(key))
-    summary.to_csv(folder / "winners.csv", index=False)
+    write_csv_atomic(summary, folder / "winners.csv")
 
     plot_confusion(scored.confusion_by_winner[best], folder / "confusion_matrix.png",
                    f"{model} winner {best}, {scored.test_split} (ten-crop, all seeds, row-normalised)")
@@ -165,9 +166,7 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
         "Files: `winners.csv`, `scores.csv` (per run), `predictions.csv` (every test image of every run), "
         "`winners/*.pt` (the runs' checkpoints), `trials.csv`.",
     ]
-    path = folder / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
 
 
 def _finetune_lines(winners: pd.DataFrame, runs: pd.DataFrame, test_split: str) -> list[str]:
@@ -220,8 +219,27 @@ def _plot_search(curves: dict[str, list[float]], best_so_far: list, path: Path, 
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+WINNERS_COLUMNS = ("winner", "accuracy_mean", "accuracy_std", "macro_f1_mean", "leak_free_accuracy_mean", "protocol",
+                   "val_acc_mean")
+
+
+def read_winners(path: Path) -> pd.DataFrame:
+    """A search's winners.csv, or a :class:`UserError` naming it when it is empty, unreadable or incomplete."""
+    from fer_tune.errors import UserError
+
+    try:
+        winners = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable winners table ({str(exc).splitlines()[0]}); "
+                        f"re-create it with --retrain {path.parent.name}") from None
+    missing = [c for c in WINNERS_COLUMNS if c not in winners.columns]
+    if winners.empty or missing:
+        problem = "it has no rows" if winners.empty and not missing else f"column {missing[0]!r} is missing"
+        raise UserError(f"{path}: {problem}; re-create it with --retrain {path.parent.name}")
+    return winners
 
 
 def write_leaderboard(results_dir: Path) -> Path:
@@ -229,7 +247,7 @@ def write_leaderboard(results_dir: Path) -> Path:
     rows = []
     for scores in sorted(results_dir.glob("*/winners.csv")):
         folder = scores.parent
-        winners = pd.read_csv(scores)
+        winners = read_winners(scores)
         best = winners[winners.winner == headline_winner(winners)].iloc[0]
         model = _model_of(folder)
         paper = PAPER_RESULTS.get(model)
@@ -246,9 +264,7 @@ def write_leaderboard(results_dir: Path) -> Path:
              "| search | model | winner | accuracy | F1 of macro P and R | macro F1 (mean of per-class F1) | "
              "leakage-free acc. | protocol | paper |",
              "|---|---|---|---|---|---|---|---|---|", *rows]
-    path = results_dir / "leaderboard.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text_atomic(results_dir / "leaderboard.md", "\n".join(lines) + "\n")
 
 
 def _model_of(folder: Path) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fer_tune.data import FerData
+from fer_tune.files import write_csv_atomic
 from fer_tune.data_report import rows_with_copy_in
 from fer_tune.engine import pick_device
 from fer_tune.evaluate import evaluate_model, model_from_checkpoint
@@ -121,5 +122,5 @@ def summarise(per_run: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
 
 def write_scores(scored: ScoredRuns, folder: Path) -> None:
     """scores.csv (per run), predictions.csv (every image of every run)."""
-    scored.runs.to_csv(folder / "scores.csv", index=False)
-    scored.predictions.to_csv(folder / "predictions.csv", index=False)
+    write_csv_atomic(scored.runs, folder / "scores.csv")
+    write_csv_atomic(scored.predictions, folder / "predictions.csv")

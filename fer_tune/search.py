@@ -10,10 +10,9 @@ from __future__ import annotations
 import fcntl
 import math
 import os
-import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,11 +22,14 @@ from fer_tune.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.config import write_yaml
 from fer_tune.data import FerData
 from fer_tune.errors import UserError
+from fer_tune.files import write_csv_atomic
 from fer_tune.manifest import SearchManifest
 from fer_tune.models import check_pretrained_choice, create_model, model_info
 from fer_tune.models.vit import resolve_pretrained
-from fer_tune.search_space import SearchSpace, SpaceSampler, load_search_space, paper_point
-from fer_tune.train_run import prepare_output_dir, run_training
+from fer_tune.search_space import Resources, SearchSpace, SpaceSampler, load_search_space, paper_point
+from fer_tune.run_folder import (check_run_name, check_search_folder, clear_search_outputs, make_run_folder,
+                                 removed_if_nothing_ran)
+from fer_tune.train_run import run_training
 from fer_tune.trainable import TrialData, fer_trainable
 from fer_tune.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
 
@@ -269,8 +271,7 @@ def trial_number(path: str) -> int | None:
 
 
 def _trial_resources(space: SearchSpace, opts: SearchOptions, cluster: dict[str, float]) -> dict[str, float]:
-    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else space.resources.gpus_per_trial
-    cpus = opts.cpus_per_trial if opts.cpus_per_trial is not None else space.resources.cpus_per_trial
+    gpus, cpus = space.resources.gpus_per_trial, space.resources.cpus_per_trial
     cpus = min(cpus, max(cluster.get("CPU", 1), 1))
     if cluster.get("GPU", 0) <= 0:
         gpus = 0.0  # a GPU request on a CPU-only cluster would leave every trial PENDING forever
@@ -327,18 +328,11 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
     return frame
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
 def write_outputs(results, space: SearchSpace, opts: SearchOptions, folder: Path, resources: dict,
                   base_source: str | None) -> SearchOutcome:
     """trials.csv, best_config.yaml, best_model.pt (the best trial's best checkpoint)."""
     table = trials_table(results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"], base_source)
-    trials_csv = _write_csv(table, folder / "trials.csv")
+    trials_csv = write_csv_atomic(table, folder / "trials.csv")
     scored = [r for r in results if r.error is None and r.metrics_dataframe is not None
               and space.metric in r.metrics_dataframe and not r.metrics.get("diverged")]
     if not scored:
@@ -372,29 +366,45 @@ def asha_savings(table: pd.DataFrame, max_epochs: int) -> tuple[int, int]:
 # ------------------------------------------------------------------ the search
 
 
-def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOutcome:
-    """Run (or resume) one search and write its outputs; see the module docstring."""
+def configured_space(space_name: str, opts: SearchOptions) -> SearchSpace:
+    """The search space with the command line's budget, resources and pretrained folder applied,
+    every number checked (nothing has started yet)."""
     space = load_search_space(space_name)
     if opts.smoke:
         space = space.for_smoke()
-    budget_changes = {}
+    budget = space.budget
     if opts.trials is not None:
-        budget_changes["num_trials"] = opts.trials
+        budget = replace(budget, num_trials=opts.trials)
     if opts.max_epochs is not None:
-        budget_changes["max_epochs"] = opts.max_epochs
-        budget_changes["grace_period"] = min(space.budget.grace_period, opts.max_epochs)
-    if budget_changes:
-        from dataclasses import replace
-
-        space = replace(space, budget=replace(space.budget, **budget_changes))
-    name = opts.name or (f"{space.name}-smoke" if opts.smoke else space.name)
+        budget = replace(budget, max_epochs=opts.max_epochs, grace_period=min(budget.grace_period, opts.max_epochs))
+    resources = Resources(
+        opts.gpus_per_trial if opts.gpus_per_trial is not None else space.resources.gpus_per_trial,
+        opts.cpus_per_trial if opts.cpus_per_trial is not None else space.resources.cpus_per_trial,
+    )
+    space = replace(space, budget=budget.check("command line: budget"),
+                    resources=resources.check("command line: resources"))
     if opts.pretrained is not None:
         space = space.with_fixed(pretrained_path=opts.pretrained)
     check_pretrained_choice(space.model, space.fixed.get("pretrained_path"), space.path)
+    return space
+
+
+def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOutcome:
+    """Run (or resume) one search and write its outputs; see the module docstring."""
+    space = configured_space(space_name, opts)
+    name = check_run_name(opts.name or (f"{space.name}-smoke" if opts.smoke else space.name))
     pretrained = resolve_pretrained(space.fixed.get("pretrained_path")) if model_info(space.model).recipe == "vit" else None
     if opts.base_checkpoint and space.base is not None:
         load_base(opts.base_checkpoint, space.model)  # before any folder is made
-    folder = prepare_output_dir((opts.results_dir / name).resolve())
+    folder = (opts.results_dir / name).resolve()
+    check_search_folder(folder)
+    with removed_if_nothing_ran(folder, ("progress.csv", "metrics.csv")):
+        make_run_folder(folder)
+        return _run_in_folder(space, name, folder, data, pretrained, opts)
+
+
+def _run_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData, pretrained, opts: SearchOptions
+                   ) -> SearchOutcome:
     train, val = data.role("train"), data.role("val")
     started = time.perf_counter()
     with search_lock(folder):
@@ -402,10 +412,9 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
         from ray import tune
 
         if opts.fresh:
-            for child in folder.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-            opts.log(f"--fresh: starting {name} over")
+            kept = clear_search_outputs(folder)
+            opts.log(f"--fresh: starting {name} over" + (
+                f"; left in place {len(kept)} file(s) fer-tune did not write: {', '.join(kept[:3])}" if kept else ""))
         manifest = SearchManifest(
             name=name, space=space.path, model=space.model, base=space.base, metric=space.metric, mode=space.mode,
             smoke=opts.smoke, seed=opts.seed, budget=asdict(space.budget), finetune=space.finetune,

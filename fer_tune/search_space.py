@@ -31,6 +31,18 @@ class Budget:
     num_trials: int = 20
     max_concurrent: int = 4
 
+    def check(self, where: str) -> "Budget":
+        """Itself, when every count is in range and consistent; else a :class:`UserError` naming ``where``."""
+        rules = [
+            ("max_epochs", 1 <= self.max_epochs <= 100_000, "1 to 100000"),
+            ("grace_period", 1 <= self.grace_period <= self.max_epochs, f"1 to max_epochs ({self.max_epochs})"),
+            ("reduction_factor", 2 <= self.reduction_factor <= 100, "2 to 100 (ASHA keeps 1 in reduction_factor)"),
+            ("num_trials", 1 <= self.num_trials <= 100_000, "1 to 100000"),
+            ("max_concurrent", 1 <= self.max_concurrent <= 10_000, "1 to 10000"),
+        ]
+        _check_rules(where, self, rules)
+        return self
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -38,6 +50,23 @@ class Resources:
 
     gpus_per_trial: float = 1.0
     cpus_per_trial: float = 2.0
+
+    def check(self, where: str) -> "Resources":
+        """Itself, when the shares are finite and Ray can place them; else a :class:`UserError`."""
+        gpus, cpus = self.gpus_per_trial, self.cpus_per_trial
+        rules = [
+            ("gpus_per_trial", math.isfinite(gpus) and 0 <= gpus <= 64 and (gpus <= 1 or gpus == int(gpus)),
+             "0 to 1 (a share of one GPU) or a whole number of GPUs up to 64"),
+            ("cpus_per_trial", math.isfinite(cpus) and 0 < cpus <= 1024, "above 0 and at most 1024"),
+        ]
+        _check_rules(where, self, rules)
+        return self
+
+
+def _check_rules(where: str, values: Any, rules: list[tuple[str, bool, str]]) -> None:
+    for name, ok, allowed in rules:
+        if not ok:
+            raise UserError(f"{where}.{name} = {getattr(values, name)!r} is not allowed; use {allowed}")
 
 
 @dataclass(frozen=True)
@@ -159,12 +188,8 @@ def load_search_space(name_or_path: str) -> SearchSpace:
     metric = raw.get("metric", "val_acc")
     if metric not in METRICS:
         raise UserError(f"{src}: metric = {metric!r} is unknown; allowed: {', '.join(METRICS)}")
-    budget = _dataclass_from(src, "budget", Budget, raw.get("budget", {}))
-    resources = _dataclass_from(src, "resources", Resources, raw.get("resources", {}))
-    if budget.grace_period > budget.max_epochs or budget.grace_period < 1:
-        raise UserError(f"{src}: budget.grace_period = {budget.grace_period} must be 1..max_epochs ({budget.max_epochs})")
-    if budget.reduction_factor < 2 or budget.num_trials < 1 or budget.max_concurrent < 1:
-        raise UserError(f"{src}: budget needs reduction_factor >= 2, num_trials >= 1, max_concurrent >= 1")
+    budget = _dataclass_from(src, "budget", Budget, raw.get("budget", {})).check(f"{src}: budget")
+    resources = _dataclass_from(src, "resources", Resources, raw.get("resources", {})).check(f"{src}: resources")
     fixed = _config_values(src, "fixed", raw.get("fixed", {}))
     paper_trial = _config_values(src, "paper_trial", raw.get("paper_trial", {}))
     params = _params(src, raw.get("space", {}))
@@ -172,7 +197,8 @@ def load_search_space(name_or_path: str) -> SearchSpace:
     if not isinstance(smoke, dict):
         raise UserError(f"{src}: smoke must be a mapping with budget: and fixed:")
     _no_unknown(src, "smoke.", smoke, ("budget", "fixed", "finetune"))
-    _dataclass_from(src, "smoke.budget", Budget, smoke.get("budget", {}))
+    smoke_budget = _dataclass_from(src, "smoke.budget", Budget, smoke.get("budget", {}))
+    replace(budget, **{k: getattr(smoke_budget, k) for k in smoke.get("budget", {})}).check(f"{src}: smoke.budget")
     _config_values(src, "smoke.fixed", smoke.get("fixed", {}))
     finetune = _finetune(src, "finetune", raw.get("finetune", {}))
     _finetune(src, "smoke.finetune", smoke.get("finetune", {}))
@@ -220,7 +246,9 @@ def _dataclass_from(src: str, key: str, cls, values: Any):
                 converted[f.name] = int(value) if f.type == "int" else float(value)
                 if f.type == "int" and float(value) != int(value):
                     raise ValueError
-            except (TypeError, ValueError):
+                if not math.isfinite(converted[f.name]):
+                    raise ValueError
+            except (TypeError, ValueError, OverflowError):
                 raise UserError(f"{src}: {key}.{f.name} = {value!r} is not a valid {f.type}") from None
             if converted[f.name] < 0:
                 raise UserError(f"{src}: {key}.{f.name} = {value!r} must not be negative")
@@ -258,13 +286,19 @@ def _params(src: str, space: Any) -> tuple[Param, ...]:
             raise UserError(f"{where}.{kind} must be [low, high]")
         try:
             low, high = float(value[0]), float(value[1])
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise ValueError
+            if kind == "int" and (isinstance(value[0], bool) or low != int(low) or high != int(high)):
+                raise ValueError
         except (TypeError, ValueError):
-            raise UserError(f"{where}.{kind} = {value!r}: low and high must be numbers") from None
+            raise UserError(f"{where}.{kind} = {value!r}: low and high must be finite numbers"
+                            f"{' (whole numbers for int)' if kind == 'int' else ''}") from None
         if not low < high:
             raise UserError(f"{where}.{kind}: low {value[0]} is not below high {value[1]}; swap them")
         if kind == "loguniform" and low <= 0:
             raise UserError(f"{where}.loguniform: low must be above 0 for a log scale")
-        _check_value(src, name, low if kind != "int" else int(low))
+        for bound in (low, high):
+            _check_value(src, name, bound if kind != "int" else int(bound))
         params.append(Param(name, kind, low=low, high=high))
     return tuple(params)
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 from pathlib import Path
 from typing import Callable
+
+import pandas as pd
 
 from fer_tune.checkpoint import save_checkpoint
 from fer_tune.config import TrainConfig, write_yaml
 from fer_tune.data import FerData
 from fer_tune.engine import EpochResult, Trainer
 from fer_tune.errors import UserError
+from fer_tune.files import write_csv_atomic
 from fer_tune.models import model_info
+from fer_tune.run_folder import make_run_folder, removed_if_nothing_ran
 from fer_tune.transfer import architecture_of_base, load_base
 
 METRIC_FIELDS = list(EpochResult.__dataclass_fields__)
@@ -34,18 +36,6 @@ def load_base_state(config: TrainConfig) -> dict | None:
     return base.state
 
 
-def prepare_output_dir(path: Path) -> Path:
-    """Create ``path`` (and check it is writable) before any training starts."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{path}: results folder is not writable ({exc.strerror}); choose another with --results") from None
-    return path
-
-
 def run_training(
     config: TrainConfig,
     data: FerData,
@@ -57,23 +47,24 @@ def run_training(
     """Train ``config`` on the train split, select on val, write config.yaml, metrics.csv,
     best.pt (best val accuracy) and last.pt into ``out_dir``."""
     base_state = load_base_state(config)
-    out_dir = prepare_output_dir(out_dir)
+    with removed_if_nothing_ran(out_dir, ("metrics.csv",)):
+        make_run_folder(out_dir)
+        return _train_into(config, data, out_dir, base_state, device, log)
+
+
+def _train_into(config: TrainConfig, data: FerData, out_dir: Path, base_state: dict | None, device: str | None,
+                log: Callable[[str], None]) -> list[EpochResult]:
     trainer = Trainer(config, data.role("train"), data.role("val"), device=device, base_state=base_state)
     if trainer.transfer is not None:
         log(f"base {config.base_checkpoint}: {trainer.transfer.summary()}")
     write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"# fer-tune train config; data: {data.source}\n")
     metrics_path = out_dir / "metrics.csv"
-    tmp_metrics = out_dir / ".metrics.csv.tmp"
     started = time.perf_counter()
     log(f"training {config.model} on {trainer.device} for {config.epochs} epochs "
         f"({len(trainer.train_labels)} train / {len(trainer.val_labels)} val images) -> {out_dir}")
 
     def on_epoch(tr: Trainer, result: EpochResult) -> None:
-        with open(tmp_metrics, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(r.as_dict() for r in tr.history)
-        os.replace(tmp_metrics, metrics_path)
+        write_csv_atomic(pd.DataFrame([r.as_dict() for r in tr.history], columns=METRIC_FIELDS), metrics_path)
         if result.diverged:
             log(f"epoch {result.epoch}/{config.epochs}: loss is not finite: the run diverged "
                 f"(lr {config.lr:g} is probably too high); stopped")

@@ -119,7 +119,7 @@ def test_base_checkpoint_of_another_architecture_is_refused_before_anything(tiny
                "--base-checkpoint", str(other)])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "eff.pt: this checkpoint is a 'effnetv2s' model, but vgg_spinal transfers from 'vgg'" in err
+    assert "eff.pt: this checkpoint is a 'effnetv2s' model, but 'vgg_spinal' transfers from 'vgg'" in err
     assert not (tmp_path / "r").exists()
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"PK\x03\x04 truncated")

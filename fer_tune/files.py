@@ -1,0 +1,40 @@
+"""Every result file is written atomically: to a temporary file beside it, then renamed over the
+real name, so a crash mid-write leaves the old file (or none), never half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, sync: bool = False) -> Path:
+    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        if sync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """A text file (Markdown, YAML, ...), atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """A CSV of ``frame`` (no index), atomically."""
+    return write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))

@@ -1,0 +1,101 @@
+"""Run folders: where a search or a training run writes, and the rules that keep everything else safe.
+
+- A run name is one plain folder name (no ``..``, no ``/``, not absolute): a run never writes
+  outside ``--results``.
+- ``--fresh`` deletes only a folder that fer-tune's search made (it holds ``manifest.yaml``), and
+  there only the files and folders fer-tune writes (:data:`SEARCH_OUTPUTS`); anything else stays.
+- A run that fails before its first epoch leaves no folder behind that it made itself.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from fer_tune.errors import UserError
+from fer_tune.manifest import MANIFEST
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+# everything a search, its retraining and its report write into the search folder
+SEARCH_OUTPUTS = (
+    MANIFEST, ".lock", "trials.csv", "best_config.yaml", "best_model.pt", "ray", "base", "retrain",
+    "winners", "retrain_runs.csv", "scores.csv", "predictions.csv", "winners.csv",
+    "report.md", "confusion_matrix.png", "learning_curves.png", "search.png",
+)
+
+
+def check_run_name(name: str, option: str = "--name") -> str:
+    """``name`` if it is one plain folder name; else a :class:`UserError` saying what is allowed."""
+    if not NAME_PATTERN.fullmatch(name or "") or name in (".", ".."):
+        raise UserError(
+            f"{option} {name!r}: a run name is one plain folder name (letters, digits, '.', '_', '+', '-', at most "
+            "100, starting with a letter or digit); no '/', '..' or absolute paths: use --results to choose "
+            "where runs go"
+        )
+    return name
+
+
+def make_run_folder(path: Path) -> Path:
+    """Create ``path`` (and check it is writable) before anything starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{path}: results folder is not writable ({exc.strerror}); choose another with --results") from None
+    return path
+
+
+def is_search_folder(folder: Path) -> bool:
+    """True when fer-tune's search made ``folder`` (it holds the manifest)."""
+    return (folder / MANIFEST).is_file()
+
+
+def check_search_folder(folder: Path) -> None:
+    """A search may write into a new or empty folder, or one a fer-tune search made; never into a
+    folder holding other files."""
+    if not folder.is_dir() or is_search_folder(folder):
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name != ".lock")
+    if foreign:
+        raise UserError(
+            f"{folder}: this folder was not made by a fer-tune search (no {MANIFEST}) and holds {len(foreign)} "
+            f"other file(s), e.g. {foreign[0]!r}; fer-tune writes, and deletes, only in folders it made: "
+            "choose another --name or --results"
+        )
+
+
+def clear_search_outputs(folder: Path) -> list[str]:
+    """``--fresh``: delete what fer-tune wrote in ``folder`` (a folder it made), nothing else; returns
+    the names of anything left in place."""
+    if not is_search_folder(folder):
+        check_search_folder(folder)
+        return []
+    for name in SEARCH_OUTPUTS:
+        target = folder / name
+        if name == ".lock" or not (target.exists() or target.is_symlink()):
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    return sorted(p.name for p in folder.iterdir() if p.name != ".lock")
+
+
+@contextmanager
+def removed_if_nothing_ran(folder: Path, progress_markers: tuple[str, ...]) -> Iterator[None]:
+    """Remove ``folder`` when the block fails, the folder did not exist before, and no file named in
+    ``progress_markers`` exists below it (no epoch finished): a failed start leaves nothing behind."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        ran = any(next(folder.rglob(marker), None) for marker in progress_markers) if folder.is_dir() else False
+        if not existed and folder.is_dir() and not ran:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
