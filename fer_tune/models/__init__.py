@@ -11,7 +11,7 @@ from torch import nn
 from fer_tune.errors import UserError
 from fer_tune.models.efficientnet import FerEfficientNetV2
 from fer_tune.models.vgg import FerVGG
-from fer_tune.models.vit import FerViT
+from fer_tune.models.vit import FROM_SCRATCH, FerViT, check_pretrained_folder
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,5 @@ def check_pretrained_choice(model: str, pretrained_path: str | None, where: str)
             "save_pretrained) or set fixed: {pretrained_path: DIR} in the search space; to train from random "
             "weights on purpose, pass --pretrained from_scratch"
         )
+    if info.recipe == "vit" and pretrained_path not in (None, FROM_SCRATCH):
+        check_pretrained_folder(pretrained_path)

@@ -36,17 +36,23 @@ class PretrainedViT:
     state: dict[str, torch.Tensor]
 
 
-def resolve_pretrained(pretrained_path: str | None) -> PretrainedViT | None:
-    """The weights in a local ``save_pretrained`` folder (e.g. a copy of
-    ``google/vit-large-patch32-224-in21k``); None for no path or ``from_scratch``. Nothing is downloaded."""
-    if pretrained_path is None or pretrained_path == FROM_SCRATCH:
-        return None
+def check_pretrained_folder(pretrained_path: str) -> Path:
+    """The folder, if it holds a saved ViT (its config.json); else a :class:`UserError`."""
     folder = Path(pretrained_path)
     if not (folder / "config.json").is_file():
         raise UserError(
             f"{folder}: no pretrained ViT here (config.json missing); give a local folder saved with "
             "save_pretrained(), e.g. a download of google/vit-large-patch32-224-in21k"
         )
+    return folder
+
+
+def resolve_pretrained(pretrained_path: str | None) -> PretrainedViT | None:
+    """The weights in a local ``save_pretrained`` folder (e.g. a copy of
+    ``google/vit-large-patch32-224-in21k``); None for no path or ``from_scratch``. Nothing is downloaded."""
+    if pretrained_path is None or pretrained_path == FROM_SCRATCH:
+        return None
+    folder = check_pretrained_folder(pretrained_path)
     try:
         model = ViTModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
     except (OSError, ValueError) as exc:
