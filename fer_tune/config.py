@@ -194,6 +194,11 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     return TrainConfig.from_mapping(values, source=str(path))
 
 
+def yaml_plain(values: Any) -> Any:
+    """``values`` as it reads back from YAML (tuples become lists, ...), for comparisons."""
+    return yaml.safe_load(yaml.safe_dump(values, sort_keys=False))
+
+
 def write_yaml(path: str | os.PathLike, values: Any, header: str = "") -> Path:
     """Write plain data as YAML (atomic: temp file + rename)."""
     return write_text_atomic(path, header + yaml.safe_dump(values, sort_keys=False))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from fer_tune import EMOTIONS
 
@@ -35,6 +34,8 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = len(EMOTION
 
     A class never predicted (or absent) counts as 0 precision / recall, as ``zero_division=0``.
     """
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     labels = list(range(num_classes))
     macro = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     per_class = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None, zero_division=0)
@@ -59,6 +60,8 @@ def f1_of_means(precision: float, recall: float) -> float:
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = len(EMOTIONS)) -> float:
     """Macro F1 alone (for per-epoch logging)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     return float(
         precision_recall_fscore_support(
             y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from fer_tune.checkpoint import load_checkpoint, save_checkpoint
-from fer_tune.config import TrainConfig, load_train_config
+from fer_tune.config import TrainConfig, load_train_config, read_yaml, write_yaml, yaml_plain
 from fer_tune.data import FerData
-from fer_tune.engine import Trainer
+from fer_tune.engine import EpochResult, Trainer
 from fer_tune.errors import UserError
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import PretrainedViT, resolve_pretrained
@@ -35,6 +35,7 @@ from fer_tune.transfer import BaseWeights, load_base
 
 PROTOCOLS = ("paper", "trainval")
 RETRAIN_EXPERIMENT = "retrain"
+RETRAIN_SETTINGS = "retrain.yaml"
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,12 @@ def _payload(trainer: Trainer, result, phase: str, protocol: str) -> dict[str, A
 
 
 def retrain_trainable(config: dict[str, Any], data: RetrainData) -> None:
-    """Train one winner with one seed; report per epoch with a checkpoint (best kept by val_acc).
+    """Train one winner with one seed, reporting once per epoch with a checkpoint that holds the kept
+    model (``model.pt``: the best epoch by validation accuracy, or the refit's last) and everything
+    needed to continue (``state.pt``), so that a restarted retraining resumes at its last epoch.
 
     With a ``finetune`` stage (paper Table 11), the kept main-run weights train on at the fine-tune
-    learning rate; its last epoch is reported with a checkpoint holding both models (``model.pt``, the
-    main run's, and ``finetune.pt``), so that each is scored on its own."""
+    learning rate; its last checkpoint adds ``finetune.pt``, so that each model is scored on its own."""
     from ray import tune
     from ray.tune import Checkpoint
 
@@ -135,32 +137,48 @@ def retrain_trainable(config: dict[str, Any], data: RetrainData) -> None:
     train_config = TrainConfig.from_mapping({**winner.config, "seed": seed})
     train, val = (data.train_images, data.train_labels), (data.val_images, data.val_labels)
     trainer = Trainer(train_config, train, val, **_starting_points(data))
-    kept: dict[str, Any] | None = None
+    resume = _last_state()
+    kept: dict[str, Any] | None = resume["kept"] if resume else None
+    restarts = resume["restarts"] + 1 if resume else 0
+    if resume and resume["phase"] != "select":  # the selection ended before the restart
+        trainer.history = [EpochResult(**r) for r in resume["select_history"]]
+        trainer.epoch = train_config.epochs
     for phase, current, stop_epoch in _stages(trainer, train_config, train, val, data, lambda: kept):
+        if resume is not None:
+            if phase != resume["phase"]:
+                continue  # a phase that ended before the restart
+            current.load_state_dict(resume)
+            resume = None
         while current.epoch < stop_epoch:
             result = current.step_epoch()
-            metrics = {**result.as_dict(), "diverged": int(result.diverged), "phase": phase,
-                       "winner": winner.rank, "seed": seed}
-            last = current.epoch == stop_epoch or result.diverged
-            if phase == "finetune":
-                if not last:
-                    tune.report({**metrics, "keep_score": -1.0})
-                    continue
-                with tempfile.TemporaryDirectory() as folder:
-                    save_checkpoint(Path(folder) / "model.pt", kept)
-                    save_checkpoint(Path(folder) / "finetune.pt", _payload(current, result, phase, data.protocol))
-                    tune.report({**metrics, "keep_score": 1e9}, checkpoint=Checkpoint.from_directory(folder))
-                return
             payload = _payload(current, result, phase, data.protocol)
-            # in the refit phase the score is not a selection signal: keep the last epoch
-            score = result.val_acc if phase == "select" else 1.0 + result.epoch
-            if not result.diverged and (kept is None or phase == "refit" or result.val_acc > kept["val_acc"]):
+            if phase != "finetune" and not result.diverged and (
+                    kept is None or phase == "refit" or result.val_acc > kept["val_acc"]):
                 kept = payload
+            files = {"model.pt": kept or payload,
+                     "state.pt": {**current.state_dict(), "phase": phase, "kept": kept, "restarts": restarts,
+                                  "select_history": [r.as_dict() for r in trainer.history]}}
+            if phase == "finetune" and (current.epoch == stop_epoch or result.diverged):
+                files["finetune.pt"] = payload
             with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(Path(folder) / "model.pt", payload)
-                tune.report({**metrics, "keep_score": score}, checkpoint=Checkpoint.from_directory(folder))
+                for name, content in files.items():
+                    save_checkpoint(Path(folder) / name, content)
+                tune.report({**result.as_dict(), "diverged": int(result.diverged), "phase": phase,
+                             "winner": winner.rank, "seed": seed, "restarts": restarts},
+                            checkpoint=Checkpoint.from_directory(folder))
             if result.diverged:
                 return
+
+
+def _last_state() -> dict[str, Any] | None:
+    """The state of this run's last checkpoint when Ray restarts it, else None."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(Path(folder) / "state.pt")
 
 
 def _stages(trainer: Trainer, config: TrainConfig, train, val, data: RetrainData, kept):
@@ -176,6 +194,16 @@ def _stages(trainer: Trainer, config: TrainConfig, train, val, data: RetrainData
     finetune = Trainer(finetune_config, train, val, **_starting_points(data))
     finetune.model.load_state_dict(kept()["model"])
     yield "finetune", finetune, finetune_config.epochs
+
+
+def _same_retraining(folder: Path, settings: dict[str, Any]) -> bool:
+    """True when ``folder`` holds an interrupted retraining with these settings (so it resumes)."""
+    from ray import tune
+
+    experiment, recorded = folder / RETRAIN_EXPERIMENT, folder / RETRAIN_SETTINGS
+    if not (experiment.is_dir() and recorded.is_file() and tune.Tuner.can_restore(str(experiment))):
+        return False
+    return read_yaml(recorded) == yaml_plain(settings)
 
 
 def _starting_points(data: RetrainData) -> dict[str, Any]:
@@ -219,7 +247,7 @@ def run_retrain(
     import ray
     from ray import tune
 
-    from fer_tune.search import init_ray, trial_dirname
+    from fer_tune.search import _finished_trials, init_ray, progress_callback, trial_dirname
 
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
@@ -240,33 +268,49 @@ def run_retrain(
              if finetune else "")
     log(f"retraining the top {len(winners)} configurations of {folder.name} with {seeds} seeds each "
         f"({winners[0].config['epochs']} epochs, protocol '{protocol}'{stage})")
-    for stale in (folder / RETRAIN_EXPERIMENT, folder / "winners"):  # a retraining starts over as a whole
-        if stale.exists():
-            shutil.rmtree(stale)
+    settings = {"top_k": len(winners), "seeds": seeds, "protocol": protocol, "epochs": winners[0].config["epochs"],
+                "trials": [w.trial for w in winners], "finetune": finetune,
+                "pretrained": winners[0].config.get("pretrained_path")}
+    experiment = folder / RETRAIN_EXPERIMENT
+    resume = _same_retraining(folder, settings)
+    if not resume:  # a retraining with other settings starts over as a whole
+        for stale in (experiment, folder / "winners"):
+            if stale.exists():
+                shutil.rmtree(stale)
+        write_yaml(folder / RETRAIN_SETTINGS, settings, header="# what the retraining in retrain/ runs\n")
     started_ray = init_ray(log)
     try:
         gpus = gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         trainable = tune.with_resources(tune.with_parameters(retrain_trainable, data=shared),
                                         {"cpu": cpus_per_trial, "gpu": gpus})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"winner": tune.grid_search([w.rank for w in winners]),
-                         "seed": tune.grid_search(list(range(seeds)))},
-            tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=RETRAIN_EXPERIMENT, storage_path=str(folder.resolve()), verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="keep_score",
-                                                        checkpoint_score_order="max"),
-                failure_config=tune.FailureConfig(max_failures=2),
-            ),
-        )
+        total = len(winners) * seeds
+        if resume:
+            log(f"resuming the retraining of {folder.name}: {_finished_trials(experiment)} of {total} runs "
+                "already finished")
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"winner": tune.grid_search([w.rank for w in winners]),
+                             "seed": tune.grid_search(list(range(seeds)))},
+                tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(
+                    name=RETRAIN_EXPERIMENT, storage_path=str(folder.resolve()), verbose=0,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest holds the kept model
+                    failure_config=tune.FailureConfig(max_failures=2),
+                    callbacks=[progress_callback("val_acc", "max", log)],
+                ),
+            )
         results = tuner.fit()
+        if results.num_terminated + results.num_errors < total:  # Ctrl-C: Tune saved its state
+            raise KeyboardInterrupt(f"{results.num_terminated} of {total} retraining runs ended")
         rows = []
         for result in results:
             if result.error is not None:
                 raise UserError(f"retraining run {result.path} failed: {result.error}")
             rank, seed = int(result.config["winner"]), int(result.config["seed"])
-            checkpoint = result.get_best_checkpoint("keep_score", "max")
+            checkpoint = result.checkpoint
             history = result.metrics_dataframe
             with checkpoint.as_directory() as ckpt:
                 for stage, file in (("main", "model.pt"), ("finetune", "finetune.pt")):

@@ -23,7 +23,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 # everything a search, its retraining and its report write into the search folder
 SEARCH_OUTPUTS = (
     MANIFEST, ".lock", "trials.csv", "best_config.yaml", "best_model.pt", "ray", "base", "retrain",
-    "winners", "retrain_runs.csv", "scores.csv", "predictions.csv", "winners.csv",
+    "winners", "retrain.yaml", "retrain_runs.csv", "scores.csv", "predictions.csv", "winners.csv",
     "report.md", "confusion_matrix.png", "learning_curves.png", "search.png",
 )
 

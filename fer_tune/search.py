@@ -177,7 +177,7 @@ def init_ray(log: Callable[[str], None]) -> bool:
     return True
 
 
-def _progress_callback(metric: str, mode: str, log: Callable[[str], None]):
+def progress_callback(metric: str, mode: str, log: Callable[[str], None]):
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -252,7 +252,7 @@ def _tuner(space: SearchSpace, opts: SearchOptions, trial_data: TrialData, folde
                 num_to_keep=1, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
             ),
             failure_config=tune.FailureConfig(max_failures=2),
-            callbacks=[_progress_callback(space.metric, space.mode, opts.log)],
+            callbacks=[progress_callback(space.metric, space.mode, opts.log)],
             verbose=0,
         ),
     )

@@ -174,3 +174,34 @@ def test_nothing_touches_the_network_when_building_and_training(tiny_data, monke
     Trainer(TrainConfig(model="vgg", width=0.125, epochs=1, batch_size=64), tiny_data.role("train"),
             tiny_data.role("val")).fit()
     assert torch.is_tensor(torch.zeros(1))
+
+
+def test_killed_retraining_resumes_and_keeps_finished_runs(tiny_csv, tmp_path):
+    """SIGKILL during `--retrain`: the same command continues, says so, keeps the finished runs."""
+    space = _space(tmp_path, "again", SEQUENTIAL.replace("num_trials: 3", "num_trials: 1"))
+    common = ["--data", str(tiny_csv), "--results", str(tmp_path / "r")]
+    search = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--search", str(space), "--no-retrain", *common],
+                            capture_output=True, text=True, timeout=300)
+    assert search.returncode == 0, search.stdout[-2000:] + search.stderr[-2000:]
+    retrain = ["--retrain", "again", "--top-k", "1", "--seeds", "2", "--cpus-per-trial", "2", *common]
+    first = _launch(retrain)
+    finished = None
+    deadline = time.time() + 240
+    for line in first.stdout:
+        match = re.search(r"\] (\w+) epoch 2: val_acc", line)
+        if match or time.time() > deadline:
+            finished = match and match.group(1)
+            break
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert finished, "the first retraining did not finish a run in time"
+
+    second = subprocess.run([sys.executable, str(ROOT / "launch.py"), *retrain], capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert re.search(r"resuming the retraining of again: \d of 2 runs already finished", second.stdout)
+    runs = pd.read_csv(tmp_path / "r" / "again" / "retrain_runs.csv")
+    assert sorted(runs.seed) == [0, 1]
+    (kept,) = (tmp_path / "r" / "again" / "retrain").glob(f"*{finished}")
+    assert pd.read_csv(kept / "progress.csv").epoch.tolist() == [1, 2]  # trained once, not again
+    assert (tmp_path / "r" / "again" / "report.md").is_file()

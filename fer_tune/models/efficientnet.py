@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
@@ -19,6 +18,8 @@ class FerEfficientNetV2(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         own_classes = num_classes if head == "linear" else 0
+        import timm  # imported here: a trial of another model family does not pay for it
+
         self.backbone = timm.create_model(
             "efficientnetv2_rw_s",
             pretrained=False,

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import ViTConfig, ViTModel
 
 from fer_tune.errors import UserError
 from fer_tune.models.heads import SpinalHead
@@ -53,6 +52,8 @@ def resolve_pretrained(pretrained_path: str | None) -> PretrainedViT | None:
     if pretrained_path is None or pretrained_path == FROM_SCRATCH:
         return None
     folder = check_pretrained_folder(pretrained_path)
+    from transformers import ViTModel
+
     try:
         model = ViTModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
     except (OSError, ValueError) as exc:
@@ -60,8 +61,10 @@ def resolve_pretrained(pretrained_path: str | None) -> PretrainedViT | None:
     return PretrainedViT(str(folder.resolve()), model.config.to_dict(), model.state_dict())
 
 
-def build_vit(pretrained: PretrainedViT | None = None, **overrides) -> ViTModel:
+def build_vit(pretrained: PretrainedViT | None = None, **overrides) -> nn.Module:
     """ViT-L/32 with random weights, or the architecture and weights of ``pretrained``."""
+    from transformers import ViTConfig, ViTModel  # here: a VGG trial does not pay for importing transformers
+
     if pretrained is None:
         return ViTModel(ViTConfig(**{**VIT_L32, **overrides}), add_pooling_layer=False)
     model = ViTModel(ViTConfig.from_dict(pretrained.config), add_pooling_layer=False)
