@@ -178,11 +178,20 @@ def test_nothing_touches_the_network_when_building_and_training(tiny_data, monke
 
 def test_killed_retraining_resumes_and_keeps_finished_runs(tiny_csv, tmp_path):
     """SIGKILL during `--retrain`: the same command continues, says so, keeps the finished runs."""
-    space = _space(tmp_path, "again", SEQUENTIAL.replace("num_trials: 3", "num_trials: 1"))
+    from fer_tune.config import write_yaml
+    from fer_tune.manifest import SearchManifest
+    from fer_tune.search_space import load_search_space
+
+    space = load_search_space(str(_space(tmp_path, "again", SEQUENTIAL)))
+    folder = tmp_path / "r" / "again"  # a finished search, as its files say
+    folder.mkdir(parents=True)
+    SearchManifest(name="again", space=space.path, model="vgg", base=None, metric="val_acc", mode="max", smoke=False,
+                   seed=0, budget={}).write(folder)
+    write_yaml(folder / "best_config.yaml", space.train_config({"lr": 1e-3}, epochs=2).to_dict())
+    pd.DataFrame({"trial": [1], "trial_id": ["a"], "lr": [1e-3], "best_val_acc": [0.5], "status": ["completed"],
+                  "trial_path": [str(folder / "t")], "epochs_run": [2], "cpu_hours": [0.0], "gpu_hours": [0.0]}
+                 ).to_csv(folder / "trials.csv", index=False)
     common = ["--data", str(tiny_csv), "--results", str(tmp_path / "r")]
-    search = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--search", str(space), "--no-retrain", *common],
-                            capture_output=True, text=True, timeout=300)
-    assert search.returncode == 0, search.stdout[-2000:] + search.stderr[-2000:]
     retrain = ["--retrain", "again", "--top-k", "1", "--seeds", "2", "--cpus-per-trial", "2", *common]
     first = _launch(retrain)
     finished = None

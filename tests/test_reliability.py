@@ -3,7 +3,6 @@ number is checked before anything starts, inputs that are not what they seem are
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from fer_tune.checkpoint import save_checkpoint
 from fer_tune.cli import main
 from fer_tune.config import TrainConfig
 from fer_tune.demo_data import DemoSpec, write_demo_csv
-from fer_tune.errors import UserError
 from fer_tune.manifest import SearchManifest
 from fer_tune.run_folder import clear_search_outputs
 

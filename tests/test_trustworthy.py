@@ -304,21 +304,29 @@ def test_train_refuses_a_base_of_another_activation(tmp_path):
 
 @pytest.mark.parametrize("scheduler", ["plateau", "cosine"])
 def test_trainval_refit_repeats_the_selected_trajectory(tiny_data, scheduler):
-    config = TrainConfig(model="vgg", width=0.0625, batch_size=64, epochs=4, optimizer="sgd_nesterov", lr=0.05,
+    config = TrainConfig(model="vgg", width=0.0625, batch_size=64, epochs=3, optimizer="sgd_nesterov", lr=0.05,
                          scheduler=scheduler, plateau_patience=0, plateau_factor=0.5)
     train, val = tiny_data.role("train"), tiny_data.role("val")
     data = RetrainData((), train[0], train[1], val[0], val[1], None, None, "trainval")
     phases = _phases(Trainer(config, train, val), config, train, val, data)
-    _, select, _ = next(phases)
-    select.fit()
-    select.history[2].val_acc = 2.0  # pretend epoch 3 was the best, so the refit stops there
-    _, refit, stop = next(phases)
+    _, select, stop = next(phases)
     assert stop == 3
+    select.fit()
+    select.history[1].val_acc = 2.0  # pretend epoch 2 was the best, so the refit stops there
+    if scheduler == "plateau":  # a plateau that cut the rate after epoch 1 (the run's own may not have)
+        for r in select.history:
+            r.lr = 0.05 if r.epoch == 1 else 0.025
+    _, refit, stop = next(phases)
+    assert stop == 2 and refit.config.epochs == 3  # the schedule of the whole budget, stopped at the selection
+    assert len(refit.train_labels) == len(train[1]) + len(val[1])
     while refit.epoch < stop:
         refit.step_epoch()
-    assert [r.lr for r in refit.history] == pytest.approx([r.lr for r in select.history[:3]])
-    if scheduler == "plateau":
-        assert len(set(r.lr for r in select.history)) > 1  # the plateau did cut the rate
+    expected = [0.05, 0.025] if scheduler == "plateau" else [r.lr for r in select.history[:2]]
+    assert [r.lr for r in refit.history] == pytest.approx(expected)
+    with pytest.raises(StopIteration):
+        next(phases)
+    paper = RetrainData((), train[0], train[1], val[0], val[1], None, None, "paper")
+    assert [name for name, _, _ in _phases(select, config, train, val, paper)] == ["select"]
 
 
 def test_leakage_free_subset_under_trainval_drops_copies_of_publictest():
@@ -348,7 +356,7 @@ def test_ranger21_nan_ends_the_run_as_diverged(tiny_data):
 
 
 def test_ranger21_resumes_exactly(tiny_data, tmp_path):
-    config = TrainConfig(model="vgg", width=0.0625, batch_size=64, epochs=3, optimizer="ranger21",
+    config = TrainConfig(model="vgg", width=0.0625, batch_size=64, epochs=2, optimizer="ranger21",
                          scheduler="none", lr=1e-3)
     train, val = tiny_data.role("train"), tiny_data.role("val")
     straight = Trainer(config, train, val)
