@@ -174,6 +174,9 @@ def _cmd_search(argv: list[str]) -> int:
         folder = Path(args.results) / args.retrain
         if not folder.is_dir():
             raise UserError(f"{folder}: no such search folder; run --search first (or give --results)")
+        from fer_tune.run_folder import require_search_folder
+
+        require_search_folder(folder)  # before any data is read
         _finish(folder, _load_data(args.data, args.smoke), args)
         return 0
     if not args.search:

@@ -29,7 +29,7 @@ from fer_tune.errors import UserError
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import PretrainedViT, resolve_pretrained
 from fer_tune.manifest import read_manifest
-from fer_tune.run_folder import is_search_folder
+from fer_tune.run_folder import require_search_folder
 from fer_tune.search_space import SearchSpace, load_search_space
 from fer_tune.transfer import BaseWeights, load_base
 
@@ -251,9 +251,7 @@ def run_retrain(
 
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
-    if not is_search_folder(folder):
-        raise UserError(f"{folder}: not a folder fer-tune's search made (no manifest.yaml), so the retraining "
-                        "will not write (or delete) there; run --search again with this version of fer-tune")
+    require_search_folder(folder)
     winners = pick_winners(folder, top_k, epochs)
     if pretrained is not None:
         winners = [replace(w, config={**w.config, "pretrained_path": pretrained}) for w in winners]

@@ -56,6 +56,14 @@ def is_search_folder(folder: Path) -> bool:
     return (folder / MANIFEST).is_file()
 
 
+def require_search_folder(folder: Path) -> Path:
+    """``folder`` if a fer-tune search made it; else a :class:`UserError` (nothing is written there)."""
+    if not is_search_folder(folder):
+        raise UserError(f"{folder}: not a folder fer-tune's search made (no {MANIFEST}), so the retraining "
+                        "will not write (or delete) there; run --search again with this version of fer-tune")
+    return folder
+
+
 def check_search_folder(folder: Path) -> None:
     """A search may write into a new or empty folder, or one a fer-tune search made; never into a
     folder holding other files."""

@@ -247,3 +247,14 @@ def test_result_files_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "report.md")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_retrain_refuses_a_folder_fer_tune_did_not_make(tiny_csv, tmp_path, capsys):
+    folder = tmp_path / "results" / "old"
+    (folder / "winners").mkdir(parents=True)
+    (folder / "winners" / "mine.pt").write_text("mine")
+    (folder / "trials.csv").write_text("trial\n1\n")
+    rc = main(["--retrain", "old", "--data", str(tiny_csv), "--results", str(tmp_path / "results")])
+    captured = capsys.readouterr()
+    assert rc == 2 and "not a folder fer-tune's search made" in captured.err and "data:" not in captured.out
+    assert (folder / "winners" / "mine.pt").read_text() == "mine"
