@@ -11,6 +11,7 @@ from fer_tune.data import load_fer
 from fer_tune.engine import Trainer
 
 SMALL = dict(model="vgg", width=0.125, batch_size=32)
+NARROW = dict(SMALL, width=0.0625)  # for checks that do not depend on how much the model learns
 
 
 def test_short_training_on_demo_data_beats_chance_widely(learn_csv):
@@ -26,14 +27,14 @@ def test_short_training_on_demo_data_beats_chance_widely(learn_csv):
 
 def test_same_seed_same_metrics_on_cpu(tiny_data):
     def run():
-        t = Trainer(TrainConfig(**SMALL, epochs=2, seed=3), tiny_data.role("train"), tiny_data.role("val"))
+        t = Trainer(TrainConfig(**NARROW, epochs=2, seed=3), tiny_data.role("train"), tiny_data.role("val"))
         return [r.as_dict() | {"epoch_time": 0} for r in t.fit()]
 
     assert run() == run()
 
 
 def test_divergence_is_detected_at_the_first_non_finite_loss(tiny_data):
-    config = TrainConfig(**SMALL, epochs=5, lr=1e6, optimizer="sgd_nesterov", scheduler="none")
+    config = TrainConfig(**NARROW, epochs=5, lr=1e6, optimizer="sgd_nesterov", scheduler="none")
     trainer = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
     history = trainer.fit()
     assert history[-1].diverged and len(history) < 5
@@ -41,7 +42,7 @@ def test_divergence_is_detected_at_the_first_non_finite_loss(tiny_data):
 
 
 def test_resume_from_state_continues_exactly(tiny_data):
-    config = TrainConfig(**SMALL, epochs=3, seed=1, optimizer="adam", lr=1e-3, scheduler="cosine")
+    config = TrainConfig(**NARROW, epochs=3, seed=1, optimizer="adam", lr=1e-3, scheduler="cosine")
     straight = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
     expected = [r.val_acc for r in straight.fit()] + [straight.history[-1].train_loss]
 
