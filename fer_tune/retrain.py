@@ -26,9 +26,9 @@ from fer_tune.config import TrainConfig, load_train_config, read_yaml, write_yam
 from fer_tune.data import FerData
 from fer_tune.engine import EpochResult, Trainer
 from fer_tune.errors import UserError
+from fer_tune.manifest import read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import PretrainedViT, resolve_pretrained
-from fer_tune.manifest import read_manifest
 from fer_tune.run_folder import require_search_folder
 from fer_tune.search_space import SearchSpace, load_search_space
 from fer_tune.transfer import BaseWeights, load_base
@@ -247,7 +247,7 @@ def run_retrain(
     import ray
     from ray import tune
 
-    from fer_tune.search import _finished_trials, init_ray, progress_callback, trial_dirname
+    from fer_tune.search import finished_trials, init_ray, progress_callback, trial_dirname
 
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
@@ -258,10 +258,10 @@ def run_retrain(
     first = TrainConfig.from_mapping(winners[0].config)
     check_pretrained_choice(first.model, first.pretrained_path, str(folder / "best_config.yaml"))
     base = load_base(first.base_checkpoint, first.model) if first.base_checkpoint else None
-    pretrained = resolve_pretrained(first.pretrained_path) if model_info(first.model).recipe == "vit" else None
+    weights = resolve_pretrained(first.pretrained_path) if model_info(first.model).recipe == "vit" else None
     train, val = data.role("train"), data.role("val")
     finetune = search_space_of(folder).finetune
-    shared = RetrainData(tuple(winners), train[0], train[1], val[0], val[1], base, pretrained, protocol, finetune)
+    shared = RetrainData(tuple(winners), train[0], train[1], val[0], val[1], base, weights, protocol, finetune)
     stage = (f"; then a fine-tune of {finetune['epochs']} epochs at lr {finetune['lr']:g}, scored separately"
              if finetune else "")
     log(f"retraining the top {len(winners)} configurations of {folder.name} with {seeds} seeds each "
@@ -283,7 +283,7 @@ def run_retrain(
                                         {"cpu": cpus_per_trial, "gpu": gpus})
         total = len(winners) * seeds
         if resume:
-            log(f"resuming the retraining of {folder.name}: {_finished_trials(experiment)} of {total} runs "
+            log(f"resuming the retraining of {folder.name}: {finished_trials(experiment)} of {total} runs "
                 "already finished")
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)

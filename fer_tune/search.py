@@ -437,7 +437,7 @@ def _run_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData, p
             trial_data = TrialData(space, train[0], train[1], val[0], val[1], base, pretrained,
                                    space.budget.max_epochs)
             if can_restore:
-                done = _finished_trials(experiment)
+                done = finished_trials(experiment)
                 opts.log(f"resuming search {name} from {experiment}: {done} trial(s) already finished")
             else:
                 opts.log(f"search {name}: {space.budget.num_trials} trials of {space.model}, up to "
@@ -462,7 +462,7 @@ def _run_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData, p
     return outcome
 
 
-def _finished_trials(experiment: Path) -> int:
+def finished_trials(experiment: Path) -> int:
     """How many trials of an earlier run ended (for the resume message)."""
     from ray.tune import ExperimentAnalysis
 

@@ -15,13 +15,13 @@ NARROW = dict(SMALL, width=0.0625)  # for checks that do not depend on how much 
 
 
 def test_short_training_on_demo_data_beats_chance_widely(learn_csv):
-    """Three epochs on the demo faces: twice chance (the real-data test shows learning on FER2013)."""
+    """Two epochs on the demo faces: twice chance (the real-data test shows learning on FER2013)."""
     data = load_fer(learn_csv)
-    trainer = Trainer(TrainConfig(**SMALL, epochs=3, lr=0.01), data.role("train"), data.role("val"))
+    trainer = Trainer(TrainConfig(**SMALL, epochs=2, lr=0.01), data.role("train"), data.role("val"))
     history = trainer.fit()
-    assert len(history) == 3
+    assert len(history) == 2
     assert history[-1].train_loss < history[0].train_loss
-    assert trainer.best_val_acc > 2 / 7  # chance is 1/7 = 0.14; measured 0.32
+    assert trainer.best_val_acc > 2 / 7  # chance is 1/7 = 0.14; measured 0.31
     assert all(0 <= r.val_f1 <= 1 and r.lr > 0 for r in history)
 
 

@@ -40,7 +40,7 @@ def _launch(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
 
 SEQUENTIAL = """
     model: vgg
-    budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, num_trials: 3, max_concurrent: 1}
+    budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, num_trials: 2, max_concurrent: 1}
     resources: {gpus_per_trial: 0, cpus_per_trial: 2}
     fixed: {width: 0.125, batch_size: 32, scheduler: none, optimizer: adam}
     space:
@@ -59,19 +59,19 @@ def test_killed_driver_resumes_without_losing_or_retraining_trials(tiny_csv, tmp
         match = re.search(r"\] (\w+) epoch 2: val_acc ([0-9.]+)", line)
         if match:
             finished[match.group(1)] = float(match.group(2))
-        if len(finished) == 2 or time.time() > deadline:
+        if len(finished) == 1 or time.time() > deadline:
             break
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
     first.wait()
-    assert len(finished) == 2, "the first run did not finish two trials in time"
+    assert len(finished) == 1, "the first run did not finish a trial in time"
 
     second = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], capture_output=True, text=True,
                             timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    done = int(re.search(r"resuming search killme .*: (\d+) trial\(s\) already finished", second.stdout).group(1))
-    assert done >= 1  # the state snapshot may lag the last report; the rows below are what counts
+    # the count in this line may lag the last report (Ray's state snapshot); the rows below are what counts
+    assert re.search(r"resuming search killme .*: \d+ trial\(s\) already finished", second.stdout)
     table = pd.read_csv(tmp_path / "r" / "killme" / "trials.csv")
-    assert len(table) == 3 and (table.epochs_run == 2).all()
+    assert len(table) == 2 and (table.epochs_run == 2).all()
     for trial_id, val_acc in finished.items():
         row = table.set_index("trial_id").loc[trial_id]
         assert row.last_val_acc == pytest.approx(val_acc, abs=1e-4)  # kept, unchanged
@@ -187,7 +187,7 @@ def test_killed_retraining_resumes_and_keeps_finished_runs(tiny_csv, tmp_path):
     folder.mkdir(parents=True)
     SearchManifest(name="again", space=space.path, model="vgg", base=None, metric="val_acc", mode="max", smoke=False,
                    seed=0, budget={}).write(folder)
-    write_yaml(folder / "best_config.yaml", space.train_config({"lr": 1e-3}, epochs=2).to_dict())
+    write_yaml(folder / "best_config.yaml", space.train_config({"lr": 1e-3}, epochs=1).to_dict())
     pd.DataFrame({"trial": [1], "trial_id": ["a"], "lr": [1e-3], "best_val_acc": [0.5], "status": ["completed"],
                   "trial_path": [str(folder / "t")], "epochs_run": [2], "cpu_hours": [0.0], "gpu_hours": [0.0]}
                  ).to_csv(folder / "trials.csv", index=False)
@@ -197,7 +197,7 @@ def test_killed_retraining_resumes_and_keeps_finished_runs(tiny_csv, tmp_path):
     finished = None
     deadline = time.time() + 240
     for line in first.stdout:
-        match = re.search(r"\] (\w+) epoch 2: val_acc", line)
+        match = re.search(r"\] (\w+) epoch 1: val_acc", line)
         if match or time.time() > deadline:
             finished = match and match.group(1)
             break
@@ -212,5 +212,5 @@ def test_killed_retraining_resumes_and_keeps_finished_runs(tiny_csv, tmp_path):
     runs = pd.read_csv(tmp_path / "r" / "again" / "retrain_runs.csv")
     assert sorted(runs.seed) == [0, 1]
     (kept,) = (tmp_path / "r" / "again" / "retrain").glob(f"*{finished}")
-    assert pd.read_csv(kept / "progress.csv").epoch.tolist() == [1, 2]  # trained once, not again
+    assert pd.read_csv(kept / "progress.csv").epoch.tolist() == [1]  # trained once, not again
     assert (tmp_path / "r" / "again" / "report.md").is_file()
