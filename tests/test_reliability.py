@@ -234,19 +234,22 @@ def test_report_meets_an_empty_or_corrupt_winners_table(tmp_path, capsys, conten
 
 
 def test_result_files_are_written_atomically(tmp_path, monkeypatch):
-    """A crash in the middle of writing leaves the old file whole (report.md, CSVs, YAML, PNGs)."""
-    from fer_tune.files import write_csv_atomic, write_text_atomic
+    """A crash in the middle of writing scores.csv leaves the old file whole, and no temporary file."""
+    from fer_tune.scoring import ScoredRuns, write_scores
 
-    target = tmp_path / "report.md"
-    write_text_atomic(target, "old")
+    (tmp_path / "scores.csv").write_text("old")
+    (tmp_path / "predictions.csv").write_text("old")
 
-    def crash(self, *args, **kwargs):
+    def crash_midway(self, path, *args, **kwargs):
+        Path(path).write_text("half a fi")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", crash)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash_midway)
+    frame = pd.DataFrame({"a": [1]})
     with pytest.raises(OSError):
-        write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "report.md")
-    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+        write_scores(ScoredRuns(frame, frame, frame, "PrivateTest", 0, {}), tmp_path)
+    assert (tmp_path / "scores.csv").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv", "scores.csv"]
 
 
 def test_retrain_refuses_a_folder_fer_tune_did_not_make(tiny_csv, tmp_path, capsys):
