@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fer_tune.errors import UserError
+from fer_tune.files import write_atomic
 
 FORMAT = "fer-tune/1"
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (tensors and plain types) to ``path`` via a temporary file + rename, so a
-    crash mid-write never leaves a half file under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``payload`` (tensors and plain types) to ``path`` atomically and fsync'd, so a crash
+    mid-write never leaves a half file under the real name."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return write_atomic(path, write, sync=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

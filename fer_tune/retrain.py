@@ -151,15 +151,14 @@ def retrain_trainable(config: dict[str, Any], data: RetrainData) -> None:
             resume = None
         while current.epoch < stop_epoch:
             result = current.step_epoch()
-            payload = _payload(current, result, phase, data.protocol)
             if phase != "finetune" and not result.diverged and (
                     kept is None or phase == "refit" or result.val_acc > kept["val_acc"]):
-                kept = payload
-            files = {"model.pt": kept or payload,
+                kept = _payload(current, result, phase, data.protocol)
+            files = {"model.pt": kept or _payload(current, result, phase, data.protocol),
                      "state.pt": {**current.state_dict(), "phase": phase, "kept": kept, "restarts": restarts,
                                   "select_history": [r.as_dict() for r in trainer.history]}}
             if phase == "finetune" and (current.epoch == stop_epoch or result.diverged):
-                files["finetune.pt"] = payload
+                files["finetune.pt"] = _payload(current, result, phase, data.protocol)
             with tempfile.TemporaryDirectory() as folder:
                 for name, content in files.items():
                     save_checkpoint(Path(folder) / name, content)
