@@ -47,3 +47,11 @@ def model_state_from(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     """The model weights and the training config stored in a checkpoint."""
     payload = load_checkpoint(path)
     return payload["model"], payload.get("config", {})
+
+
+def model_payload(config: dict[str, Any], model_state: dict[str, torch.Tensor], epoch: int, val_acc: float,
+                  **about: Any) -> dict[str, Any]:
+    """A kept model: its weights only (on the CPU, no optimizer state), the config that rebuilds it,
+    the epoch and validation accuracy it was kept at, and ``about`` (where it came from)."""
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model_state.items()}
+    return {"config": config, "model": weights, "epoch": int(epoch), "val_acc": float(val_acc), **about}

@@ -81,8 +81,10 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", metavar="NAME",
                    help="retrain the winners of the finished search results/NAME and score them on PrivateTest")
     p.add_argument("--no-retrain", action="store_true", help="stop after the search (no retraining, no report)")
-    p.add_argument("--top-k", type=int, metavar="K", help="configurations to retrain (default 3; 2 with --smoke)")
-    p.add_argument("--seeds", type=int, metavar="N", help="seeds per configuration (default 3; 2 with --smoke)")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="configurations to retrain (default 3; the YAML's smoke.retrain with --smoke)")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="seeds per configuration (default 3; the YAML's smoke.retrain with --smoke)")
     p.add_argument("--protocol", default="paper", choices=["paper", "trainval"],
                    help="paper: train on Training, select on PublicTest; trainval: then refit on Training + PublicTest")
     p.add_argument("--report", action="store_true", help="gather every scored search under --results into leaderboard.md")
@@ -141,12 +143,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load_data(path: str | None, smoke: bool):
     from fer_tune.data import load_fer
-    from fer_tune.demo_data import DemoSpec, default_demo_csv
+    from fer_tune.demo_data import SMOKE_DEMO, default_demo_csv
 
     if path:
         data = load_fer(path)
     elif smoke:
-        demo = default_demo_csv(DemoSpec(train_per_class=100, val_per_class=25, test_per_class=25))
+        demo = default_demo_csv(SMOKE_DEMO)
         print(f"data: built-in demo faces (not FER2013) from {demo}")
         data = load_fer(demo)
     else:
@@ -170,6 +172,8 @@ def _cmd_search(argv: list[str]) -> int:
 
         print(f"leaderboard: {write_leaderboard(Path(args.results))}")
         return 0
+    from fer_tune.pipeline import retrain_and_report, search_to_report
+
     if args.retrain:
         folder = Path(args.results) / args.retrain
         if not folder.is_dir():
@@ -177,15 +181,14 @@ def _cmd_search(argv: list[str]) -> int:
         from fer_tune.run_folder import require_search_folder
 
         require_search_folder(folder)  # before any data is read
-        _finish(folder, _load_data(args.data, args.smoke), args)
+        retrain_and_report(folder, _load_data(args.data, args.smoke), _retrain_options(args))
         return 0
     if not args.search:
         _search_parser().print_help()
         return 2
-    from fer_tune.search import SearchOptions, run_search
-    from fer_tune.search_space import load_search_space
-
     from fer_tune.models import check_pretrained_choice
+    from fer_tune.search import SearchOptions
+    from fer_tune.search_space import load_search_space
 
     space = load_search_space(args.search)  # a broken YAML fails before any data is read
     check_pretrained_choice(space.model, args.pretrained or space.fixed.get("pretrained_path"), space.path)
@@ -196,22 +199,17 @@ def _cmd_search(argv: list[str]) -> int:
         fresh=args.fresh, resume=args.resume, smoke=args.smoke, base_checkpoint=args.base_checkpoint,
         pretrained=args.pretrained,
     )
-    if args.smoke and args.cpus_per_trial is None:
-        opts.cpus_per_trial = 1
-    outcome = run_search(args.search, data, opts)
-    if not args.no_retrain:
-        _finish(outcome.folder, data, args)
+    search_to_report(args.search, data, opts, None if args.no_retrain else _retrain_options(args))
     return 0
 
 
-def _finish(folder: Path, data, args: argparse.Namespace) -> None:
-    from fer_tune.finish import FinishOptions, retrain_and_report
+def _retrain_options(args: argparse.Namespace):
+    """The retraining's options from the command line (None = the search space's own)."""
+    from fer_tune.retrain import RetrainOptions
 
-    small = 2 if args.smoke else 3
-    retrain_and_report(folder, data, FinishOptions(
-        top_k=args.top_k or small, seeds=args.seeds or small, protocol=args.protocol,
-        gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else (0.0 if args.smoke else 1.0),
-        cpus_per_trial=args.cpus_per_trial or 1.0, pretrained=args.pretrained))
+    return RetrainOptions(top_k=args.top_k, seeds=args.seeds, protocol=args.protocol,
+                          gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                          pretrained=args.pretrained)
 
 
 def _cmd_list() -> int:
@@ -232,8 +230,8 @@ def _cmd_list() -> int:
 def _cmd_train(argv: list[str]) -> int:
     import time
 
-    from fer_tune.config import TrainConfig, load_train_config
-    from fer_tune.train_run import run_training
+    from fer_tune.config import TrainConfig, load_train_config, smoke_train_overrides, with_own_schedule
+    from fer_tune.single_run import run_training
 
     args = _train_parser().parse_args(argv)
     if args.name is not None:
@@ -246,15 +244,10 @@ def _cmd_train(argv: list[str]) -> int:
                  if k in TrainConfig.__dataclass_fields__ and v is not None}
     if args.base_checkpoint:
         overrides["base_checkpoint"] = args.base_checkpoint
-    if overrides.get("optimizer") == "ranger21" and "scheduler" not in overrides:
-        overrides["scheduler"] = "none"
+    if "scheduler" not in overrides:
+        overrides = with_own_schedule(overrides)
     if args.smoke:
-        overrides.setdefault("epochs", 2)
-        if config.model.startswith("vgg") or overrides.get("model", "").startswith("vgg"):
-            overrides.setdefault("width", min(config.width, 0.125))
-        overrides.setdefault("batch_size", min(config.batch_size, 32))
-        if config.base_checkpoint and not Path(config.base_checkpoint).is_file():
-            overrides["base_checkpoint"] = None
+        overrides = {**smoke_train_overrides(config.replace(**overrides)), **overrides}
     config = config.replace(source=args.config or "command line", **overrides)
     data = _load_data(args.data, args.smoke)
     name = args.name or f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -17,6 +17,17 @@ from fer_tune.files import write_text_atomic
 OPTIMIZERS = ("sgd_nesterov", "adam", "ranger", "ranger21")
 SCHEDULERS = ("plateau", "cosine", "step", "none")
 ACTIVATIONS = ("swish", "mish")
+OWN_SCHEDULE = ("ranger21",)  # optimizers that run their own warm-up / warm-down: no scheduler beside them
+
+
+def runs_own_schedule(optimizer: Any) -> bool:
+    """True for an optimizer that schedules its own learning rate (Ranger21), so ``scheduler`` is ``none``."""
+    return optimizer in OWN_SCHEDULE
+
+
+def with_own_schedule(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with ``scheduler: none`` where the optimizer runs its own schedule (Ranger21)."""
+    return {**values, "scheduler": "none"} if runs_own_schedule(values.get("optimizer")) else dict(values)
 
 
 @dataclass
@@ -88,7 +99,7 @@ class TrainConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise UserError(f"{source}: {name} = {getattr(self, name)!r} is not allowed; use {allowed}")
-        if self.optimizer == "ranger21" and self.scheduler != "none":
+        if runs_own_schedule(self.optimizer) and self.scheduler != "none":
             raise UserError(
                 f"{source}: optimizer ranger21 runs its own warm-up / warm-down schedule, so scheduler "
                 f"{self.scheduler!r} would fight it; set scheduler: none (or pick another optimizer)"
@@ -186,6 +197,21 @@ def read_yaml(path: str | os.PathLike) -> Any:
         loader.dispose()
 
 
+SMOKE_TRAIN = {"epochs": 2, "batch_size": 32, "width": 0.125}  # `train --smoke`: at most these (width: VGG only)
+
+
+def smoke_train_overrides(config: TrainConfig) -> dict[str, Any]:
+    """What ``train --smoke`` changes in ``config``: the :data:`SMOKE_TRAIN` preset (never larger than the
+    config's own batch and width), and no base checkpoint where its file is missing."""
+    overrides: dict[str, Any] = {"epochs": SMOKE_TRAIN["epochs"],
+                                 "batch_size": min(config.batch_size, SMOKE_TRAIN["batch_size"])}
+    if config.model.startswith("vgg"):
+        overrides["width"] = min(config.width, SMOKE_TRAIN["width"])
+    if config.base_checkpoint and not Path(config.base_checkpoint).is_file():
+        overrides["base_checkpoint"] = None
+    return overrides
+
+
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
     """A :class:`TrainConfig` from a YAML file such as ``results/<name>/best_config.yaml``."""
     values = read_yaml(path)
@@ -195,8 +221,15 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
 
 
 def yaml_plain(values: Any) -> Any:
-    """``values`` as it reads back from YAML (tuples become lists, ...), for comparisons."""
-    return yaml.safe_load(yaml.safe_dump(values, sort_keys=False))
+    """``values`` in plain YAML types: numpy scalars become Python numbers, tuples lists (so that a
+    value read from a CSV or computed compares equal to the same value read back from YAML)."""
+    if isinstance(values, dict):
+        return {key: yaml_plain(value) for key, value in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [yaml_plain(value) for value in values]
+    if type(values).__module__ == "numpy" and hasattr(values, "item"):
+        return values.item()
+    return values
 
 
 def write_yaml(path: str | os.PathLike, values: Any, header: str = "") -> Path:

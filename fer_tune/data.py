@@ -27,6 +27,7 @@ import pandas as pd
 
 from fer_tune import EMOTIONS
 from fer_tune.errors import UserError
+from fer_tune.files import cache_dir
 
 OFFICIAL_SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 CANONICAL_MD5 = "f8428a1edbd21e88f42c73edd2a14f95"
@@ -114,7 +115,7 @@ def cache_path_for(path: Path) -> Path:
     if os.access(path.parent, os.W_OK) and path.parent.stat().st_mode & 0o222:
         return beside
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-tune" / f"{digest}.npz"
+    return cache_dir() / f"{digest}.npz"
 
 
 def _fingerprint(path: Path) -> str:
@@ -412,3 +413,37 @@ def _read_image_split(folder: Path, skipped: list[str]) -> tuple[np.ndarray, np.
     if not images:
         raise UserError(f"{folder}: no images found; expected {folder}/<emotion>/*.png or *.jpg")
     return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+# ------------------------------------------------------------------ the same image in two splits
+
+
+def duplicate_groups(images: np.ndarray) -> np.ndarray:
+    """A group id per image: pixel-identical images share an id."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    rows = flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
+    _, group = np.unique(rows, return_inverse=True)
+    return group.ravel()
+
+
+def rows_with_copy_in(
+    data: FerData, split: str, reference: str = "Training", group: np.ndarray | None = None
+) -> np.ndarray:
+    """Boolean mask over ``split``'s rows: True where the exact pixels also occur in ``reference``.
+    ``group`` (from :func:`duplicate_groups`) saves recomputing it for several splits."""
+    group = duplicate_groups(data.images) if group is None else group
+    ref_code = data.split_names.index(reference)
+    code = data.split_names.index(split)
+    in_reference = np.zeros(group.max() + 1, dtype=bool)
+    in_reference[group[data.usage == ref_code]] = True
+    return in_reference[group[data.usage == code]]
+
+
+def rows_seen_in_training(data: FerData, protocol: str) -> np.ndarray:
+    """Test rows whose exact pixels occur in data the scored models trained on: Training, and under
+    ``trainval`` PublicTest too (it is training data there)."""
+    test_split = data.roles["test"]
+    seen = rows_with_copy_in(data, test_split, data.roles["train"])
+    if protocol == "trainval":
+        seen = seen | rows_with_copy_in(data, test_split, data.roles["val"])
+    return seen

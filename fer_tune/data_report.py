@@ -8,28 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tune import EMOTIONS
-from fer_tune.data import CANONICAL_MD5, FerData
-
-
-def duplicate_groups(images: np.ndarray) -> np.ndarray:
-    """A group id per image: pixel-identical images share an id."""
-    flat = np.ascontiguousarray(images.reshape(len(images), -1))
-    rows = flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
-    _, group = np.unique(rows, return_inverse=True)
-    return group.ravel()
-
-
-def rows_with_copy_in(
-    data: FerData, split: str, reference: str = "Training", group: np.ndarray | None = None
-) -> np.ndarray:
-    """Boolean mask over ``split``'s rows: True where the exact pixels also occur in ``reference``.
-    ``group`` (from :func:`duplicate_groups`) saves recomputing it for several splits."""
-    group = duplicate_groups(data.images) if group is None else group
-    ref_code = data.split_names.index(reference)
-    code = data.split_names.index(split)
-    in_reference = np.zeros(group.max() + 1, dtype=bool)
-    in_reference[group[data.usage == ref_code]] = True
-    return in_reference[group[data.usage == code]]
+from fer_tune.data import CANONICAL_MD5, FerData, duplicate_groups, rows_with_copy_in
 
 
 def file_md5(path: Path) -> str:

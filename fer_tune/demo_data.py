@@ -17,6 +17,7 @@ import numpy as np
 
 from fer_tune import EMOTIONS
 from fer_tune.data import IMAGE_SIZE, OFFICIAL_SPLITS
+from fer_tune.files import cache_dir
 
 # mouth curve (+ = smile), mouth opening, brow slope (+ = inner ends down), brow raise, eye opening
 _EXPRESSIONS: dict[str, tuple[float, float, float, float, float]] = {
@@ -98,9 +99,12 @@ def write_demo_csv(path: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> Path
     return path
 
 
+SMOKE_DEMO = DemoSpec(train_per_class=100, val_per_class=25, test_per_class=25)  # what --smoke runs on
+
+
 def default_demo_csv(spec: DemoSpec = DemoSpec()) -> Path:
     """The demo CSV under ``~/.cache/fer-tune/`` (written on first use), keyed by its spec."""
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-tune"
+    root = cache_dir()
     name = f"demo-{spec.train_per_class}-{spec.val_per_class}-{spec.test_per_class}-s{spec.seed}.csv"
     path = root / name
     if not path.is_file():

@@ -11,6 +11,11 @@ from typing import Callable
 import pandas as pd
 
 
+def cache_dir() -> Path:
+    """fer-tune's cache folder: ``$XDG_CACHE_HOME/fer-tune``, else ``~/.cache/fer-tune``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-tune"
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, sync: bool = False) -> Path:
     """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then rename it to ``path``."""
     path = Path(path)

@@ -1,4 +1,4 @@
-"""PNG pictures for people: confusion matrices and learning curves (matplotlib, headless)."""
+"""Every PNG fer-tune draws: confusion matrices, learning curves, the search (matplotlib, headless)."""
 
 from __future__ import annotations
 
@@ -53,5 +53,29 @@ def plot_curves(curves: dict[str, Sequence[float]], path: Path, title: str, ylab
     ax.grid(alpha=0.3)
     if 0 < len(curves) <= 12:
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_search(curves: dict[str, Sequence[float]], path: Path, model: str) -> Path:
+    """Left: every trial's validation accuracy per epoch (a dot where it ended); right: the best so
+    far, trial after trial."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    best_so_far, running = [], None
+    for values in curves.values():
+        left.plot(range(1, len(values) + 1), values, marker="o", markersize=2, linewidth=1, alpha=0.7)
+        if len(values):
+            left.scatter([len(values)], [values[-1]], s=12, color="black", zorder=3)
+            running = max(values) if running is None else max(running, max(values))
+        best_so_far.append(running)
+    left.set_xlabel("epoch")
+    left.set_ylabel("val_acc")
+    left.set_title(f"{model}: every trial (dots: where it ended)", fontsize=10)
+    right.plot(range(1, len(best_so_far) + 1), best_so_far, drawstyle="steps-post")
+    right.set_xlabel("trial")
+    right.set_ylabel("best val_acc so far")
+    right.set_title("best so far", fontsize=10)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)

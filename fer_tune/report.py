@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from fer_tune.files import write_csv_atomic, write_text_atomic
-from fer_tune.plots import plot_confusion, plot_curves, save_figure
+from fer_tune.manifest import read_manifest
+from fer_tune.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.scoring import ScoredRuns
 
 # SPEC section 5: FER2013 PrivateTest as the paper reports it (accuracy, macro P, R, F1)
@@ -42,6 +43,9 @@ def headline_winner(winners: pd.DataFrame) -> int:
     return int(ranked.winner.iloc[0])
 
 
+SETTINGS = ["optimizer", "scheduler", "lr", "weight_decay", "batch_size", "freeze", "epochs"]
+
+
 def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRuns, winners_config: dict[int, dict],
                  base_source: str | None) -> Path:
     """Write report.md, winners.csv and the PNGs into ``folder``; returns the report's path."""
@@ -50,18 +54,44 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
         runs = runs.assign(stage="main")
     finetuned = _finetune_lines(scored.winners, runs, scored.test_split)
     runs = runs[runs.stage == "main"]
+    settings = SETTINGS + (["activation"] if model.startswith("effnet") else [])
+    summary = winners_summary(runs, scored, winners_config, settings)
+    write_csv_atomic(summary, folder / "winners.csv")
+    _draw_figures(folder, model, summary, runs, trials, scored)
+    lines = [
+        *_protocol_lines(folder, model, runs.protocol.iloc[0], scored, base_source),
+        *_winners_lines(summary, settings),
+        *_headline_lines(summary, scored.test_split, model),
+        *_every_winner_lines(summary, scored.test_split),
+        *_transfer_lines(trials, summary),
+        *finetuned,
+        *_compute_lines(trials, runs),
+        "## Pictures", "", "![confusion matrix](confusion_matrix.png)", "", "![learning curves](learning_curves.png)",
+        "", "![search](search.png)", "",
+        "Files: `winners.csv`, `scores.csv` (per run), `predictions.csv` (every test image of every run), "
+        "`winners/*.pt` (the runs' checkpoints), `trials.csv`.",
+    ]
+    return write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
+
+
+def winners_summary(runs: pd.DataFrame, scored: ScoredRuns, winners_config: dict[int, dict],
+                    settings: list[str]) -> pd.DataFrame:
+    """One row per winner (main stage): its test scores, its retraining's mean validation accuracy,
+    its settings, and which one is the headline (chosen on validation only)."""
     summary = scored.winners[scored.winners.stage == "main"].merge(
         runs.groupby("winner").agg(trial=("trial", "first"), search_score=("search_score", "first"),
                                    val_acc_mean=("val_acc", "mean")).reset_index(),
         on="winner")
-    best = headline_winner(summary)
-    summary["headline"] = summary.winner == best
-    keys = ["optimizer", "scheduler", "lr", "weight_decay", "batch_size", "freeze", "epochs"]
-    settings_keys = keys + (["activation"] if model.startswith("effnet") else [])
-    for key in settings_keys:
+    summary["headline"] = summary.winner == headline_winner(summary)
+    for key in settings:
         summary[key] = summary.winner.map(lambda w: winners_config[w].get(key))
-    write_csv_atomic(summary, folder / "winners.csv")
+    return summary
 
+
+def _draw_figures(folder: Path, model: str, summary: pd.DataFrame, runs: pd.DataFrame, trials: pd.DataFrame,
+                  scored: ScoredRuns) -> None:
+    """confusion_matrix.png (the headline winner), learning_curves.png (the retraining), search.png."""
+    best = int(summary[summary.headline].winner.iloc[0])
     plot_confusion(scored.confusion_by_winner[best], folder / "confusion_matrix.png",
                    f"{model} winner {best}, {scored.test_split} (ten-crop, all seeds, row-normalised)")
     curves = {}
@@ -69,67 +99,64 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
         history = pd.read_csv(run.history)
         curves[f"winner {run.winner} seed {run.seed}"] = history[history.phase == "select"].val_acc.tolist()
     plot_curves(curves, folder / "learning_curves.png", f"{model}: retraining, validation accuracy", "val_acc")
-    search_curves, best_so_far, running = {}, [], None
+    search_curves = {}
     for row in trials.sort_values("trial").itertuples():
         progress = Path(row.trial_path) / "progress.csv"
-        if progress.is_file():
-            values = pd.read_csv(progress)["val_acc"].tolist()
-            search_curves[f"trial {row.trial}"] = values
-            if values:
-                running = max(values) if running is None else max(running, max(values))
-        best_so_far.append(running)
-    _plot_search(search_curves, best_so_far, folder / "search.png", model)
+        search_curves[f"trial {row.trial}"] = pd.read_csv(progress)["val_acc"].tolist() if progress.is_file() else []
+    plot_search(search_curves, folder / "search.png", model)
 
-    lines_transfer = _transfer_lines(trials, summary)
-    cpu_search = trials.cpu_hours.sum()
-    gpu_search = trials.gpu_hours.sum()
-    retrain_hours = (runs.wall_time_s / 3600)
-    lines = [
-        f"# {model}: search, retraining and PrivateTest scores",
-        "",
+
+def _protocol_lines(folder: Path, model: str, protocol: str, scored: ScoredRuns, base_source: str | None
+                    ) -> list[str]:
+    how = ("train on Training, select the epoch on PublicTest" if protocol == "paper" else
+           "select on PublicTest, then refit on Training + PublicTest for the selected epochs")
+    return [
+        f"# {model}: search, retraining and PrivateTest scores", "",
         f"Search folder `{folder}`; base weights: {base_source or 'none (trained from scratch)'}.",
-        f"Protocol: **{runs.protocol.iloc[0]}** ({'train on Training, select the epoch on PublicTest' if runs.protocol.iloc[0] == 'paper' else 'select on PublicTest, then refit on Training + PublicTest for the selected epochs'}); "
-        f"test split **{scored.test_split}** scored once per run, ten-crop unless noted.",
+        f"Protocol: **{protocol}** ({how}); test split **{scored.test_split}** scored once per run, ten-crop "
+        "unless noted.",
         f"Leakage-free {scored.test_split}: {scored.left_out} test images whose exact pixels also appear in the "
-        f"training data ({'Training' if runs.protocol.iloc[0] == 'paper' else 'Training or PublicTest'}) left out.",
-        "",
-        "## Winners (top configurations of the search by validation score)",
-        "",
-        "| winner | trial | val score in search | mean val acc. in retraining | " + " | ".join(settings_keys) + " |",
-        "|" + "---|" * (4 + len(settings_keys)),
+        f"training data ({'Training' if protocol == 'paper' else 'Training or PublicTest'}) left out.", "",
     ]
+
+
+def _winners_lines(summary: pd.DataFrame, settings: list[str]) -> list[str]:
+    lines = ["## Winners (top configurations of the search by validation score)", "",
+             "| winner | trial | val score in search | mean val acc. in retraining | " + " | ".join(settings) + " |",
+             "|" + "---|" * (4 + len(settings))]
     for row in summary.itertuples():
-        values = " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v)
-                            for v in (getattr(row, k) for k in settings_keys))
+        values = " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in (getattr(row, k) for k in settings))
         lines.append(f"| {row.winner} | {row.trial} | {row.search_score:.4f} | {row.val_acc_mean:.4f} | {values} |")
+    return lines + [""]
+
+
+def _headline_lines(summary: pd.DataFrame, test_split: str, model: str) -> list[str]:
     head = summary[summary.headline].iloc[0]
-    paper = PAPER_RESULTS.get(model)
-    lines += [
-        "",
-        f"## Headline: winner {best}",
-        "",
-        f"Chosen as {HEADLINE_RULE}.",
-        "",
-        f"| | accuracy ({scored.test_split}, ten-crop) | macro precision | macro recall | "
+    lines = [
+        f"## Headline: winner {head.winner}", "", f"Chosen as {HEADLINE_RULE}.", "",
+        f"| | accuracy ({test_split}, ten-crop) | macro precision | macro recall | "
         "F1 of macro P and R | macro F1 (mean of per-class F1) |",
         "|---|---|---|---|---|---|",
-        f"| fer-tune winner {best} ({head.seeds} seeds, mean) | {_pct(head.accuracy_mean)} +- {_pct(head.accuracy_std)} | "
-        f"{_num(head.macro_precision_mean)} | {_num(head.macro_recall_mean)} | {_num(head.f1_of_macro_pr_mean)} | "
-        f"{_num(head.macro_f1_mean)} |",
+        f"| fer-tune winner {head.winner} ({head.seeds} seeds, mean) | {_pct(head.accuracy_mean)} +- "
+        f"{_pct(head.accuracy_std)} | {_num(head.macro_precision_mean)} | {_num(head.macro_recall_mean)} | "
+        f"{_num(head.f1_of_macro_pr_mean)} | {_num(head.macro_f1_mean)} |",
     ]
+    paper = PAPER_RESULTS.get(model)
     if paper:
         lines.append(f"| paper: {paper[0]} | {_pct(paper[1])} | {_num(paper[2])} | {_num(paper[3])} | "
                      f"{_num(paper[4])} | |")
-    lines += [
+    return lines + [
         "",
         "The paper's \"macro F1\" equals 2PR/(P+R) of its macro precision and recall (its four F1 values match "
         "that to the third decimal), so it is compared with the column *F1 of macro P and R*; scikit-learn's "
-        "macro F1 (the mean of the per-class F1 scores) is shown beside it.",
-        "",
-        f"## {scored.test_split}, every winner (mean +- std over seeds; 95% bootstrap interval of the accuracy)",
-        "",
-        "Shown for completeness; these figures choose nothing.",
-        "",
+        "macro F1 (the mean of the per-class F1 scores) is shown beside it.", "",
+    ]
+
+
+def _every_winner_lines(summary: pd.DataFrame, test_split: str) -> list[str]:
+    lines = [
+        f"## {test_split}, every winner (mean +- std over seeds; 95% bootstrap interval of the accuracy)", "",
+        "Shown for completeness; these figures choose nothing.", "",
         "| winner | seeds | accuracy | 95% CI | single-crop acc. | macro precision | macro recall | "
         "F1 of macro P and R | macro F1 (mean of per-class F1) | leakage-free acc. |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -137,36 +164,25 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
     for row in summary.itertuples():
         lines.append(
             f"| {row.winner}{' (headline)' if row.headline else ''} | {row.seeds} | {_pct(row.accuracy_mean)} +- "
-            f"{_pct(row.accuracy_std)} | "
-            f"{_pct(row.accuracy_ci_low)} - {_pct(row.accuracy_ci_high)} | {_pct(row.single_crop_accuracy_mean)} | "
-            f"{_num(row.macro_precision_mean)} | {_num(row.macro_recall_mean)} | {_num(row.f1_of_macro_pr_mean)} | "
-            f"{_num(row.macro_f1_mean)} | {_pct(row.leak_free_accuracy_mean)} |")
-    lines += [
-        "",
-        "Compare only like with like: the figures above are for the data in this folder "
-        f"(`{scored.test_split}` of the file the search ran on; demo data is not FER2013).",
-        "",
-        *lines_transfer,
-        *finetuned,
-        "## Compute",
-        "",
-        f"- search: {len(trials)} trials, {trials.epochs_run.sum()} trial-epochs, "
-        f"{cpu_search:.4f} CPU-hours, {gpu_search:.4f} GPU-hours",
-        f"- retraining: {len(runs)} runs, {(retrain_hours * runs.cpus).sum():.4f} CPU-hours, "
-        f"{(retrain_hours * runs.gpus).sum():.4f} GPU-hours",
-        "",
-        "## Pictures",
-        "",
-        "![confusion matrix](confusion_matrix.png)",
-        "",
-        "![learning curves](learning_curves.png)",
-        "",
-        "![search](search.png)",
-        "",
-        "Files: `winners.csv`, `scores.csv` (per run), `predictions.csv` (every test image of every run), "
-        "`winners/*.pt` (the runs' checkpoints), `trials.csv`.",
+            f"{_pct(row.accuracy_std)} | {_pct(row.accuracy_ci_low)} - {_pct(row.accuracy_ci_high)} | "
+            f"{_pct(row.single_crop_accuracy_mean)} | {_num(row.macro_precision_mean)} | "
+            f"{_num(row.macro_recall_mean)} | {_num(row.f1_of_macro_pr_mean)} | {_num(row.macro_f1_mean)} | "
+            f"{_pct(row.leak_free_accuracy_mean)} |")
+    return lines + [
+        "", "Compare only like with like: the figures above are for the data in this folder "
+        f"(`{test_split}` of the file the search ran on; demo data is not FER2013).", "",
     ]
-    return write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
+
+
+def _compute_lines(trials: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    hours = runs.wall_time_s / 3600
+    return [
+        "## Compute", "",
+        f"- search: {len(trials)} trials, {trials.epochs_run.sum()} trial-epochs, "
+        f"{trials.cpu_hours.sum():.4f} CPU-hours, {trials.gpu_hours.sum():.4f} GPU-hours",
+        f"- retraining: {len(runs)} runs, {(hours * runs.cpus).sum():.4f} CPU-hours, "
+        f"{(hours * runs.gpus).sum():.4f} GPU-hours", "",
+    ]
 
 
 def _finetune_lines(winners: pd.DataFrame, runs: pd.DataFrame, test_split: str) -> list[str]:
@@ -199,27 +215,6 @@ def _transfer_lines(trials: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
             lines.append(f"- winner {row.winner} (trial {row.trial}): {int(t.transfer_loaded)} tensors loaded from "
                          f"the base, {int(t.transfer_new)} new, {int(t.transfer_frozen)} parameters frozen")
     return lines + [""]
-
-
-def _plot_search(curves: dict[str, list[float]], best_so_far: list, path: Path, model: str) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    for name, values in curves.items():
-        left.plot(range(1, len(values) + 1), values, marker="o", markersize=2, linewidth=1, alpha=0.7)
-        if values:
-            left.scatter([len(values)], [values[-1]], s=12, color="black", zorder=3)
-    left.set_xlabel("epoch")
-    left.set_ylabel("val_acc")
-    left.set_title(f"{model}: every trial (dots: where it ended)", fontsize=10)
-    right.plot(range(1, len(best_so_far) + 1), best_so_far, drawstyle="steps-post")
-    right.set_xlabel("trial")
-    right.set_ylabel("best val_acc so far")
-    right.set_title("best so far", fontsize=10)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 WINNERS_COLUMNS = ("winner", "accuracy_mean", "accuracy_std", "macro_f1_mean", "leak_free_accuracy_mean", "protocol",
@@ -268,7 +263,5 @@ def write_leaderboard(results_dir: Path) -> Path:
 
 
 def _model_of(folder: Path) -> str:
-    import yaml
-
-    config = yaml.safe_load((folder / "best_config.yaml").read_text())
-    return str(config.get("model"))
+    manifest = read_manifest(folder)
+    return manifest.model if manifest is not None else "?"

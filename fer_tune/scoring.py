@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fer_tune.data import FerData
+from fer_tune.data import FerData, rows_seen_in_training
 from fer_tune.files import write_csv_atomic
-from fer_tune.data_report import rows_with_copy_in
 from fer_tune.engine import pick_device
 from fer_tune.evaluate import evaluate_model, model_from_checkpoint
 from fer_tune.metrics import Scores, score
@@ -52,16 +51,6 @@ def _flat(prefix: str, s: Scores) -> dict[str, float]:
     return {f"{prefix}accuracy": s.accuracy, f"{prefix}macro_precision": s.macro_precision,
             f"{prefix}macro_recall": s.macro_recall, f"{prefix}macro_f1": s.macro_f1,
             f"{prefix}f1_of_macro_pr": s.f1_of_macro_pr}
-
-
-def rows_seen_in_training(data: FerData, protocol: str) -> np.ndarray:
-    """Test rows whose exact pixels occur in data the scored models trained on: Training, and under
-    ``trainval`` PublicTest too (it is training data there)."""
-    test_split = data.roles["test"]
-    seen = rows_with_copy_in(data, test_split, data.roles["train"])
-    if protocol == "trainval":
-        seen = seen | rows_with_copy_in(data, test_split, data.roles["val"])
-    return seen
 
 
 def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> ScoredRuns:

@@ -1,14 +1,13 @@
-"""``launch.py --search NAME``: Ray Tune + Optuna (TPE) + ASHA over one search space.
+"""The search: Optuna (TPE) + ASHA over one search space, run by :mod:`fer_tune.tune_runner`.
 
-Outputs under ``results/<name>/``: ``trials.csv``, ``best_config.yaml``, ``best_model.pt``,
-``search.md`` and the Ray experiment folder ``ray/`` (TensorBoard event files in every trial).
+Outputs under ``results/<name>/``: ``manifest.yaml``, ``trials.csv``, ``best_config.yaml``,
+``best_model.pt`` and the Ray experiment folder ``ray/`` (TensorBoard event files in every trial).
 A search that was interrupted continues when the same command runs again.
 """
 
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import time
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from fer_tune.checkpoint import load_checkpoint, save_checkpoint
+from fer_tune.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.config import write_yaml
 from fer_tune.data import FerData
 from fer_tune.errors import UserError
@@ -26,12 +25,14 @@ from fer_tune.files import write_csv_atomic
 from fer_tune.manifest import SearchManifest
 from fer_tune.models import check_pretrained_choice, create_model, model_info
 from fer_tune.models.vit import resolve_pretrained
-from fer_tune.search_space import Resources, SearchSpace, SpaceSampler, load_search_space, paper_point
 from fer_tune.run_folder import (check_run_name, check_search_folder, clear_search_outputs, make_run_folder,
                                  removed_if_nothing_ran)
-from fer_tune.train_run import run_training
-from fer_tune.trainable import TrialData, fer_trainable
+from fer_tune.search_space import Resources, SearchSpace, SpaceSampler, load_search_space, paper_point
+from fer_tune.single_run import run_training
+from fer_tune.trainable import search_trainable
 from fer_tune.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
+from fer_tune.tune_runner import (Progress, TrialData, TuneJob, can_resume, finished_trials, run_trials,
+                                  trial_number)
 
 EXPERIMENT = "ray"
 
@@ -150,132 +151,12 @@ def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: 
                                                  if k in ("width", "pretrained_path")})
     opts.log(
         f"no finished '{space.base}' search under {opts.results_dir} and no --base-checkpoint: training the "
-        f"base {space.base} first with the paper's recipe ({config.epochs} epochs, {config.optimizer}, "
+        f"base {space.base} first with the paper's recipe{' (smoke preset)' if opts.smoke else ''} "
+        f"({config.epochs} epochs, {config.optimizer}, "
         f"lr {config.lr:g}) into {base_dir}; the per-epoch lines below show how long each epoch takes"
     )
     run_training(config, data, base_dir, log=opts.log)
     return best
-
-
-# ------------------------------------------------------------------ Ray
-
-
-def init_ray(log: Callable[[str], None]) -> bool:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (dashboard off). True if we started it."""
-    import ray
-
-    # Tune's "snapshotting too often" advice is noise for epoch-level checkpoints of small trials
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    # the dashboard stays off (nothing listens beyond localhost); trial output goes to the trial logs
-    ray.init(address=address or None, include_dashboard=False, configure_logging=False,
-             log_to_driver=False, logging_level="ERROR")
-    where = f"cluster at {address}" if address else "a local Ray instance"
-    log(f"Ray: {where}; {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
-    return True
-
-
-def progress_callback(metric: str, mode: str, log: Callable[[str], None]):
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        """One line per trial epoch: the trial, its score, how many trials run / stopped / done, the best so far."""
-
-        def __init__(self) -> None:
-            self.best: tuple[float, str] | None = None
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            value = result.get(metric)
-            if value is not None and math.isfinite(value):
-                better = self.best is None or (value > self.best[0] if mode == "max" else value < self.best[0])
-                if better:
-                    self.best = (value, trial.trial_id)
-            counts: dict[str, int] = {}
-            for t in trials:
-                counts[t.status] = counts.get(t.status, 0) + 1
-            state = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-            best = f"best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-            log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} epoch {result.get('epoch')}: {metric} "
-                f"{value:.4f}{' DIVERGED' if result.get('diverged') else ''} | {state} | {best}")
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last checkpoint")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed and has no retries left; "
-                f"its error is in {trial.local_path}/error.txt")
-
-    return Progress()
-
-
-def _tuner(space: SearchSpace, opts: SearchOptions, trial_data: TrialData, folder: Path, restore: bool):
-    import optuna
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    resources = _trial_resources(space, opts, ray.cluster_resources())
-    trainable = tune.with_resources(tune.with_parameters(fer_trainable, data=trial_data), resources)
-    if restore:
-        return tune.Tuner.restore(str(folder / EXPERIMENT), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
-    budget = space.budget
-    searcher = OptunaSearch(
-        space=SpaceSampler(space.params),
-        points_to_evaluate=[paper_point(space)] if space.paper_trial else None,
-        metric=space.metric,  # a define-by-run space needs metric / mode on the searcher itself
-        mode=space.mode,
-        seed=opts.seed,
-    )
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=budget.max_epochs, grace_period=budget.grace_period,
-                              reduction_factor=budget.reduction_factor)
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=space.metric,
-            mode=space.mode,
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=budget.num_trials,
-            max_concurrent_trials=budget.max_concurrent,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=EXPERIMENT,
-            storage_path=str(folder.resolve()),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
-            ),
-            failure_config=tune.FailureConfig(max_failures=2),
-            callbacks=[progress_callback(space.metric, space.mode, opts.log)],
-            verbose=0,
-        ),
-    )
-
-
-def trial_dirname(trial) -> str:
-    """Short trial folder names in creation order, ``trial_001_<id>`` (Ray's default spells out the config)."""
-    number = str(trial.experiment_tag).split("_", 1)[0]
-    return f"trial_{int(number):03d}_{trial.trial_id}" if number.isdigit() else f"trial_{trial.trial_id}"
-
-
-def trial_number(path: str) -> int | None:
-    """The creation order of a trial from its folder name (1 = the first trial, the paper's settings)."""
-    parts = Path(path).name.split("_")
-    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
-
-
-def _trial_resources(space: SearchSpace, opts: SearchOptions, cluster: dict[str, float]) -> dict[str, float]:
-    gpus, cpus = space.resources.gpus_per_trial, space.resources.cpus_per_trial
-    cpus = min(cpus, max(cluster.get("CPU", 1), 1))
-    if cluster.get("GPU", 0) <= 0:
-        gpus = 0.0  # a GPU request on a CPU-only cluster would leave every trial PENDING forever
-    return {"cpu": cpus, "gpu": gpus}
 
 
 # ------------------------------------------------------------------ outputs
@@ -328,7 +209,7 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
     return frame
 
 
-def write_outputs(results, space: SearchSpace, opts: SearchOptions, folder: Path, resources: dict,
+def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str, float],
                   base_source: str | None) -> SearchOutcome:
     """trials.csv, best_config.yaml, best_model.pt (the best trial's best checkpoint)."""
     table = trials_table(results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"], base_source)
@@ -343,9 +224,8 @@ def write_outputs(results, space: SearchSpace, opts: SearchOptions, folder: Path
     checkpoint = best.get_best_checkpoint(space.metric, space.mode) or best.checkpoint
     with checkpoint.as_directory() as ckpt_dir:
         state = load_checkpoint(Path(ckpt_dir) / "state.pt")
-    best_model = save_checkpoint(folder / "best_model.pt", {
-        "config": state["config"], "model": state["model"], "epoch": state["epoch"],
-        "val_acc": state["best_val_acc"], "search": space.name})
+    best_model = save_checkpoint(folder / "best_model.pt", model_payload(
+        state["config"], state["model"], state["epoch"], state["best_val_acc"], search=space.name))
     config = space.train_config(best.config).to_dict()
     config["base_checkpoint"] = base_source
     header = (
@@ -389,6 +269,7 @@ def configured_space(space_name: str, opts: SearchOptions) -> SearchSpace:
     return space
 
 
+
 def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOutcome:
     """Run (or resume) one search and write its outputs; see the module docstring."""
     space = configured_space(space_name, opts)
@@ -400,60 +281,31 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
     check_search_folder(folder)
     with removed_if_nothing_ran(folder, ("progress.csv", "metrics.csv")):
         make_run_folder(folder)
-        return _run_in_folder(space, name, folder, data, pretrained, opts)
+        with search_lock(folder):
+            return _search_in_folder(space, name, folder, data, pretrained, opts)
 
 
-def _run_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData, pretrained, opts: SearchOptions
-                   ) -> SearchOutcome:
-    train, val = data.role("train"), data.role("val")
+def _search_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData, pretrained, opts: SearchOptions
+                      ) -> SearchOutcome:
     started = time.perf_counter()
-    with search_lock(folder):
-        experiment = folder / EXPERIMENT
-        from ray import tune
-
-        if opts.fresh:
-            kept = clear_search_outputs(folder)
-            opts.log(f"--fresh: starting {name} over" + (
-                f"; left in place {len(kept)} file(s) fer-tune did not write: {', '.join(kept[:3])}" if kept else ""))
-        manifest = SearchManifest(
-            name=name, space=space.path, model=space.model, base=space.base, metric=space.metric, mode=space.mode,
-            smoke=opts.smoke, seed=opts.seed, budget=asdict(space.budget), finetune=space.finetune,
-            pretrained=space.fixed.get("pretrained_path"), data=data.source)
+    manifest = _fresh_manifest(space, name, folder, data, opts)
+    restore = can_resume(folder / EXPERIMENT)
+    if opts.resume and not restore:
+        raise UserError(f"{folder / EXPERIMENT}: nothing to resume (no earlier search named {name!r}); "
+                        "drop --resume to start one")
+    base = resolve_base(space, data, opts, folder)
+    if base is not None:
+        space = adopt_base_architecture(space, base, opts.log)
+        manifest.base_source = base.source
         manifest.write(folder)
-        can_restore = experiment.is_dir() and tune.Tuner.can_restore(str(experiment))
-        if opts.resume and not can_restore:
-            raise UserError(f"{experiment}: nothing to resume (no earlier search named {name!r}); drop --resume to start one")
-        base = resolve_base(space, data, opts, folder)
-        if base is not None:
-            space = adopt_base_architecture(space, base, opts.log)
-        base_source = base.source if base else None
-        manifest.base_source = base_source
-        manifest.write(folder)
-        we_started_ray = init_ray(opts.log)
-        try:
-            import ray
-
-            resources = _trial_resources(space, opts, ray.cluster_resources())
-            trial_data = TrialData(space, train[0], train[1], val[0], val[1], base, pretrained,
-                                   space.budget.max_epochs)
-            if can_restore:
-                done = finished_trials(experiment)
-                opts.log(f"resuming search {name} from {experiment}: {done} trial(s) already finished")
-            else:
-                opts.log(f"search {name}: {space.budget.num_trials} trials of {space.model}, up to "
-                         f"{space.budget.max_epochs} epochs each, ASHA grace {space.budget.grace_period}, "
-                         f"{resources['cpu']:g} CPU / {resources['gpu']:g} GPU per trial; data {data.source}")
-            tuner = _tuner(space, opts, trial_data, folder, restore=can_restore)
-            results = tuner.fit()
-            ended = results.num_terminated + results.num_errors
-            if ended < space.budget.num_trials:  # Ctrl-C: Tune saved its state and returned early
-                raise KeyboardInterrupt(f"{ended} of {space.budget.num_trials} trials ended")
-            outcome = write_outputs(results, space, opts, folder, resources, base_source)
-        finally:
-            if we_started_ray:
-                import ray
-
-                ray.shutdown()
+    job = search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log)
+    if restore:
+        opts.log(f"resuming search {name} from {job.path}: {finished_trials(job.path)} trial(s) already finished")
+    else:
+        opts.log(f"search {name}: {space.budget.num_trials} trials of {space.model}, up to "
+                 f"{space.budget.max_epochs} epochs each, ASHA grace {space.budget.grace_period}; data {data.source}")
+    results, resources = run_trials(job, restore, opts.log)
+    outcome = write_outputs(results, space, folder, resources, manifest.base_source)
     ran, full = asha_savings(outcome.trials, space.budget.max_epochs)
     opts.log(f"search {name} done in {time.perf_counter() - started:.0f}s: best {space.metric} "
              f"{outcome.best_score:.4f}; ASHA ran {ran} of {full} trial-epochs")
@@ -462,12 +314,44 @@ def _run_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData, p
     return outcome
 
 
-def finished_trials(experiment: Path) -> int:
-    """How many trials of an earlier run ended (for the resume message)."""
-    from ray.tune import ExperimentAnalysis
+def _fresh_manifest(space: SearchSpace, name: str, folder: Path, data: FerData, opts: SearchOptions
+                    ) -> SearchManifest:
+    """Clear the folder first under ``--fresh``, then write the manifest (what this folder holds)."""
+    if opts.fresh:
+        kept = clear_search_outputs(folder)
+        opts.log(f"--fresh: starting {name} over" + (
+            f"; left in place {len(kept)} file(s) fer-tune did not write: {', '.join(kept[:3])}" if kept else ""))
+    manifest = SearchManifest(
+        name=name, space=space.path, model=space.model, base=space.base, metric=space.metric, mode=space.mode,
+        smoke=opts.smoke, seed=opts.seed, budget=asdict(space.budget), finetune=space.finetune,
+        pretrained=space.fixed.get("pretrained_path"), data=data.source)
+    manifest.write(folder)
+    return manifest
 
-    try:
-        analysis = ExperimentAnalysis(str(experiment))
-    except Exception:  # an experiment killed very early may have no readable state yet
-        return 0
-    return sum(1 for t in analysis.trials if t.status in ("TERMINATED", "ERROR"))
+
+def search_job(space: SearchSpace, name: str, folder: Path, trial_data: TrialData, seed: int,
+               log: Callable[[str], None]) -> TuneJob:
+    """The Tune experiment of a search: OptunaSearch (seeded TPE, the paper's settings first) + ASHA."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    budget = space.budget
+    searcher = OptunaSearch(
+        space=SpaceSampler(space.params),
+        points_to_evaluate=[paper_point(space)] if space.paper_trial else None,
+        metric=space.metric,  # a define-by-run space needs metric / mode on the searcher itself
+        mode=space.mode,
+        seed=seed,
+    )
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=budget.max_epochs, grace_period=budget.grace_period,
+                              reduction_factor=budget.reduction_factor)
+    progress = Progress(f"search {name}", space.metric, space.mode, budget.num_trials, budget.max_epochs, log,
+                        upper_bound=True)
+    return TuneJob(
+        EXPERIMENT, folder, search_trainable, {"data": trial_data, "space": space},
+        space.resources.gpus_per_trial, space.resources.cpus_per_trial, progress,
+        tune_config={"metric": space.metric, "mode": space.mode, "search_alg": searcher, "scheduler": scheduler,
+                     "num_samples": budget.num_trials, "max_concurrent_trials": budget.max_concurrent},
+        keep_best=(space.metric, space.mode))

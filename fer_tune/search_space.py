@@ -7,13 +7,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from fer_tune.config import OPTIMIZERS, SCHEDULERS, TrainConfig, read_yaml
+from fer_tune.config import OPTIMIZERS, SCHEDULERS, TrainConfig, read_yaml, runs_own_schedule, with_own_schedule
 from fer_tune.errors import UserError
-from fer_tune.models import MODELS
+from fer_tune.models import MODELS, model_info
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 METRICS = {"val_acc": "max", "val_acc_single": "max", "val_f1": "max", "val_loss": "min"}
-TOP_LEVEL_KEYS = ("description", "model", "base", "metric", "budget", "resources", "fixed", "paper_trial", "space",
+TOP_LEVEL_KEYS = ("description", "model", "metric", "budget", "resources", "fixed", "paper_trial", "space",
                   "finetune", "smoke")
 FINETUNE_KEYS = ("epochs", "lr", "scheduler")  # an extra stage after the main run (paper Table 11)
 KINDS = ("choice", "loguniform", "uniform", "int")
@@ -63,6 +63,20 @@ class Resources:
         return self
 
 
+@dataclass(frozen=True)
+class RetrainPreset:
+    """How many winners the retraining takes and over how many seeds (``--top-k`` / ``--seeds``)."""
+
+    top_k: int = 3
+    seeds: int = 3
+
+    def check(self, where: str) -> "RetrainPreset":
+        """Itself, when both counts are 1 to 100; else a :class:`UserError` naming ``where``."""
+        _check_rules(where, self, [("top_k", 1 <= self.top_k <= 100, "a whole number 1 to 100"),
+                                   ("seeds", 1 <= self.seeds <= 100, "a whole number 1 to 100")])
+        return self
+
+
 def _check_rules(where: str, values: Any, rules: list[tuple[str, bool, str]]) -> None:
     for name, ok, allowed in rules:
         if not ok:
@@ -98,13 +112,12 @@ class SearchSpace:
     params: tuple[Param, ...]
     smoke: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)  # epochs, lr, scheduler; empty = no stage
+    retrain: RetrainPreset = RetrainPreset()  # the retraining's top-k x seeds (a smoke run: smoke.retrain)
 
     def train_config(self, sampled: dict[str, Any], epochs: int | None = None) -> TrainConfig:
         """The full training config of one trial: fixed values + sampled ones."""
         values = {**self.fixed, **sampled, "model": self.model, "epochs": epochs or self.budget.max_epochs}
-        if values.get("optimizer") == "ranger21":
-            values["scheduler"] = "none"  # Ranger21 schedules its own learning rate
-        return TrainConfig.from_mapping(values, source=f"{self.path} (trial config)")
+        return TrainConfig.from_mapping(with_own_schedule(values), source=f"{self.path} (trial config)")
 
     def with_fixed(self, **values: Any) -> "SearchSpace":
         """The same space with some settings fixed for every trial (e.g. taken from the base checkpoint)."""
@@ -115,29 +128,30 @@ class SearchSpace:
         return replace(self, fixed={**self.fixed, **values})
 
     def for_smoke(self) -> "SearchSpace":
-        """The same space with the file's ``smoke:`` budget and fixed values (tiny, CPU)."""
+        """The same space with the file's ``smoke:`` presets (budget, fixed values, resources, fine-tune,
+        retraining): tiny, on the CPU."""
         budget = replace(self.budget, **self.smoke.get("budget", {}))
         finetune = {**self.finetune, **self.smoke.get("finetune", {})} if self.finetune else {}
+        resources = replace(self.resources, **{"gpus_per_trial": 0.0, **self.smoke.get("resources", {})})
         return replace(self, budget=budget, fixed={**self.fixed, **self.smoke.get("fixed", {})}, finetune=finetune,
-                       resources=replace(self.resources, gpus_per_trial=0.0))
+                       resources=resources, retrain=replace(self.retrain, **self.smoke.get("retrain", {})),
+                       paper_trial={**self.paper_trial, **self.smoke.get("paper_trial", {})})
 
 
 class SpaceSampler:
     """Optuna define-by-run sampler for a space (a picklable class, so Ray can checkpoint the searcher).
 
-    Conditional rule: Ranger21 brings its own warm-up / warm-down, so when it is drawn the
-    scheduler is not sampled and is set to ``none``.
+    Conditional rule (:func:`~fer_tune.config.runs_own_schedule`): when an optimizer with its own
+    warm-up / warm-down (Ranger21) is drawn, the scheduler is not sampled and is set to ``none``.
     """
 
     def __init__(self, params: tuple[Param, ...]):
         self.params = params
 
     def __call__(self, trial) -> dict[str, Any]:
-        constants: dict[str, Any] = {}
         chosen: dict[str, Any] = {}
         for p in self.params:
-            if p.name == "scheduler" and chosen.get("optimizer") == "ranger21":
-                constants["scheduler"] = "none"
+            if p.name == "scheduler" and runs_own_schedule(chosen.get("optimizer")):
                 continue
             if p.kind == "choice":
                 chosen[p.name] = trial.suggest_categorical(p.name, list(p.values))
@@ -145,9 +159,7 @@ class SpaceSampler:
                 chosen[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high))
             else:
                 chosen[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.kind == "loguniform")
-        if chosen.get("optimizer") == "ranger21":
-            constants["scheduler"] = "none"
-        return constants
+        return {"scheduler": "none"} if runs_own_schedule(chosen.get("optimizer")) else {}
 
 
 def available_spaces() -> list[str]:
@@ -178,13 +190,14 @@ def load_search_space(name_or_path: str) -> SearchSpace:
     src = str(path)
     if not isinstance(raw, dict):
         raise UserError(f"{src}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    if "base" in raw:
+        raise UserError(f"{src}: base: is not set in a search space: the model registry says which model each "
+                        "model transfers from (launch.py --list shows it); remove base:")
     _no_unknown(src, "", raw, TOP_LEVEL_KEYS)
     model = raw.get("model")
     if model not in MODELS:
         raise UserError(f"{src}: model = {model!r} is unknown; allowed: {', '.join(MODELS)}")
-    base = raw.get("base")
-    if base is not None and base not in MODELS:
-        raise UserError(f"{src}: base = {base!r} is unknown; allowed: {', '.join(MODELS)} or leave it out")
+    base = model_info(model).base  # the registry says which model a transfer starts from
     metric = raw.get("metric", "val_acc")
     if metric not in METRICS:
         raise UserError(f"{src}: metric = {metric!r} is unknown; allowed: {', '.join(METRICS)}")
@@ -196,10 +209,13 @@ def load_search_space(name_or_path: str) -> SearchSpace:
     smoke = raw.get("smoke", {}) or {}
     if not isinstance(smoke, dict):
         raise UserError(f"{src}: smoke must be a mapping with budget: and fixed:")
-    _no_unknown(src, "smoke.", smoke, ("budget", "fixed", "finetune"))
+    _no_unknown(src, "smoke.", smoke, ("budget", "fixed", "paper_trial", "finetune", "resources", "retrain"))
     smoke_budget = _dataclass_from(src, "smoke.budget", Budget, smoke.get("budget", {}))
+    _dataclass_from(src, "smoke.resources", Resources, smoke.get("resources", {})).check(f"{src}: smoke.resources")
+    _dataclass_from(src, "smoke.retrain", RetrainPreset, smoke.get("retrain", {})).check(f"{src}: smoke.retrain")
     replace(budget, **{k: getattr(smoke_budget, k) for k in smoke.get("budget", {})}).check(f"{src}: smoke.budget")
     _config_values(src, "smoke.fixed", smoke.get("fixed", {}))
+    _config_values(src, "smoke.paper_trial", smoke.get("paper_trial", {}))
     finetune = _finetune(src, "finetune", raw.get("finetune", {}))
     _finetune(src, "smoke.finetune", smoke.get("finetune", {}))
     space = SearchSpace(
@@ -208,6 +224,7 @@ def load_search_space(name_or_path: str) -> SearchSpace:
         fixed=fixed, paper_trial=paper_trial, params=params, smoke=smoke, finetune=finetune,
     )
     _check_paper_trial(space)
+    _check_paper_trial(space.for_smoke())
     return space
 
 
@@ -259,10 +276,7 @@ def _config_values(src: str, key: str, values: Any) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UserError(f"{src}: {key} must be a mapping of training settings")
     _no_unknown(src, f"{key}.", values, TUNABLE + (FIXED_ONLY if key.endswith("fixed") else ()))
-    probe_values = dict(values)
-    if probe_values.get("optimizer") == "ranger21":
-        probe_values["scheduler"] = "none"
-    probe = TrainConfig.from_mapping(probe_values, source=f"{src} ({key})")
+    probe = TrainConfig.from_mapping(with_own_schedule(values), source=f"{src} ({key})")
     return {k: getattr(probe, k) for k in values}
 
 
@@ -304,14 +318,11 @@ def _params(src: str, space: Any) -> tuple[Param, ...]:
 
 
 def _check_value(src: str, name: str, value: Any) -> Any:
-    probe = {name: value}
-    if name == "optimizer" and value == "ranger21":
-        probe["scheduler"] = "none"
     if name == "optimizer" and value not in OPTIMIZERS:
         raise UserError(f"{src}: space.optimizer has {value!r}; allowed: {', '.join(OPTIMIZERS)}")
     if name == "scheduler" and value not in SCHEDULERS:
         raise UserError(f"{src}: space.scheduler has {value!r}; allowed: {', '.join(SCHEDULERS)}")
-    return getattr(TrainConfig.from_mapping(probe, source=f"{src} (space.{name})"), name)
+    return getattr(TrainConfig.from_mapping(with_own_schedule({name: value}), source=f"{src} (space.{name})"), name)
 
 
 def _check_paper_trial(space: SearchSpace) -> None:
@@ -329,7 +340,7 @@ def _check_paper_trial(space: SearchSpace) -> None:
 
 def paper_point(space: SearchSpace) -> dict[str, Any]:
     """The paper's trial as an Optuna point: only the parameters the sampler will ask for."""
-    point = dict(space.paper_trial)
-    if point.get("optimizer") == "ranger21":
-        point.pop("scheduler", None)
-    return {k: v for k, v in point.items() if k in {p.name for p in space.params}}
+    sampled = {p.name for p in space.params}
+    if runs_own_schedule(space.paper_trial.get("optimizer")):
+        sampled.discard("scheduler")  # the sampler does not ask for it
+    return {k: v for k, v in space.paper_trial.items() if k in sampled}

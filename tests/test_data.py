@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fer_tune.data import cache_path_for, load_fer
-from fer_tune.data_report import describe, rows_with_copy_in
+from fer_tune.data import rows_with_copy_in
+from fer_tune.data_report import describe
 from fer_tune.demo_data import DemoSpec, write_demo_csv
 from fer_tune.errors import UserError
 

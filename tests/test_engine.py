@@ -58,7 +58,7 @@ def test_resume_from_state_continues_exactly(tiny_data):
     assert [r.val_acc for r in history] + [history[-1].train_loss] == pytest.approx(expected, abs=1e-6)
 
 
-def test_test_split_is_never_given_to_the_trainer(tiny_data, monkeypatch):
+def test_test_split_is_never_given_to_the_trainer(tiny_data, monkeypatch, tmp_path):
     """A Trainer receives arrays; the CLI and the search hand it only the train and val roles."""
     seen = []
     original = type(tiny_data).role
@@ -68,8 +68,7 @@ def test_test_split_is_never_given_to_the_trainer(tiny_data, monkeypatch):
         return original(self, role)
 
     monkeypatch.setattr(type(tiny_data), "role", spy)
-    from fer_tune.train_run import run_training
+    from fer_tune.single_run import run_training
 
-    run_training(TrainConfig(**SMALL, epochs=1), tiny_data, __import__("pathlib").Path(
-        __import__("tempfile").mkdtemp()), log=lambda s: None)
+    run_training(TrainConfig(**SMALL, epochs=1), tiny_data, tmp_path / "run", log=lambda s: None)
     assert "test" not in seen and set(seen) == {"train", "val"}

@@ -9,6 +9,7 @@ import pytest
 from fer_tune.config import TrainConfig, write_yaml
 from fer_tune.errors import UserError
 from fer_tune.retrain import pick_winners
+from fer_tune.search_space import load_search_space
 
 
 def test_pick_winners_orders_by_validation_score_and_skips_failures(tmp_path):
@@ -21,11 +22,11 @@ def test_pick_winners_orders_by_validation_score_and_skips_failures(tmp_path):
         "best_val_acc": [0.5, 0.7, np.nan, 0.6],
         "status": ["completed", "stopped by ASHA", "diverged at epoch 1", "completed"],
     }).to_csv(folder / "trials.csv", index=False)
-    write_yaml(folder / "best_config.yaml", TrainConfig(epochs=7).to_dict(),
-               header="# best configuration of search 'vgg' (vgg)\n")
-    winners = pick_winners(folder, top_k=2)
+    write_yaml(folder / "best_config.yaml", TrainConfig(epochs=7).to_dict())
+    space = load_search_space("vgg")
+    winners = pick_winners(folder, space, top_k=2)
     assert [w.trial for w in winners] == ["b", "d"]
     assert winners[0].config["optimizer"] == "adam" and winners[0].config["epochs"] == 7
     assert winners[1].config["batch_size"] == 128
     with pytest.raises(UserError, match="no trials.csv"):
-        pick_winners(tmp_path, top_k=1)
+        pick_winners(tmp_path, space, top_k=1)

@@ -26,11 +26,11 @@ def _space_file(tmp_path: Path, body: str, name: str = "designed.yaml") -> Path:
 def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path, capsys, monkeypatch):
     """`--search vgg_spinal --smoke`: base trained first, transferred, 4 trials with ASHA, all outputs,
     then the top 2 retrained over 2 seeds and scored once on PrivateTest, with the report."""
-    from fer_tune import finish
+    from fer_tune import pipeline
     from fer_tune.data import FerData
 
     events: list[str] = []
-    original_split, original_score = FerData.split, finish.score_runs
+    original_split, original_score = FerData.split, pipeline.score_runs
 
     def spy_split(self, name):
         events.append(f"split:{name}")
@@ -41,7 +41,7 @@ def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path,
         return original_score(*args, **kwargs)
 
     monkeypatch.setattr(FerData, "split", spy_split)
-    monkeypatch.setattr(finish, "score_runs", spy_score)
+    monkeypatch.setattr(pipeline, "score_runs", spy_score)
     rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path)])
     assert rc == 0
     # PrivateTest is read only after the scoring step began, never by the search or the retraining

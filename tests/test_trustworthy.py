@@ -20,7 +20,8 @@ from fer_tune.errors import UserError
 from fer_tune.metrics import score
 from fer_tune.models import create_model
 from fer_tune.optim import build_optimizer
-from fer_tune.retrain import RetrainData, _phases
+from fer_tune.retrain import _phases
+from fer_tune.tune_runner import TrialData
 from fer_tune.search_space import available_spaces, load_search_space, paper_point
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,10 @@ def _constructed_search(folder: Path) -> tuple[pd.DataFrame, object, dict]:
                   "epochs_run": [3, 3], "cpu_hours": [0.1, 0.1], "gpu_hours": [0.0, 0.0]}).to_csv(
         folder / "trials.csv", index=False)
     write_yaml(folder / "best_config.yaml", TrainConfig(model="vgg_spinal").to_dict())
+    from fer_tune.manifest import SearchManifest
+
+    SearchManifest(name=folder.name, space="search_spaces/vgg_spinal.yaml", model="vgg_spinal", base="vgg",
+                   metric="val_acc", mode="max", smoke=False, seed=0, budget={}).write(folder)
     labels = np.arange(70) % 7
     runs, per_run, predictions = [], [], []
     for winner, val_acc, test_acc in ((1, 0.80, 0.60), (2, 0.70, 0.90)):
@@ -66,16 +71,17 @@ def _constructed_search(folder: Path) -> tuple[pd.DataFrame, object, dict]:
 
 
 def test_headline_is_the_validation_best_winner_not_the_test_best(tmp_path, monkeypatch):
-    from fer_tune import finish
+    from fer_tune import pipeline
     from fer_tune.report import write_leaderboard
+    from fer_tune.retrain import RetrainOptions
 
     folder = tmp_path / "vgg_spinal"
     runs, scored, configs = _constructed_search(folder)
     winners = [type("W", (), {"rank": w, "config": c})() for w, c in configs.items()]
-    monkeypatch.setattr(finish, "run_retrain", lambda *a, **k: (runs, winners))
-    monkeypatch.setattr(finish, "score_runs", lambda *a, **k: scored)
+    monkeypatch.setattr(pipeline, "run_retrain", lambda *a, **k: (runs, winners))
+    monkeypatch.setattr(pipeline, "score_runs", lambda *a, **k: scored)
     lines: list[str] = []
-    finish.retrain_and_report(folder, None, finish.FinishOptions(), log=lines.append)
+    pipeline.retrain_and_report(folder, None, RetrainOptions(), log=lines.append)
 
     assert any("headline winner 1 (chosen on validation" in line and "accuracy 0.6000" in line for line in lines), lines
     report = (folder / "report.md").read_text()
@@ -290,7 +296,7 @@ def test_search_takes_width_and_activation_from_the_base(tmp_path):
 
 
 def test_train_refuses_a_base_of_another_activation(tmp_path):
-    from fer_tune.train_run import load_base_state
+    from fer_tune.single_run import load_base_state
 
     path = save_checkpoint(tmp_path / "base.pt", {"config": TrainConfig(model="vgg", width=0.25).to_dict(),
                                                   "model": create_model("vgg", width=0.25).state_dict()})
@@ -307,8 +313,8 @@ def test_trainval_refit_repeats_the_selected_trajectory(tiny_data, scheduler):
     config = TrainConfig(model="vgg", width=0.0625, batch_size=64, epochs=3, optimizer="sgd_nesterov", lr=0.05,
                          scheduler=scheduler, plateau_patience=0, plateau_factor=0.5)
     train, val = tiny_data.role("train"), tiny_data.role("val")
-    data = RetrainData((), train[0], train[1], val[0], val[1], None, None, "trainval")
-    phases = _phases(Trainer(config, train, val), config, train, val, data)
+    data = TrialData(train[0], train[1], val[0], val[1])
+    phases = _phases(Trainer(config, train, val), data, "trainval")
     _, select, stop = next(phases)
     assert stop == 3
     select.fit()
@@ -325,12 +331,11 @@ def test_trainval_refit_repeats_the_selected_trajectory(tiny_data, scheduler):
     assert [r.lr for r in refit.history] == pytest.approx(expected)
     with pytest.raises(StopIteration):
         next(phases)
-    paper = RetrainData((), train[0], train[1], val[0], val[1], None, None, "paper")
-    assert [name for name, _, _ in _phases(select, config, train, val, paper)] == ["select"]
+    assert [name for name, _, _ in _phases(select, data, "paper")] == ["select"]
 
 
 def test_leakage_free_subset_under_trainval_drops_copies_of_publictest():
-    from fer_tune.scoring import rows_seen_in_training
+    from fer_tune.data import rows_seen_in_training
 
     images = np.zeros((6, 48, 48), dtype=np.uint8)
     for i in range(6):
@@ -402,7 +407,7 @@ def test_finetune_stage_is_validated_in_the_search_space(tmp_path):
 def test_finetune_stage_runs_after_the_retraining_and_is_scored_apart(ray_local, tiny_data, tmp_path):
     from fer_tune.manifest import SearchManifest
     from fer_tune.report import write_report
-    from fer_tune.retrain import run_retrain
+    from fer_tune.retrain import RetrainOptions, run_retrain
     from fer_tune.scoring import score_runs
 
     space = load_search_space("vgg_progressive_spinal").for_smoke()
@@ -417,7 +422,7 @@ def test_finetune_stage_runs_after_the_retraining_and_is_scored_apart(ray_local,
                   **{k: [v] for k, v in paper_point(space).items()}, "freeze": [False]}).to_csv(
         folder / "trials.csv", index=False)
     lines: list[str] = []
-    runs, winners = run_retrain(folder, tiny_data, top_k=1, seeds=1, log=lines.append)
+    runs, winners = run_retrain(folder, tiny_data, RetrainOptions(top_k=1, seeds=1), log=lines.append)
     assert runs.stage.tolist() == ["finetune", "main"]
     assert any("then a fine-tune of 1 epochs at lr 1e-05" in line for line in lines)
     tuned = load_checkpoint(folder / "winners" / "winner1_seed0_finetune.pt")

@@ -1,4 +1,5 @@
-"""``launch.py train``: one configuration, one run, its files under ``results/train/<name>/``."""
+"""One training run into its own folder (``launch.py train``, and the base a transfer search trains
+first): config.yaml, metrics.csv, best.pt (weights of the best validation epoch), last.pt."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Callable
 
 import pandas as pd
 
-from fer_tune.checkpoint import save_checkpoint
+from fer_tune.checkpoint import model_payload, save_checkpoint
 from fer_tune.config import TrainConfig, write_yaml
 from fer_tune.data import FerData
 from fer_tune.engine import EpochResult, Trainer
@@ -71,9 +72,8 @@ def _train_into(config: TrainConfig, data: FerData, out_dir: Path, base_state: d
             return
         best = result.val_acc >= tr.best_val_acc
         if best:
-            save_checkpoint(out_dir / "best.pt", {"config": config.to_dict(), "model": tr.model.state_dict(),
-                                                  "epoch": result.epoch, "val_acc": result.val_acc,
-                                                  "data": data.source})
+            save_checkpoint(out_dir / "best.pt", model_payload(config.to_dict(), tr.model.state_dict(),
+                                                               result.epoch, result.val_acc, data=data.source))
         save_checkpoint(out_dir / "last.pt", tr.state_dict())
         log(f"epoch {result.epoch:3d}/{config.epochs}  train loss {result.train_loss:.4f} acc {result.train_acc:.3f}  "
             f"val loss {result.val_loss:.4f} acc {result.val_acc:.3f} (single crop {result.val_acc_single:.3f}) "

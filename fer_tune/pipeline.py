@@ -1,0 +1,51 @@
+"""The one way through: search -> retrain -> score -> report.
+
+``launch.py --search NAME`` runs all four (the search and its retraining share one Ray session);
+``launch.py --retrain NAME`` starts at the retraining of a finished search. Only the scoring step
+reads the test split (PrivateTest); everything before it sees Training and PublicTest only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from fer_tune.data import FerData
+from fer_tune.files import write_csv_atomic
+from fer_tune.report import headline_winner, write_report
+from fer_tune.retrain import RetrainOptions, run_retrain
+from fer_tune.scoring import score_runs, write_scores
+from fer_tune.search import SearchOptions, run_search
+from fer_tune.tune_runner import ray_session
+
+
+def search_to_report(space_name: str, data: FerData, search: SearchOptions, retrain: RetrainOptions | None
+                     ) -> Path:
+    """Search, then (unless ``retrain`` is None) retrain, score and report; returns the search folder."""
+    with ray_session(search.log):
+        outcome = run_search(space_name, data, search)
+        if retrain is not None:
+            retrain_and_report(outcome.folder, data, retrain, search.log)
+    return outcome.folder
+
+
+def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions, log: Callable[[str], None] = print) -> Path:
+    """Retrain (training and validation splits only), then score on the test split, then write the report."""
+    with ray_session(log):
+        runs, winners = run_retrain(folder, data, opts, log)
+    write_csv_atomic(runs, folder / "retrain_runs.csv")
+    log(f"scoring {len(runs)} retrained runs once on the test split")
+    scored = score_runs(runs, data, opts.device)
+    write_scores(scored, folder)
+    report = write_report(folder, winners[0].config["model"], runs, scored, {w.rank: w.config for w in winners},
+                          winners[0].config.get("base_checkpoint"))
+    winners_table = pd.read_csv(folder / "winners.csv")
+    best = winners_table[winners_table.winner == headline_winner(winners_table)].iloc[0]
+    log(f"{scored.test_split}: headline winner {int(best.winner)} (chosen on validation: best mean PublicTest "
+        f"accuracy in retraining, {best.val_acc_mean:.4f}) accuracy {best.accuracy_mean:.4f} "
+        f"+- {best.accuracy_std:.4f} (95% CI {best.accuracy_ci_low:.4f}-{best.accuracy_ci_high:.4f}), "
+        f"F1 of macro P and R {best.f1_of_macro_pr_mean:.4f}, macro F1 {best.macro_f1_mean:.4f}")
+    log(f"report: {report}")
+    return report

@@ -1,0 +1,310 @@
+"""The one Ray Tune runner, used by the search and by the retraining.
+
+It owns what both need once: Ray start-up (quiet: Ray's own text stays in its log files), the
+data every trial shares (:class:`TrialData`, through Ray's object store), trial resources (GPU
+share 0 on a CPU-only cluster), trial folder names, the failure and checkpoint policy, the
+per-epoch report + checkpoint of a trial, and one progress-line format with an estimate of the
+time left. A trial receives only the train and validation arrays: the test split never reaches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from fer_tune.checkpoint import load_checkpoint, save_checkpoint
+from fer_tune.config import TrainConfig
+from fer_tune.data import FerData
+from fer_tune.models.vit import PretrainedViT
+from fer_tune.transfer import BaseWeights
+
+STATE_FILE = "state.pt"  # what a restarted trial continues from
+MAX_FAILURES = 2  # a trial whose worker dies is retried this many times from its last checkpoint
+QUIET_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",  # Ray's "Configuration for experiment" boxes and TensorBoard hint: off
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # noise for epoch-level checkpoints
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """What every trial shares, shipped once through Ray's object store: the train and validation
+    arrays and the weights trials start from (a base model's, a pretrained ViT's)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    base: BaseWeights | None = None
+    pretrained: PretrainedViT | None = None
+
+    @classmethod
+    def of(cls, data: FerData, base: BaseWeights | None, pretrained: PretrainedViT | None) -> "TrialData":
+        """The train and validation roles of ``data`` (never the test split) with the starting weights."""
+        (train_x, train_y), (val_x, val_y) = data.role("train"), data.role("val")
+        return cls(train_x, train_y, val_x, val_y, base, pretrained)
+
+    @property
+    def train(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.train_images, self.train_labels
+
+    @property
+    def val(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.val_images, self.val_labels
+
+    @property
+    def train_and_val(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training + validation as one training set (the ``trainval`` refit)."""
+        return np.concatenate([self.train_images, self.val_images]), np.concatenate([self.train_labels, self.val_labels])
+
+    def trainer(self, config: TrainConfig, train: tuple[np.ndarray, np.ndarray] | None = None):
+        """A :class:`~fer_tune.engine.Trainer` of ``config`` from these starting weights."""
+        from fer_tune.engine import Trainer
+
+        if self.base is not None and config.base_checkpoint is None:
+            config = config.replace(base_checkpoint=self.base.source)
+        return Trainer(config, train or self.train, self.val, base_state=self.base.state if self.base else None,
+                       pretrained=self.pretrained)
+
+
+# ------------------------------------------------------------------ inside a trial
+
+
+def restored_state() -> dict[str, Any] | None:
+    """The state a restarted trial continues from (its last checkpoint), else None."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(Path(folder) / STATE_FILE)
+
+
+def report_epoch(metrics: dict[str, Any], files: dict[str, dict[str, Any]]) -> None:
+    """Report one epoch's scalars to Tune with a checkpoint holding ``files`` (name -> payload)."""
+    from ray import tune
+    from ray.tune import Checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, payload in files.items():
+            save_checkpoint(Path(folder) / name, payload)
+        tune.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+
+def finite(value: float) -> float:
+    """``value``, or +inf when it is NaN / infinite (Tune's tables and CSVs stay numeric)."""
+    return value if math.isfinite(value) else float("inf")
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def _quiet_ray() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in ("ray", "ray.tune", "ray._private.authentication.authentication_token_setup"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def ray_session(log: Callable[[str], None]) -> Iterator[None]:
+    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (dashboard off); shut it down at the
+    end only if it was started here (a search and its retraining share one)."""
+    import ray
+
+    _quiet_ray()
+    if ray.is_initialized():
+        yield
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(address=address or None, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, logging_level="ERROR")
+    resources = ray.cluster_resources()
+    log(f"Ray: {f'cluster at {address}' if address else 'a local Ray instance'}; "
+        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def trial_resources(gpus: float, cpus: float) -> dict[str, float]:
+    """What one trial asks Ray for: no GPU where the cluster has none (a GPU request would leave every
+    trial PENDING forever), and no more CPUs than the cluster has."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    return {"cpu": min(cpus, max(cluster.get("CPU", 1), 1)), "gpu": gpus if cluster.get("GPU", 0) > 0 else 0.0}
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names in creation order, ``trial_001_<id>`` (Ray's default spells out the config)."""
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return f"trial_{int(number):03d}_{trial.trial_id}" if number.isdigit() else f"trial_{trial.trial_id}"
+
+
+def trial_number(path: str) -> int | None:
+    """The creation order of a trial from its folder name (1 = the first trial)."""
+    parts = Path(path).name.split("_")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class Progress:
+    """One line per trial epoch, the same for the search and the retraining: time, elapsed, an
+    estimate of the time left, the trial, its score, the trials' states and the best so far.
+
+    The estimate assumes every trial still to come runs all ``epochs_per_trial`` epochs, so for a
+    search (where ASHA stops some trials early) it is an upper bound, marked ``<=``."""
+
+    label: str
+    metric: str
+    mode: str
+    trials: int
+    epochs_per_trial: int
+    log: Callable[[str], None]
+    upper_bound: bool = False
+    started: float = field(default_factory=time.monotonic)
+    epochs_done: dict[str, int] = field(default_factory=dict)
+    ended: set = field(default_factory=set)
+    best: tuple[float, str] | None = None
+
+    def left(self) -> str:
+        done = sum(self.epochs_done.values())
+        elapsed = time.monotonic() - self.started
+        still = sum(self.epochs_per_trial - n for t, n in self.epochs_done.items() if t not in self.ended)
+        still += max(self.trials - len(self.epochs_done), 0) * self.epochs_per_trial
+        if done == 0:
+            return "left ?"
+        return f"left {'<=' if self.upper_bound else '~'}{_clock(elapsed / done * still)}"
+
+    def line(self, trial: str, epoch: int, value: float | None, states: dict[str, int], note: str = "") -> str:
+        """The progress line after ``trial`` reported ``epoch``."""
+        if value is not None and math.isfinite(value):
+            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+            if better:
+                self.best = (value, trial)
+        self.epochs_done[trial] = max(epoch, self.epochs_done.get(trial, 0))
+        state = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        best = f" | best {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        shown = f"{value:.4f}" if value is not None else "-"
+        return (f"[{time.strftime('%H:%M:%S')} {_clock(time.monotonic() - self.started)} {self.left()}] "
+                f"{self.label} {trial} epoch {epoch}/{self.epochs_per_trial}: {self.metric} {shown}{note} | "
+                f"{state}{best}")
+
+
+def progress_callback(progress: Progress):
+    """The Tune callback that logs :class:`Progress` lines and trial failures."""
+    from ray.tune import Callback
+
+    class ProgressLines(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            states: dict[str, int] = {}
+            for t in trials:
+                name = {"TERMINATED": "done", "ERROR": "failed"}.get(t.status, t.status.lower())
+                states[name] = states.get(name, 0) + 1
+            note = " DIVERGED" if result.get("diverged") else ""
+            progress.log(progress.line(trial.trial_id, int(result.get("epoch", 0)), result.get(progress.metric),
+                                       states, note))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            progress.ended.add(trial.trial_id)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            progress.log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last "
+                         "checkpoint")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            progress.ended.add(trial.trial_id)
+            progress.log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed and has no retries left; "
+                         f"its error is in {trial.local_path}/error.txt")
+
+    return ProgressLines()
+
+
+@dataclass
+class TuneJob:
+    """One Tune experiment: a search or a retraining, in ``folder/experiment``."""
+
+    experiment: str
+    folder: Path
+    trainable: Callable
+    shared: dict[str, Any]  # passed to every trial through the object store (tune.with_parameters)
+    gpus: float
+    cpus: float
+    progress: Progress
+    param_space: dict[str, Any] | None = None
+    tune_config: dict[str, Any] = field(default_factory=dict)  # search_alg, scheduler, num_samples, ...
+    keep_best: tuple[str, str] | None = None  # (metric, mode): keep the best checkpoint; None = the latest
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.experiment
+
+
+def can_resume(experiment: Path) -> bool:
+    """True when ``experiment`` holds a Tune experiment that can be restored."""
+    from ray import tune
+
+    return experiment.is_dir() and tune.Tuner.can_restore(str(experiment))
+
+
+def finished_trials(experiment: Path) -> int:
+    """How many trials of an earlier run ended (for the resume message)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(str(experiment))
+    except Exception:  # an experiment killed very early may have no readable state yet
+        return 0
+    return sum(1 for t in analysis.trials if t.status in ("TERMINATED", "ERROR"))
+
+
+def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple[Any, dict[str, float]]:
+    """Run (or continue) ``job``; return Tune's ResultGrid once every trial ended, and the resources
+    each trial had. A Ctrl-C that stopped it early is a KeyboardInterrupt (Tune saved its state: the
+    same command continues)."""
+    from ray import tune
+
+    with ray_session(log):
+        resources = trial_resources(job.gpus, job.cpus)
+        trainable = tune.with_resources(tune.with_parameters(job.trainable, **job.shared), resources)
+        if restore:
+            tuner = tune.Tuner.restore(str(job.path), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            metric, mode = job.keep_best or (None, None)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=job.param_space,
+                tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True,
+                                            **job.tune_config),
+                run_config=tune.RunConfig(
+                    name=job.experiment, storage_path=str(job.folder.resolve()), verbose=0,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                                            checkpoint_score_order=mode or "max"),
+                    failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                    callbacks=[progress_callback(job.progress)],
+                ),
+            )
+        results = tuner.fit()
+    ended = results.num_terminated + results.num_errors
+    if ended < job.progress.trials:
+        raise KeyboardInterrupt(f"{ended} of {job.progress.trials} trials of {job.experiment} ended")
+    return results, resources
