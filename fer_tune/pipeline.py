@@ -1,7 +1,8 @@
 """The one way through: search -> retrain -> score -> report.
 
-``launch.py --search NAME`` runs all four (the search and its retraining share one Ray session);
-``launch.py --retrain NAME`` starts at the retraining of a finished search. Only the scoring step
+``launch.py --search NAME`` runs all four; ``launch.py --retrain NAME`` starts at the retraining of
+a finished search. Each Tune step starts Ray only once its inputs are checked (and the base model,
+if one must be trained first, is trained), so a mistake never waits for Ray. Only the scoring step
 reads the test split (PrivateTest); everything before it sees Training and PublicTest only.
 """
 
@@ -18,23 +19,20 @@ from fer_tune.report import headline_winner, write_report
 from fer_tune.retrain import RetrainOptions, run_retrain
 from fer_tune.scoring import score_runs, write_scores
 from fer_tune.search import SearchOptions, run_search
-from fer_tune.tune_runner import ray_session
 
 
 def search_to_report(space_name: str, data: FerData, search: SearchOptions, retrain: RetrainOptions | None
                      ) -> Path:
     """Search, then (unless ``retrain`` is None) retrain, score and report; returns the search folder."""
-    with ray_session(search.log):
-        outcome = run_search(space_name, data, search)
-        if retrain is not None:
-            retrain_and_report(outcome.folder, data, retrain, search.log)
+    outcome = run_search(space_name, data, search)
+    if retrain is not None:
+        retrain_and_report(outcome.folder, data, retrain, search.log)
     return outcome.folder
 
 
 def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions, log: Callable[[str], None] = print) -> Path:
     """Retrain (training and validation splits only), then score on the test split, then write the report."""
-    with ray_session(log):
-        runs, winners = run_retrain(folder, data, opts, log)
+    runs, winners = run_retrain(folder, data, opts, log)
     write_csv_atomic(runs, folder / "retrain_runs.csv")
     log(f"scoring {len(runs)} retrained runs once on the test split")
     scored = score_runs(runs, data, opts.device)

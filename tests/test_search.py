@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,12 +27,26 @@ def _space_file(tmp_path: Path, body: str, name: str = "designed.yaml") -> Path:
     return path
 
 
-def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path, capsys, monkeypatch):
-    """`--search vgg_spinal --smoke`: base trained first, transferred, 4 trials with ASHA, all outputs,
-    then the top 2 retrained over 2 seeds and scored once on PrivateTest, with the report."""
+@dataclass
+class SmokeChain:
+    """What `launch.py --search vgg_spinal --smoke` left: its exit code, console, folder and data reads."""
+
+    rc: int
+    out: str
+    results: Path
+    folder: Path
+    events: list[str]
+
+
+@pytest.fixture(scope="module")
+def smoke_chain(ray_local, tiny_csv, tmp_path_factory) -> SmokeChain:
+    """`--search vgg_spinal --smoke` once for this module: base trained first, transferred, 4 trials with
+    ASHA, the top 2 retrained over 2 seeds, scored once on PrivateTest, the report; the loader and the
+    scoring step instrumented to see when the test split is read."""
     from fer_tune import pipeline
     from fer_tune.data import FerData
 
+    results = tmp_path_factory.mktemp("smoke")
     events: list[str] = []
     original_split, original_score = FerData.split, pipeline.score_runs
 
@@ -40,60 +58,88 @@ def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path,
         events.append("scoring starts")
         return original_score(*args, **kwargs)
 
-    monkeypatch.setattr(FerData, "split", spy_split)
-    monkeypatch.setattr(pipeline, "score_runs", spy_score)
-    rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path)])
-    assert rc == 0
-    # PrivateTest is read only after the scoring step began, never by the search or the retraining
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setattr(FerData, "split", spy_split)
+        patch.setattr(pipeline, "score_runs", spy_score)
+        rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(tiny_csv), "--results", str(results)])
+    return SmokeChain(rc, out.getvalue(), results, results / "vgg_spinal-smoke", events)
+
+
+def test_smoke_console_shows_fer_tune_lines_only(smoke_chain):
+    out, folder = smoke_chain.out, smoke_chain.folder
+    assert smoke_chain.rc == 0
+    assert "Configuration for experiment" not in out and "/tmp/ray/session" not in out
+    assert out.count("tensorboard --logdir") == 1 and f"tensorboard --logdir {folder / 'ray'}" in out
+    assert f"results: {folder}" in out and f"report: {folder / 'report.md'}" in out
+    # one progress format for the search and the retraining: clock, elapsed, time left, trial, epoch
+    assert re.search(r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left <=\d:\d\d:\d\d\] search vgg_spinal-smoke \w+ epoch \d/4: "
+                     r"val_acc \d\.\d{4} \|", out)
+    assert re.search(r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left ~\d:\d\d:\d\d\] retraining vgg_spinal-smoke \w+ epoch \d/4: "
+                     r"val_acc \d\.\d{4} \|", out)
+
+
+def test_smoke_reads_privatetest_only_after_scoring_starts(smoke_chain):
+    events = smoke_chain.events
     assert "split:PrivateTest" in events
     assert events.index("split:PrivateTest") > events.index("scoring starts")
     assert "split:Training" in events[: events.index("scoring starts")]
-    out = capsys.readouterr().out
-    folder = tmp_path / "vgg_spinal-smoke"
-    assert "training the base vgg first with the paper's recipe" in out
-    assert f"results: {folder}" in out and f"report: {folder / 'report.md'}" in out
-    assert (folder / "base" / "best.pt").is_file()
 
+
+def test_smoke_trains_the_base_first_and_every_trial_says_what_it_took(smoke_chain):
+    folder = smoke_chain.folder
+    assert "training the base vgg first with the paper's recipe" in smoke_chain.out
+    assert (folder / "base" / "best.pt").is_file()
+    assert "transfer: loaded 56 tensors, 30 new" in smoke_chain.out
     table = pd.read_csv(folder / "trials.csv")
-    assert len(table) == 4
-    assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze", "epochs_run", "best_val_acc",
-            "last_val_acc", "status", "stopped_early_by_asha", "wall_time_s", "gpu_hours"} <= set(table.columns)
-    assert table.trial.tolist() == [1, 2, 3, 4]
     # every trial says what it took from the base: VGG's 56 conv/BN tensors, the head's 30 new
     assert (table.transfer_loaded == 56).all() and (table.transfer_new == 30).all()
     assert set(table.transfer_frozen[table.freeze]) == {32} and set(table.transfer_frozen[~table.freeze]) <= {0}
-    assert "transfer: loaded 56 tensors, 30 new" in out
+
+
+def test_smoke_trials_table_starts_with_the_paper_trial(smoke_chain):
+    table = pd.read_csv(smoke_chain.folder / "trials.csv")
+    assert len(table) == 4 and table.trial.tolist() == [1, 2, 3, 4]
+    assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze", "epochs_run", "best_val_acc",
+            "last_val_acc", "status", "stopped_early_by_asha", "wall_time_s", "gpu_hours"} <= set(table.columns)
     first = table.iloc[0]
     paper = paper_point(load_search_space("vgg_spinal"))  # Table 10: Ranger21, lr 1e-3, wd 5e-4, frozen
     assert {k: first[k] for k in paper} == pytest.approx(paper)
     assert first.scheduler == "none"
+    assert list(smoke_chain.folder.glob("ray/trial_*/events.out.tfevents.*"))
 
+
+def test_smoke_best_config_trains_again(smoke_chain, tiny_csv, tmp_path):
+    folder = smoke_chain.folder
     best = yaml.safe_load((folder / "best_config.yaml").read_text())
     assert best["model"] == "vgg_spinal" and best["base_checkpoint"].endswith("best.pt")
     assert all(isinstance(v, (str, int, float, bool, type(None))) for v in best.values())
-    assert list(folder.glob("ray/trial_*/events.out.tfevents.*"))
     assert (folder / "best_model.pt").is_file()
-
     rc = main(["train", "--config", str(folder / "best_config.yaml"), "--smoke", "--data", str(tiny_csv),
                "--results", str(tmp_path), "--name", "again", "--epochs", "1"])
     assert rc == 0 and (tmp_path / "train" / "again" / "best.pt").is_file()
 
-    # retraining, scoring, report
+
+def test_smoke_report_winners_and_pictures(smoke_chain):
+    folder = smoke_chain.folder
     report = (folder / "report.md").read_text()
     assert "| paper: VGGSpinalNet | 74.45% | 0.740 | 0.727 | 0.733 | |" in report
     assert "## Headline: winner" in report and "tensors loaded from the base" in report
     assert "Protocol: **paper**" in report and "PrivateTest" in report
     winners = pd.read_csv(folder / "winners.csv")
-    assert winners.winner.tolist() == [1, 2] and (winners.seeds == 2).all()
+    assert winners.winner.tolist() == [1, 2] and (winners.seeds == 2).all()  # the smoke.retrain preset
     assert len(list((folder / "winners").glob("winner*_seed*.pt"))) == 4
     from PIL import Image
 
     with Image.open(folder / "confusion_matrix.png") as png:
         assert png.size == (640, 560) and len(set(png.convert("L").getdata())) > 10
     assert (folder / "learning_curves.png").stat().st_size > 5000 and (folder / "search.png").is_file()
-    # the report's figures are the ones recomputed from the saved predictions
+
+
+def test_smoke_report_figures_are_recomputed_from_the_predictions(smoke_chain):
     from fer_tune.metrics import score
 
+    folder = smoke_chain.folder
+    report = (folder / "report.md").read_text()
     predictions = pd.read_csv(folder / "predictions.csv")
     scores = pd.read_csv(folder / "scores.csv")
     for run in scores.itertuples():
@@ -103,14 +149,21 @@ def test_smoke_chain_base_transfer_search_outputs(ray_local, tiny_csv, tmp_path,
         clean = mine[~mine.in_training]
         assert score(clean.label.to_numpy(), clean.prediction.to_numpy()).accuracy == pytest.approx(
             run.leak_free_accuracy)
-    for row in winners.itertuples():
+    for row in pd.read_csv(folder / "winners.csv").itertuples():
         mean = scores[scores.winner == row.winner].accuracy.mean()
         assert row.accuracy_mean == pytest.approx(mean)
         assert f"{mean * 100:.2f}%" in report
         assert row.accuracy_ci_low <= mean <= row.accuracy_ci_high
 
-    assert main(["--report", "--results", str(tmp_path)]) == 0
-    assert "vgg_spinal-smoke" in (tmp_path / "leaderboard.md").read_text()
+
+def test_smoke_manifest_and_leaderboard(smoke_chain):
+    from fer_tune.manifest import read_manifest
+
+    manifest = read_manifest(smoke_chain.folder)
+    assert (manifest.model, manifest.base, manifest.smoke) == ("vgg_spinal", "vgg", True)
+    assert manifest.base_source.endswith("base/best.pt") and manifest.budget["num_trials"] == 4
+    assert main(["--report", "--results", str(smoke_chain.results)]) == 0
+    assert "| vgg_spinal-smoke | vgg_spinal | " in (smoke_chain.results / "leaderboard.md").read_text()
 
 
 def test_asha_stops_weak_trials_early(ray_local, tiny_data, tmp_path):
