@@ -37,6 +37,22 @@ def _launch(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
                             env={**os.environ, **(env or {})}, **kw)
 
 
+def _read_until(proc: subprocess.Popen, pattern: str, seen: list[str], seconds: float = 240) -> re.Match | None:
+    """Read ``proc``'s output lines into ``seen`` until one matches ``pattern`` (None at the end or deadline)."""
+    deadline = time.time() + seconds
+    for line in proc.stdout:
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match or time.time() > deadline:
+            return match
+    return None
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+    proc.wait()
+
+
 SEQUENTIAL = """
     model: vgg
     budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, num_trials: 2, max_concurrent: 1}
@@ -46,60 +62,6 @@ SEQUENTIAL = """
       lr: {loguniform: [1.0e-4, 1.0e-2]}
     paper_trial: {lr: 1.0e-3}
 """
-
-
-def test_killed_driver_resumes_without_losing_or_retraining_trials(tiny_csv, tmp_path):
-    space = _space(tmp_path, "killme", SEQUENTIAL)
-    args = ["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r"), "--no-retrain"]
-    first = _launch(args)
-    finished: dict[str, float] = {}
-    deadline = time.time() + 240
-    for line in first.stdout:
-        match = re.search(r"\] search killme (\w+) epoch 2/2: val_acc ([0-9.]+)", line)
-        if match:
-            finished[match.group(1)] = float(match.group(2))
-        if len(finished) == 1 or time.time() > deadline:
-            break
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
-    first.wait()
-    assert len(finished) == 1, "the first run did not finish a trial in time"
-
-    second = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], capture_output=True, text=True,
-                            timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    # the count in this line may lag the last report (Ray's state snapshot); the rows below are what counts
-    assert re.search(r"resuming search killme .*: \d+ trial\(s\) already finished", second.stdout)
-    table = pd.read_csv(tmp_path / "r" / "killme" / "trials.csv")
-    assert len(table) == 2 and (table.epochs_run == 2).all()
-    for trial_id, val_acc in finished.items():
-        row = table.set_index("trial_id").loc[trial_id]
-        assert row.last_val_acc == pytest.approx(val_acc, abs=1e-4)  # kept, unchanged
-        progress = pd.read_csv(Path(row.trial_path) / "progress.csv")
-        assert progress.epoch.tolist() == [1, 2]  # trained once, not again from scratch
-
-
-def test_dying_worker_is_retried_from_its_last_checkpoint(tiny_csv, tmp_path):
-    space = _space(tmp_path, "crashy", """
-        model: vgg
-        budget: {max_epochs: 3, grace_period: 3, reduction_factor: 2, num_trials: 1, max_concurrent: 1}
-        resources: {gpus_per_trial: 0, cpus_per_trial: 2}
-        fixed: {width: 0.125, batch_size: 32}
-        space:
-          lr: {loguniform: [1.0e-3, 1.0e-2]}
-    """)
-    marker_dir = tmp_path / "marker"
-    marker_dir.mkdir()
-    proc = _launch(["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r"), "--no-retrain"],
-                   env={"FER_TUNE_TEST_CRASH_ONCE_DIR": str(marker_dir)})
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    assert (marker_dir / "crashed").is_file()  # the worker really died once
-    assert "failed; Ray retries it" in out
-    table = pd.read_csv(tmp_path / "r" / "crashy" / "trials.csv")
-    row = table.iloc[0]
-    assert row.status == "completed" and row.epochs_run == 3 and row.restarts == 1
-    progress = pd.read_csv(Path(row.trial_path) / "progress.csv")
-    assert progress.epoch.tolist() == [1, 2, 3]  # continued at epoch 2, did not restart at 1
 
 
 def test_second_search_with_the_same_name_is_refused(tiny_csv, tmp_path, capsys):
@@ -178,41 +140,40 @@ def test_nothing_touches_the_network_when_building_and_training(tiny_data, monke
     assert [r.epoch for r in history] == [1] and not history[0].diverged
 
 
-def test_killed_retraining_resumes_and_keeps_finished_runs(tiny_csv, tmp_path):
-    """SIGKILL during `--retrain`: the same command continues, says so, keeps the finished runs."""
-    from fer_tune.config import write_yaml
-    from fer_tune.manifest import SearchManifest
-    from fer_tune.search_space import load_search_space
+def test_dying_worker_killed_driver_and_killed_retraining_all_continue(tiny_csv, tmp_path):
+    """One search through three faults: a trial's worker dies (Ray retries it from its last epoch), the
+    driver is SIGKILLed during the search, then again during the retraining; each time the same
+    command continues, keeps what finished and does not train it again."""
+    space = _space(tmp_path, "killme", SEQUENTIAL)
+    marker_dir = tmp_path / "marker"
+    marker_dir.mkdir()
+    common = ["--data", str(tiny_csv), "--results", str(tmp_path / "r"), "--top-k", "1", "--seeds", "2"]
+    folder = tmp_path / "r" / "killme"
 
-    space = load_search_space(str(_space(tmp_path, "again", SEQUENTIAL)))
-    folder = tmp_path / "r" / "again"  # a finished search, as its files say
-    folder.mkdir(parents=True)
-    SearchManifest(name="again", space=space.path, model="vgg", base=None, metric="val_acc", mode="max", smoke=False,
-                   seed=0, budget={}).write(folder)
-    write_yaml(folder / "best_config.yaml", space.train_config({"lr": 1e-3}, epochs=1).to_dict())
-    pd.DataFrame({"trial": [1], "trial_id": ["a"], "lr": [1e-3], "best_val_acc": [0.5], "status": ["completed"],
-                  "trial_path": [str(folder / "t")], "epochs_run": [2], "cpu_hours": [0.0], "gpu_hours": [0.0]}
-                 ).to_csv(folder / "trials.csv", index=False)
-    common = ["--data", str(tiny_csv), "--results", str(tmp_path / "r")]
-    retrain = ["--retrain", "again", "--top-k", "1", "--seeds", "2", "--cpus-per-trial", "2", *common]
-    first = _launch(retrain)
-    finished = None
-    deadline = time.time() + 240
-    for line in first.stdout:
-        match = re.search(r"\] retraining again (\w+) epoch 1/1: val_acc", line)
-        if match or time.time() > deadline:
-            finished = match and match.group(1)
-            break
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    assert finished, "the first retraining did not finish a run in time"
+    first, out = _launch(["--search", str(space), *common], env={"FER_TUNE_TEST_CRASH_ONCE_DIR": str(marker_dir)}), []
+    done = _read_until(first, r"\] search killme (\w+) epoch 2/2: val_acc ([0-9.]+)", out)
+    _kill(first)
+    assert done, "the first run did not finish a trial in time: " + "".join(out[-20:])
+    assert (marker_dir / "crashed").is_file() and any("failed; Ray retries it" in line for line in out)
+    finished_id, finished_acc = done.group(1), float(done.group(2))
 
-    second = subprocess.run([sys.executable, str(ROOT / "launch.py"), *retrain], capture_output=True, text=True,
-                            timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert re.search(r"resuming the retraining of again: \d of 2 runs already finished", second.stdout)
-    runs = pd.read_csv(tmp_path / "r" / "again" / "retrain_runs.csv")
-    assert sorted(runs.seed) == [0, 1]
-    (kept,) = (tmp_path / "r" / "again" / "retrain").glob(f"*{finished}")
-    assert pd.read_csv(kept / "progress.csv").epoch.tolist() == [1]  # trained once, not again
-    assert (tmp_path / "r" / "again" / "report.md").is_file()
+    second, out = _launch(["--search", str(space), *common]), []
+    retrained = _read_until(second, r"\] retraining killme (\w+) epoch 2/2: val_acc", out)
+    _kill(second)
+    assert retrained, "the retraining did not finish a run in time: " + "".join(out[-20:])
+    assert any(re.search(r"resuming search killme .*: \d+ trial\(s\) already finished", line) for line in out)
+    table = pd.read_csv(folder / "trials.csv").set_index("trial_id")
+    assert len(table) == 2 and (table.epochs_run == 2).all()
+    row = table.loc[finished_id]
+    assert row.last_val_acc == pytest.approx(finished_acc, abs=1e-4)  # kept, unchanged
+    assert row.restarts == 1  # its worker died once and it went on from its checkpoint
+    assert pd.read_csv(Path(row.trial_path) / "progress.csv").epoch.tolist() == [1, 2]  # not from scratch
+
+    third = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--retrain", "killme", *common],
+                           capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert re.search(r"resuming the retraining of killme: \d of 2 runs already finished", third.stdout)
+    assert sorted(pd.read_csv(folder / "retrain_runs.csv").seed) == [0, 1]
+    (kept,) = (folder / "retrain").glob(f"*{retrained.group(1)}")
+    assert pd.read_csv(kept / "progress.csv").epoch.tolist() == [1, 2]  # trained once, not again
+    assert (folder / "report.md").is_file()
