@@ -267,12 +267,20 @@ def _bad_rows_message(path: Path, bad: np.ndarray, describe) -> str:
 def _parse_pixels(path: Path, pixels: pd.Series) -> np.ndarray:
     """Vectorised parse of the pixel strings into uint8 (N, 48, 48); no per-row Python loop."""
     text = pixels.str.strip()
-    well_formed = (text.str.fullmatch(_PIXELS_PATTERN) & (text.str.count(" ") == NUM_PIXELS - 1)).to_numpy(
-        dtype=bool
-    )
-    if not well_formed.all():
-        raise UserError(_bad_rows_message(path, np.flatnonzero(~well_formed), lambda i: _pixel_problem(text.iloc[i])))
-    flat = np.fromstring(" ".join(text.tolist()), dtype=np.uint16, sep=" ")
+    digits_and_spaces = text.str.fullmatch(_PIXELS_PATTERN).to_numpy(dtype=bool)
+    if not digits_and_spaces.all():
+        raise UserError(_bad_rows_message(path, np.flatnonzero(~digits_and_spaces),
+                                          lambda i: _pixel_problem(text.iloc[i])))
+    joined = "\n".join(text.tolist())
+    # values per row = spaces per row + 1, counted on the bytes (pandas' str.count is ~10x slower)
+    lengths = text.str.len().to_numpy()
+    starts = np.concatenate([[0], np.cumsum(lengths[:-1] + 1)])
+    is_space = (np.frombuffer(joined.encode("ascii"), dtype=np.uint8) == ord(" ")).view(np.uint8)
+    spaces = np.add.reduceat(is_space, starts, dtype=np.int32)
+    wrong_count = np.flatnonzero(spaces != NUM_PIXELS - 1)
+    if len(wrong_count):
+        raise UserError(_bad_rows_message(path, wrong_count, lambda i: _pixel_problem(text.iloc[i])))
+    flat = np.fromstring(joined, dtype=np.uint16, sep=" ")
     values = flat.reshape(len(text), NUM_PIXELS)
     too_big = np.flatnonzero(values.max(axis=1) > 255)
     if len(too_big):

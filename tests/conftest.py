@@ -37,9 +37,9 @@ def learn_csv(tmp_path_factory) -> Path:
     return write_demo_csv(tmp_path_factory.mktemp("learn") / "fer2013.csv", DemoSpec(160, 40, 40, seed=0))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance (2 CPUs) shared by the in-process search tests of a module."""
+    """One local Ray instance (2 CPUs) shared by the in-process search tests (started once)."""
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

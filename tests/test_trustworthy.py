@@ -312,7 +312,8 @@ def test_train_refuses_a_base_of_another_activation(tmp_path):
 def test_trainval_refit_repeats_the_selected_trajectory(tiny_data, scheduler):
     config = TrainConfig(model="vgg", width=0.0625, batch_size=64, epochs=3, optimizer="sgd_nesterov", lr=0.05,
                          scheduler=scheduler, plateau_patience=0, plateau_factor=0.5)
-    train, val = tiny_data.role("train"), tiny_data.role("val")
+    (train_x, train_y), (val_x, val_y) = tiny_data.role("train"), tiny_data.role("val")
+    train, val = (train_x[:128], train_y[:128]), (val_x[:32], val_y[:32])  # the trajectory, not learning
     data = TrialData(train[0], train[1], val[0], val[1])
     phases = _phases(Trainer(config, train, val), data, "trainval")
     _, select, stop = next(phases)
