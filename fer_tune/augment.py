@@ -1,4 +1,5 @@
-"""The paper's augmentation as batched tensor ops on the training device (SPEC section 2).
+"""The paper's augmentation (Santoso & Kusuma; the VGGNet recipe of Khaireddin & Chen) as batched
+tensor ops on the training device.
 
 Input is always a uint8 batch ``(B, 48, 48)`` already on the device; no PIL, no worker processes.
 
@@ -50,6 +51,8 @@ def _coin(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """Per-image random rescale / shift / rotation, each with its own probability, in one grid_sample."""
+    if cfg.p_rescale == 0 and cfg.p_shift == 0 and cfg.p_rotate == 0:
+        return x  # decided from the config: no device value is read back (no host sync per batch)
     n, device = x.shape[0], x.device
     scale = torch.where(
         _coin(n, cfg.p_rescale, g, device), _uniform(n, 1 - cfg.rescale, 1 + cfg.rescale, g, device), 1.0
@@ -60,8 +63,6 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
     angle = torch.where(
         _coin(n, cfg.p_rotate, g, device), _uniform(n, -cfg.degrees, cfg.degrees, g, device), 0.0
     ) * (math.pi / 180)
-    if not (scale != 1).any() and not (tx != 0).any() and not (ty != 0).any() and not (angle != 0).any():
-        return x
     # output pixel p samples input at R^-1 (p / s) - t  (normalised coordinates, align_corners=False)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(

@@ -1,5 +1,6 @@
 """Score a saved model on one split: ten-crop and single-crop accuracy, macro / per-class P/R/F1,
-confusion matrix. This is the only place that reads the test split (PrivateTest)."""
+confusion matrix. ``launch.py evaluate`` and the final scoring (:mod:`fer_tune.scoring`) are its only
+callers on the test split (PrivateTest); nothing that trains or selects calls it."""
 
 from __future__ import annotations
 

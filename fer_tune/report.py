@@ -11,7 +11,7 @@ from fer_tune.manifest import read_manifest
 from fer_tune.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.scoring import ScoredRuns
 
-# SPEC section 5: FER2013 PrivateTest as the paper reports it (accuracy, macro P, R, F1)
+# FER2013 PrivateTest as Santoso & Kusuma report it (accuracy, macro P, R, F1; VGGNet: Khaireddin & Chen)
 PAPER_RESULTS: dict[str, tuple[str, float, float | None, float | None, float | None]] = {
     "vgg_spinal": ("VGGSpinalNet", 0.7445, 0.740, 0.727, 0.733),
     "vgg_progressive_spinal": ("VGGProgressiveSpinalNet", 0.7439, 0.740, 0.725, 0.732),

@@ -94,3 +94,18 @@ def test_effnet_and_vit_recipes():
     assert x.shape == (6, 3, 224, 224) and -1.0 <= x.min() and x.max() <= 1.0
     assert torch.equal(x[:, 0], x[:, 1])
     assert vit.eval_views(images).shape == (6, 1, 3, 224, 224)
+
+
+def test_a_training_batch_reads_no_value_back_from_the_device(monkeypatch):
+    """On a GPU, reading a tensor's value on the host (``if tensor.any()``) waits for the device every
+    batch; the augmentation decides everything from its config and its random tensors alone."""
+    augmenter = BatchAugmenter(AugmentConfig(recipe="vgg"), torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (8, 48, 48), dtype=torch.uint8)
+    labels = torch.arange(8) % 7
+
+    def no_host_read(self):
+        raise AssertionError("a tensor value was read on the host")
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", no_host_read)
+    inputs, targets = augmenter.train(images, labels)
+    assert inputs.shape == (80, 1, 40, 40) and targets.shape == (80,)

@@ -1,4 +1,5 @@
-"""Classifier heads of the paper: SpinalNet and ProgressiveSpinalNet (SPEC section 3)."""
+"""Classifier heads of the paper: SpinalNet and ProgressiveSpinalNet (Santoso & Kusuma's heads on
+VGGNet, EfficientNetV2-S and ViT-L/32 features)."""
 
 from __future__ import annotations
 
