@@ -11,7 +11,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,17 @@ class EpochResult:
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for CSV / YAML / Ray."""
         return asdict(self)
+
+
+def stalled(scores: Sequence[float], patience: int, mode: str = "max") -> bool:
+    """True when the best of ``scores`` (one per epoch; the first of equal bests counts) is ``patience``
+    or more epochs old: early stopping. ``patience`` 0 never stops."""
+    if patience <= 0 or not scores:
+        return False
+    values = np.asarray(scores, dtype=float)
+    values = np.where(np.isfinite(values), values, -np.inf if mode == "max" else np.inf)
+    best = int(np.argmax(values) if mode == "max" else np.argmin(values))
+    return len(values) - 1 - best >= patience
 
 
 def pick_device(requested: str | None = None) -> torch.device:

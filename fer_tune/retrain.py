@@ -22,12 +22,13 @@ import pandas as pd
 from fer_tune.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.config import TrainConfig, load_train_config, read_yaml, write_yaml, yaml_plain
 from fer_tune.data import FerData
-from fer_tune.engine import EpochResult, Trainer
+from fer_tune.engine import EpochResult, Trainer, stalled
 from fer_tune.errors import UserError
 from fer_tune.manifest import read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import require_search_folder
+from fer_tune.search import SCORED_STATUSES
 from fer_tune.search_space import SearchSpace, load_search_space
 from fer_tune.transfer import load_base
 from fer_tune.tune_runner import (STATE_FILE, Progress, TrialData, TuneJob, can_resume, finished_trials,
@@ -55,6 +56,7 @@ class RetrainPlan:
     winners: tuple[Winner, ...]
     protocol: str
     finetune: dict[str, Any] = field(default_factory=dict)  # the search space's fine-tune stage
+    patience: int = 0  # the selection ends after this many epochs without a better val_acc (0 = never)
 
 
 @dataclass
@@ -80,7 +82,7 @@ def pick_winners(folder: Path, space: SearchSpace, top_k: int, epochs: int | Non
     table = pd.read_csv(trials_csv)
     best_config = load_train_config(folder / "best_config.yaml")
     metric_col = f"best_{space.metric}"
-    usable = table[table.status.isin(["completed", "stopped by ASHA"]) & table[metric_col].notna()]
+    usable = table[table.status.isin(SCORED_STATUSES) & table[metric_col].notna()]
     if usable.empty:
         raise UserError(f"{trials_csv}: no trial finished with a score; nothing to retrain")
     usable = usable.sort_values([metric_col, "trial"], ascending=[space.mode == "min", True], kind="stable")
@@ -133,7 +135,7 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
                 continue  # a phase that ended before the restart
             current.load_state_dict(resume)
             resume = None
-        while current.epoch < stop_epoch:
+        while current.epoch < stop_epoch and not _no_better(phase, current, plan.patience):
             result = current.step_epoch()
             if phase != "finetune" and not result.diverged and (
                     kept is None or phase == "refit" or result.val_acc > kept["val_acc"]):
@@ -144,9 +146,15 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
             if phase == "finetune" and (current.epoch == stop_epoch or result.diverged):
                 files["finetune.pt"] = _kept(current, result, phase, plan.protocol)
             report_epoch({**result.as_dict(), "diverged": int(result.diverged), "phase": phase,
+                          "patience_stop": int(_no_better(phase, current, plan.patience)),
                           "winner": winner.rank, "seed": seed, "restarts": restarts}, files)
             if result.diverged:
                 return
+
+
+def _no_better(phase: str, trainer: Trainer, patience: int) -> bool:
+    """Early stopping of the selection phase: no better val_acc within ``patience`` epochs."""
+    return phase == "select" and stalled([r.val_acc for r in trainer.history], patience)
 
 
 def _stages(trainer: Trainer, data: TrialData, plan: RetrainPlan, kept: Callable[[], dict[str, Any] | None]):
@@ -199,7 +207,7 @@ def run_retrain(folder: Path, data: FerData, opts: RetrainOptions, log: Callable
     winners = pick_winners(folder, space, opts.top_k, opts.epochs)
     if opts.pretrained is not None:
         winners = [replace(w, config={**w.config, "pretrained_path": opts.pretrained}) for w in winners]
-    plan = RetrainPlan(tuple(winners), opts.protocol, space.finetune)
+    plan = RetrainPlan(tuple(winners), opts.protocol, space.finetune, space.budget.patience)
     job = retrain_job(folder, space, plan, _trial_data(folder, data, winners[0]), opts, log)
     settings = {"top_k": len(winners), "seeds": opts.seeds, "protocol": opts.protocol,
                 "epochs": winners[0].config["epochs"], "trials": [w.trial for w in winners],
@@ -263,9 +271,12 @@ def _kept_runs(results, folder: Path, plan: RetrainPlan, resources: dict[str, fl
                 suffix = "" if stage == "main" else "_finetune"
                 kept = save_checkpoint(folder / "winners" / f"winner{rank}_seed{seed}{suffix}.pt", payload)
                 phase = history[history.phase == ("finetune" if stage == "finetune" else "select")]
+                selection = history[history.phase == "select"]
                 rows.append({"winner": rank, "seed": seed, "stage": stage, "protocol": plan.protocol,
                              "trial": winner.trial, "search_score": winner.search_score, "checkpoint": str(kept),
-                             "selected_epoch": int(payload["epoch"]),
+                             "selected_epoch": int(payload["epoch"]), "epochs_run": len(selection),
+                             "epochs_saved_by_patience": winner.config["epochs"] - len(selection)
+                             if selection.get("patience_stop", pd.Series([0])).iloc[-1] else 0,
                              "val_acc": float(phase.val_acc.max() if stage == "main" else phase.val_acc.iloc[-1]),
                              "wall_time_s": float(history.epoch_time.sum()), "gpus": resources["gpu"],
                              "cpus": resources["cpu"], "history": str(Path(result.path) / "progress.csv")})

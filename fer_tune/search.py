@@ -35,6 +35,8 @@ from fer_tune.tune_runner import (Progress, TrialData, TuneJob, can_resume, fini
                                   trial_number)
 
 EXPERIMENT = "ray"
+PATIENCE_STATUS = "stopped: no better score within patience"  # the budget's early stopping
+SCORED_STATUSES = ("completed", "stopped by ASHA", PATIENCE_STATUS)  # trials.csv rows a retraining may pick
 
 
 @dataclass
@@ -186,12 +188,15 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
             status = "error"
         elif metrics.get("diverged"):
             status = f"diverged at epoch {epochs}"
+        elif metrics.get("patience_stop"):
+            status = PATIENCE_STATUS
         elif epochs < max_epochs:
             status = "stopped by ASHA"
         else:
             status = "completed"
         row["status"] = status
         row["stopped_early_by_asha"] = status == "stopped by ASHA"
+        row["epochs_saved_by_patience"] = max_epochs - epochs if status == PATIENCE_STATUS else 0
         row["restarts"] = int(metrics.get("restarts", 0) or 0)
         wall = float(history["epoch_time"].sum()) if history is not None and "epoch_time" in history else 0.0
         row["wall_time_s"] = round(wall, 2)

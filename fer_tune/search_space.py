@@ -30,6 +30,7 @@ class Budget:
     reduction_factor: int = 3
     num_trials: int = 20
     max_concurrent: int = 4
+    patience: int = 0  # a run ends after this many epochs without a better validation score (0 = never)
 
     def check(self, where: str) -> "Budget":
         """Itself, when every count is in range and consistent; else a :class:`UserError` naming ``where``."""
@@ -39,6 +40,7 @@ class Budget:
             ("reduction_factor", 2 <= self.reduction_factor <= 100, "2 to 100 (ASHA keeps 1 in reduction_factor)"),
             ("num_trials", 1 <= self.num_trials <= 100_000, "1 to 100000"),
             ("max_concurrent", 1 <= self.max_concurrent <= 10_000, "1 to 10000"),
+            ("patience", 0 <= self.patience <= 100_000, "0 (off) to 100000 epochs without improvement"),
         ]
         _check_rules(where, self, rules)
         return self

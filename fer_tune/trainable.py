@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fer_tune.engine import stalled
 from fer_tune.search_space import SearchSpace
 from fer_tune.tune_runner import STATE_FILE, TrialData, finite, report_epoch, restored_state
 
@@ -47,12 +48,15 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
         restarts = int(state.get("restarts", 0)) + 1
     node = ray.get_runtime_context().get_node_id()
     trial_id = tune.get_context().get_trial_id() or "trial"
+    patience = space.budget.patience
     while trainer.epoch < trainer.config.epochs:
         _maybe_crash_for_test(trial_id, trainer.epoch)
         result = trainer.step_epoch()
+        no_better = stalled([getattr(r, space.metric) for r in trainer.history], patience, space.mode)
         metrics = {**result.as_dict(), "train_loss": finite(result.train_loss), "val_loss": finite(result.val_loss),
                    "best_val_acc": max(trainer.best_val_acc, 0.0), "diverged": int(result.diverged),
-                   "restarts": restarts, "node": node, **transfer}
+                   "patience_stop": int(no_better and not result.diverged), "restarts": restarts, "node": node,
+                   **transfer}
         report_epoch(metrics, {STATE_FILE: {**trainer.state_dict(), "restarts": restarts}})
-        if result.diverged:
+        if result.diverged or no_better:
             return

@@ -241,3 +241,33 @@ def test_broken_space_yaml_names_file_key_and_fix(tmp_path, body, message):
 def test_unknown_search_name_and_nothing_to_resume(tiny_csv, tmp_path, capsys):
     assert main(["--search", "vgg", "--resume", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path)]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_patience_ends_a_trial_and_a_retraining_that_stopped_improving(ray_local, tiny_data, tmp_path):
+    """lr 1e-7 leaves the predictions as they are, so the validation accuracy never improves after epoch 1:
+    with patience 1 the trial ends after epoch 2 of 6 and the retraining likewise, each saying so."""
+    from fer_tune.retrain import RetrainOptions, run_retrain
+    from fer_tune.search import PATIENCE_STATUS
+
+    space = _space_file(tmp_path, """
+        model: vgg
+        budget: {max_epochs: 6, grace_period: 6, reduction_factor: 2, num_trials: 1, max_concurrent: 1, patience: 1}
+        resources: {gpus_per_trial: 0, cpus_per_trial: 2}
+        fixed: {width: 0.0625, batch_size: 64, scheduler: none, optimizer: adam}
+        space:
+          lr: {choice: [1.0e-7]}
+    """)
+    outcome = run_search(str(space), tiny_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
+    row = outcome.trials.iloc[0]
+    assert (row.status, row.epochs_run, row.epochs_saved_by_patience) == (PATIENCE_STATUS, 2, 4)
+    assert not row.stopped_early_by_asha
+    runs, _ = run_retrain(outcome.folder, tiny_data, RetrainOptions(top_k=1, seeds=1), log=lambda s: None)
+    assert (runs.epochs_run.iloc[0], runs.epochs_saved_by_patience.iloc[0]) == (2, 4)
+
+
+def test_stalled_counts_epochs_since_the_first_best():
+    from fer_tune.engine import stalled
+
+    assert not stalled([0.1, 0.2, 0.3], 1) and stalled([0.1, 0.3, 0.3], 1) and not stalled([0.1, 0.3, 0.3], 2)
+    assert stalled([0.5, float("nan"), 0.4], 2) and not stalled([0.5, 0.4], 0)
+    assert stalled([2.0, 1.0, 1.5], 1, mode="min") and not stalled([2.0, 1.0], 1, mode="min")
