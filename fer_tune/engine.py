@@ -25,7 +25,7 @@ from fer_tune.metrics import macro_f1
 from fer_tune.models import create_model, model_info
 from fer_tune.models.vit import PretrainedViT, resolve_pretrained
 from fer_tune.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
-from fer_tune.transfer import TransferReport, train_mode, transfer_weights
+from fer_tune.transfer import TransferReport, frozen_tensors, train_mode, transfer_weights
 
 
 @dataclass
@@ -256,10 +256,12 @@ class Trainer:
     # ------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly (tensors and plain types only)."""
+        """Everything needed to continue this run exactly (tensors and plain types only). Frozen
+        tensors are left out: a run rebuilt from the same config and base already holds them."""
+        frozen = frozen_tensors(self.model)
         return {
             "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
+            "model": {name: tensor for name, tensor in self.model.state_dict().items() if name not in frozen},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
@@ -272,7 +274,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (e.g. a Ray Tune checkpoint after a worker died)."""
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - frozen_tensors(self.model):
+            raise UserError(f"a saved state does not fit this {self.config.model} run (missing "
+                            f"{sorted(set(missing) - frozen_tensors(self.model))[:3]}, unexpected {unexpected[:3]}); "
+                            "it was saved with another model, base or freeze setting: start the run afresh")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])

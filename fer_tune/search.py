@@ -214,7 +214,7 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
     return frame
 
 
-def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str, float],
+def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str, float], trial_data: TrialData,
                   base_source: str | None) -> SearchOutcome:
     """trials.csv, best_config.yaml, best_model.pt (the best trial's best checkpoint)."""
     table = trials_table(results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"], base_source)
@@ -230,7 +230,7 @@ def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str
     with checkpoint.as_directory() as ckpt_dir:
         state = load_checkpoint(Path(ckpt_dir) / "state.pt")
     best_model = save_checkpoint(folder / "best_model.pt", model_payload(
-        state["config"], state["model"], state["epoch"], state["best_val_acc"], search=space.name))
+        state["config"], trial_data.full_weights(state), state["epoch"], state["best_val_acc"], search=space.name))
     config = space.train_config(best.config).to_dict()
     config["base_checkpoint"] = base_source
     header = (
@@ -310,7 +310,7 @@ def _search_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData
         opts.log(f"search {name}: {space.budget.num_trials} trials of {space.model}, up to "
                  f"{space.budget.max_epochs} epochs each, ASHA grace {space.budget.grace_period}; data {data.source}")
     results, resources = run_trials(job, restore, opts.log)
-    outcome = write_outputs(results, space, folder, resources, manifest.base_source)
+    outcome = write_outputs(results, space, folder, resources, job.shared["data"], manifest.base_source)
     ran, full = asha_savings(outcome.trials, space.budget.max_epochs)
     opts.log(f"search {name} done in {time.perf_counter() - started:.0f}s: best {space.metric} "
              f"{outcome.best_score:.4f}; ASHA ran {ran} of {full} trial-epochs")

@@ -31,6 +31,7 @@ class Budget:
     num_trials: int = 20
     max_concurrent: int = 4
     patience: int = 0  # a run ends after this many epochs without a better validation score (0 = never)
+    checkpoint_every: int = 0  # a trial saves its state every N epochs; 0 = when saving costs under 5%
 
     def check(self, where: str) -> "Budget":
         """Itself, when every count is in range and consistent; else a :class:`UserError` naming ``where``."""
@@ -41,6 +42,7 @@ class Budget:
             ("num_trials", 1 <= self.num_trials <= 100_000, "1 to 100000"),
             ("max_concurrent", 1 <= self.max_concurrent <= 10_000, "1 to 10000"),
             ("patience", 0 <= self.patience <= 100_000, "0 (off) to 100000 epochs without improvement"),
+            ("checkpoint_every", 0 <= self.checkpoint_every <= 100_000, "0 (automatic) to 100000 epochs"),
         ]
         _check_rules(where, self, rules)
         return self

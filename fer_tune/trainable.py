@@ -13,7 +13,8 @@ from typing import Any
 
 from fer_tune.engine import stalled
 from fer_tune.search_space import SearchSpace
-from fer_tune.tune_runner import STATE_FILE, TrialData, finite, report_epoch, restored_state
+from fer_tune.tune_runner import (STATE_FILE, CheckpointSchedule, TrialData, finite, report_epoch,
+                                  restored_state)
 
 CRASH_ENV = "FER_TUNE_TEST_CRASH_ONCE_DIR"  # test-only: a trial process dies once at its 2nd epoch
 
@@ -48,15 +49,20 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
         restarts = int(state.get("restarts", 0)) + 1
     node = ray.get_runtime_context().get_node_id()
     trial_id = tune.get_context().get_trial_id() or "trial"
-    patience = space.budget.patience
+    schedule = CheckpointSchedule(every=space.budget.checkpoint_every, last_epoch=trainer.epoch)
     while trainer.epoch < trainer.config.epochs:
         _maybe_crash_for_test(trial_id, trainer.epoch)
         result = trainer.step_epoch()
-        no_better = stalled([getattr(r, space.metric) for r in trainer.history], patience, space.mode)
+        scores = [getattr(r, space.metric) for r in trainer.history]
+        no_better = stalled(scores, space.budget.patience, space.mode)
+        improved = not stalled(scores, 1, space.mode)  # this epoch is the (first) best so far
+        final = result.diverged or no_better or trainer.epoch >= trainer.config.epochs
         metrics = {**result.as_dict(), "train_loss": finite(result.train_loss), "val_loss": finite(result.val_loss),
                    "best_val_acc": max(trainer.best_val_acc, 0.0), "diverged": int(result.diverged),
                    "patience_stop": int(no_better and not result.diverged), "restarts": restarts, "node": node,
                    **transfer}
-        report_epoch(metrics, {STATE_FILE: {**trainer.state_dict(), "restarts": restarts}})
+        due = schedule.due(trainer.epoch, result.epoch_time, improved, final)
+        cost = report_epoch(metrics, {STATE_FILE: {**trainer.state_dict(), "restarts": restarts}} if due else None)
+        schedule.written(trainer.epoch, cost)
         if result.diverged or no_better:
             return

@@ -103,13 +103,30 @@ def architecture_of_base(model_options: tuple[str, ...], base_config: dict[str, 
     return {k: base_config[k] for k in ARCHITECTURE_KEYS if k in model_options and base_config.get(k) is not None}
 
 
+def frozen_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+    """The BatchNorm layers (by name) whose parameters are all frozen: their statistics stay frozen too."""
+    frozen = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                frozen[name] = module
+    return frozen
+
+
+def frozen_tensors(model: nn.Module) -> set[str]:
+    """Names in ``model.state_dict()`` that training never changes: frozen parameters and the
+    statistics of frozen BatchNorm layers (they are the base's, which every run of it starts from)."""
+    names = {name for name, param in model.named_parameters() if not param.requires_grad}
+    for layer, module in frozen_batchnorms(model).items():
+        names |= {f"{layer}.{buffer}" for buffer, _ in module.named_buffers(recurse=False)}
+    return names
+
+
 def train_mode(model: nn.Module) -> nn.Module:
     """``model.train()``, but BatchNorm layers whose parameters are all frozen stay in eval mode,
     so their running statistics are frozen too."""
     model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                module.eval()
+    for module in frozen_batchnorms(model).values():
+        module.eval()
     return model

@@ -76,6 +76,13 @@ class TrialData:
         return Trainer(config, train or self.train, self.val, base_state=self.base.state if self.base else None,
                        pretrained=self.pretrained)
 
+    def full_weights(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Every weight of the model a trial's saved ``state`` holds (the state leaves the frozen ones
+        out: they are the starting weights')."""
+        trainer = self.trainer(TrainConfig.from_mapping(state["config"], source="a trial's saved state"))
+        trainer.load_state_dict(state)
+        return trainer.model.state_dict()
+
 
 # ------------------------------------------------------------------ inside a trial
 
@@ -91,15 +98,50 @@ def restored_state() -> dict[str, Any] | None:
         return load_checkpoint(Path(folder) / STATE_FILE)
 
 
-def report_epoch(metrics: dict[str, Any], files: dict[str, dict[str, Any]]) -> None:
-    """Report one epoch's scalars to Tune with a checkpoint holding ``files`` (name -> payload)."""
+def report_epoch(metrics: dict[str, Any], files: dict[str, dict[str, Any]] | None) -> float:
+    """Report one epoch's scalars to Tune, with a checkpoint holding ``files`` (name -> payload) when
+    given; returns the seconds the checkpoint took to write (0 without one)."""
     from ray import tune
     from ray.tune import Checkpoint
 
+    if not files:
+        tune.report(metrics)
+        return 0.0
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for name, payload in files.items():
             save_checkpoint(Path(folder) / name, payload)
         tune.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+    return time.perf_counter() - started
+
+
+@dataclass
+class CheckpointSchedule:
+    """When a search trial writes its resumption state: at the end, whenever its score improves (Tune
+    keeps the best checkpoint, which becomes best_model.pt), and otherwise every ``every`` epochs,
+    or, with ``every`` 0, once the training time since the last write is :data:`COST_RATIO` times what
+    that write cost (so writing stays under about 5% of the training time)."""
+
+    every: int = 0
+    last_epoch: int = 0
+    last_cost: float = 0.0
+    training_since: float = 0.0
+
+    COST_RATIO = 20.0
+
+    def due(self, epoch: int, epoch_time: float, improved: bool, final: bool) -> bool:
+        """True when the state after ``epoch`` (which trained for ``epoch_time`` seconds) is to be written."""
+        self.training_since += epoch_time
+        if final or improved:
+            return True
+        if self.every:
+            return epoch - self.last_epoch >= self.every
+        return self.training_since >= self.COST_RATIO * self.last_cost
+
+    def written(self, epoch: int, cost: float) -> None:
+        """Record a write of the state after ``epoch`` that took ``cost`` seconds."""
+        if cost > 0:
+            self.last_epoch, self.last_cost, self.training_since = epoch, cost, 0.0
 
 
 def finite(value: float) -> float:

@@ -82,3 +82,49 @@ def test_ranger21_runs_its_own_schedule_quietly(capsys):
         lrs.append(current_lr(opt))
     assert lrs[-1] < 0.01  # warm-down reached
     assert capsys.readouterr().out == ""
+
+
+def test_a_saved_state_leaves_the_frozen_base_out_and_resumes_exactly(tiny_data):
+    """The transferred, frozen tensors are the base's: a run's saved state does not repeat them, and a
+    run rebuilt from the same base continues from it with every weight as it was."""
+    import io
+
+    from fer_tune.engine import Trainer
+    from fer_tune.transfer import frozen_tensors
+
+    base = create_model("vgg", width=0.0625).state_dict()
+    config = TrainConfig(model="vgg_spinal", width=0.0625, batch_size=64, epochs=2, freeze=True, optimizer="adam")
+    run = Trainer(config, tiny_data.role("train"), tiny_data.role("val"), base_state=base)
+    run.step_epoch()
+    state = run.state_dict()
+    frozen = frozen_tensors(run.model)
+    assert len(frozen) > 30 and not frozen & set(state["model"])
+    full = run.model.state_dict()
+
+    def size(tensors) -> int:
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        return buffer.tell()
+
+    assert size(state["model"]) < size(full) / 2  # the VGG conv blocks are most of the weights
+    again = Trainer(config, tiny_data.role("train"), tiny_data.role("val"), base_state=base)
+    again.load_state_dict(state)
+    assert all(torch.equal(again.model.state_dict()[name], tensor) for name, tensor in full.items())
+    unfrozen = Trainer(config.replace(freeze=False), tiny_data.role("train"), tiny_data.role("val"), base_state=base)
+    with pytest.raises(UserError, match="does not fit"):
+        unfrozen.load_state_dict(state)  # a state of a frozen run lacks weights an unfrozen run trains
+
+
+def test_checkpoint_schedule_writes_at_improvements_the_end_and_when_cheap_enough():
+    from fer_tune.tune_runner import CheckpointSchedule
+
+    auto = CheckpointSchedule()
+    assert auto.due(1, 10.0, improved=True, final=False)
+    auto.written(1, cost=2.0)  # 2 s to write: the next unforced write waits for 40 s of training
+    assert not auto.due(2, 10.0, improved=False, final=False)
+    assert not auto.due(3, 10.0, improved=False, final=False)
+    assert auto.due(4, 20.0, improved=False, final=False)
+    assert auto.due(5, 1.0, improved=False, final=True)
+    every = CheckpointSchedule(every=3)
+    every.written(1, cost=1.0)
+    assert [every.due(e, 100.0, improved=False, final=False) for e in (2, 3, 4)] == [False, False, True]
