@@ -43,10 +43,11 @@ def test_transfer_train_reports_what_was_loaded(tiny_csv, tmp_path, capsys):
     assert "transfer: loaded" in capsys.readouterr().out
 
 
-def test_config_round_trip_and_smoke(tmp_path, capsys):
+def test_config_round_trip_and_smoke(tiny_csv, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("model: vgg_spinal\noptimizer: ranger21\nscheduler: none\nlr: 1e-3\nfreeze: true\n")
-    rc = main(["train", "--config", str(config), "--smoke", "--results", str(tmp_path), "--name", "s"])
+    rc = main(["train", "--config", str(config), "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path),
+               "--name", "s"])
     assert rc == 0
     saved = yaml.safe_load((tmp_path / "train" / "s" / "config.yaml").read_text())
     assert saved["model"] == "vgg_spinal" and saved["lr"] == 1e-3 and saved["epochs"] == 2
