@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from fer_tune.config import TrainConfig  # noqa: E402
 from fer_tune.engine import Trainer  # noqa: E402
 from fer_tune.files import write_text_atomic  # noqa: E402
 from fer_tune.models import create_model  # noqa: E402
+from fer_tune.tune_runner import ray_session  # noqa: E402
 
 TRAINING_IMAGES = 28_709  # FER2013 Training
 EPOCH_NOTE = "epoch = 28,709 training images at the measured rate"
@@ -52,8 +54,7 @@ EPOCH_NOTE = "epoch = 28,709 training images at the measured rate"
 class Plan:
     """How big each measurement is."""
 
-    models: tuple[tuple[str, float], ...]  # (model, width)
-    steps: int
+    models: tuple[tuple[str, float, int], ...]  # (model, width, training steps measured)
     batch: int
     eval_images: int
     packing: tuple[int, ...]
@@ -62,9 +63,10 @@ class Plan:
     loader_steps: int
 
 
-FULL = Plan(models=(("vgg", 1.0), ("vgg_spinal", 1.0), ("effnetv2s", 1.0), ("vit_l32", 1.0)), steps=200, batch=64,
-            eval_images=3589, packing=(1, 2, 4, 8), packing_images=4096, compile=True, loader_steps=100)
-TINY = Plan(models=(("vgg", 0.0625), ("vgg_spinal", 0.0625)), steps=3, batch=8, eval_images=32, packing=(1, 2),
+# ViT-L/32 takes fewer steps (each is ~30x a VGG step) and no compile, to stay within ~8 minutes
+FULL = Plan(models=(("vgg", 1.0, 200), ("vgg_spinal", 1.0, 200), ("effnetv2s", 1.0, 100), ("vit_l32", 1.0, 20)),
+            batch=64, eval_images=3589, packing=(1, 2, 4, 8), packing_images=4096, compile=True, loader_steps=100)
+TINY = Plan(models=(("vgg", 0.0625, 3), ("vgg_spinal", 0.0625, 3)), batch=8, eval_images=32, packing=(1, 2),
             packing_images=32, compile=False, loader_steps=3)
 
 
@@ -89,7 +91,7 @@ def _sync(device: torch.device) -> None:
 
 def _train_data(args: argparse.Namespace, plan: Plan) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], str]:
     """(train, val, where from): the real file's Training / PublicTest, or demo faces of that size."""
-    needed = max(plan.steps * plan.batch, plan.packing_images, plan.loader_steps * plan.batch)
+    needed = max(max(m[2] for m in plan.models) * plan.batch, plan.packing_images, plan.loader_steps * plan.batch)
     if args.data:
         from fer_tune.data import load_fer
 
@@ -110,10 +112,10 @@ def _config(model: str, width: float, batch: int, fast: bool) -> TrainConfig:
                        optimizer="sgd_nesterov", scheduler="none", **extra)
 
 
-def measure_throughput(model: str, width: float, fast: bool, compiled: bool, train, val, plan: Plan,
+def measure_throughput(model: str, width: float, steps: int, fast: bool, compiled: bool, train, val, plan: Plan,
                        device: torch.device) -> dict:
-    """Training images/s over ``plan.steps`` steps (after one warm-up step), and evaluation seconds."""
-    n = plan.steps * plan.batch
+    """Training images/s over ``steps`` steps (after one warm-up step), and evaluation seconds."""
+    n = steps * plan.batch
     trainer = Trainer(_config(model, width, plan.batch, fast), (train[0][:n], train[1][:n]), val, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -124,19 +126,20 @@ def measure_throughput(model: str, width: float, fast: bool, compiled: bool, tra
     started = time.perf_counter()
     trainer.train_one_epoch()  # one step: cuDNN autotuning, or torch.compile's compilation
     _sync(device)
-    trainer.batches_per_epoch = plan.steps
+    trainer.batches_per_epoch = steps
     if compiled:
         compile_s = time.perf_counter() - started
     started = time.perf_counter()
     trainer.train_one_epoch()
     _sync(device)
     train_s = time.perf_counter() - started
+    trainer.validate()  # warm-up: the evaluation shapes are new
     started = time.perf_counter()
     trainer.validate()
     _sync(device)
     eval_s = time.perf_counter() - started
     rate = n / train_s
-    return {"model": model, "width": width, "precision": "bf16 + channels-last" if fast else "fp32",
+    return {"model": model, "width": width, "precision": "bf16 + channels-last" if fast and device.type == "cuda" else "fp32",
             "compile": compiled, "images_per_s": round(rate, 1), "epoch_s": round(TRAINING_IMAGES / rate, 1),
             "eval_s_per_publictest": round(eval_s * 3589 / len(val[1]), 1), "compile_s": round(compile_s, 1),
             "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None}
@@ -206,18 +209,25 @@ def _packed_trial(images, labels, width: float, batch: int, device_name: str) ->
 def measure_packing(train, plan: Plan, device: torch.device) -> list[dict]:
     """k VGG trials at once through Ray fractional GPUs (CPU: one CPU each): trial-epochs per hour."""
     import ray
+    from ray import cloudpickle
 
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import bench/ by name
     on_gpu = device.type == "cuda"
-    ray.init(num_cpus=os.cpu_count(), num_gpus=1 if on_gpu else 0, include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR", configure_logging=False)
-    try:
+    with ray_session(print):
         n = plan.packing_images
         images, labels = ray.put(train[0][:n]), ray.put(train[1][:n])
         width = plan.models[0][1]
+        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         rows = []
+
+        def task_for(k: int):
+            return ray.remote(num_gpus=1 / k if on_gpu else 0, num_cpus=max(1, cluster_cpus // k))(_packed_trial)
+
+        most = max(plan.packing)  # warm-up: start the worker processes (torch import) outside the timings
+        ray.get([task_for(most).remote(images, labels, width, plan.batch, "cuda" if on_gpu else "cpu")
+                 for _ in range(most)])
         for k in plan.packing:
-            cpus = max(1, (os.cpu_count() or 1) // k)
-            task = ray.remote(num_gpus=1 / k if on_gpu else 0, num_cpus=cpus)(_packed_trial)
+            task = task_for(k)
             started = time.perf_counter()
             results = ray.get([task.remote(images, labels, width, plan.batch, "cuda" if on_gpu else "cpu")
                                for _ in range(k)])
@@ -230,8 +240,6 @@ def measure_packing(train, plan: Plan, device: torch.device) -> list[dict]:
         for row in rows:
             row["vs_one_trial"] = round(row["trial_epochs_per_hour"] / base, 2)
         return rows
-    finally:
-        ray.shutdown()
 
 
 def measure_checkpoints(plan: Plan) -> list[dict]:
@@ -296,12 +304,13 @@ def run(args: argparse.Namespace) -> Report:
     train, val, source = _train_data(args, plan)
     report = Report(card, str(device), source, torch.__version__, args.tiny)
     started = time.perf_counter()
-    for model, width in plan.models:
-        for fast, compiled in ((False, False), (True, False)) + (((True, True),) if plan.compile else ()):
-            if not fast and device.type == "cpu" and args.tiny and model != "vgg":
+    variants = ((False, False), (True, False), (True, True)) if device.type == "cuda" else ((False, False),)
+    for model, width, steps in plan.models:
+        for fast, compiled in variants:
+            if compiled and (not plan.compile or model.startswith("vit")):
                 continue
             try:
-                row = measure_throughput(model, width, fast, compiled, train, val, plan, device)
+                row = measure_throughput(model, width, steps, fast, compiled, train, val, plan, device)
             except Exception as exc:  # a model or compile that fails here is reported, not fatal
                 report.notes.append(f"{model} {'bf16' if fast else 'fp32'} compile={compiled}: failed ({exc!s:.200})")
                 continue
@@ -314,7 +323,9 @@ def run(args: argparse.Namespace) -> Report:
     report.packing = measure_packing(train, plan, device)
     print(f"[{time.perf_counter() - started:5.0f}s] packing: " + ", ".join(
         f"{r['trials']} trials {r['vs_one_trial']}x" for r in report.packing), flush=True)
-    report.checkpoints = measure_checkpoints(plan)
+    with warnings.catch_warnings():  # pytorch-ranger's own deprecation notice
+        warnings.simplefilter("ignore", UserWarning)
+        report.checkpoints = measure_checkpoints(plan)
     if args.tiny:
         report.notes.append("--tiny: narrow models, a few steps on the CPU; these figures say nothing about a GPU")
     return report
