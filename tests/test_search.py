@@ -187,22 +187,6 @@ def test_asha_stops_weak_trials_early(ray_local, tiny_data, tmp_path):
     assert (table.loc[table.stopped_early_by_asha, "epochs_run"] < 3).all()
 
 
-def test_diverging_trial_is_recorded_and_the_search_goes_on(ray_local, tiny_data, tmp_path):
-    space = _space_file(tmp_path, """
-        model: vgg
-        budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, num_trials: 2, max_concurrent: 2}
-        resources: {gpus_per_trial: 0, cpus_per_trial: 1}
-        fixed: {width: 0.125, batch_size: 32, scheduler: none, optimizer: sgd_nesterov}
-        space:
-          lr: {choice: [1.0e+6, 1.0e-3]}
-        paper_trial: {lr: 1.0e+6}
-    """)
-    outcome = run_search(str(space), tiny_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
-    table = outcome.trials.set_index("lr")
-    assert table.loc[1e6, "status"] == "diverged at epoch 1"
-    assert table.loc[1e-3, "status"] == "completed" and table.loc[1e-3, "epochs_run"] == 2
-
-
 def test_every_shipped_space_loads_and_validates():
     names = available_spaces()
     assert names == sorted(["vgg", "vgg_spinal", "vgg_progressive_spinal", "effnetv2s", "effnetv2s_spinal",
@@ -243,26 +227,49 @@ def test_unknown_search_name_and_nothing_to_resume(tiny_csv, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_patience_ends_a_trial_and_a_retraining_that_stopped_improving(ray_local, tiny_data, tmp_path):
-    """lr 1e-7 leaves the predictions as they are, so the validation accuracy never improves after epoch 1:
-    with patience 1 the trial ends after epoch 2 of 6 and the retraining likewise, each saying so."""
+def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, tiny_data, tmp_path):
+    """One small search and its retraining. lr 1e+6 diverges at epoch 1: recorded, and the search goes on.
+    lr 1e-7 leaves the predictions as they are, so the validation accuracy never improves after epoch 1:
+    with patience 1 the trial ends after epoch 2 of 6, and its retraining likewise, each saying so.
+    The space's fine-tune stage then trains the kept weights on at lr 1e-5, kept and scored apart."""
+    from fer_tune.checkpoint import load_checkpoint
+    from fer_tune.report import write_report
     from fer_tune.retrain import RetrainOptions, run_retrain
+    from fer_tune.scoring import score_runs
     from fer_tune.search import PATIENCE_STATUS
 
     space = _space_file(tmp_path, """
         model: vgg
-        budget: {max_epochs: 6, grace_period: 6, reduction_factor: 2, num_trials: 1, max_concurrent: 1, patience: 1}
-        resources: {gpus_per_trial: 0, cpus_per_trial: 2}
-        fixed: {width: 0.0625, batch_size: 64, scheduler: none, optimizer: adam}
+        budget: {max_epochs: 6, grace_period: 6, reduction_factor: 2, num_trials: 2, max_concurrent: 2, patience: 1}
+        resources: {gpus_per_trial: 0, cpus_per_trial: 1}
+        fixed: {width: 0.0625, batch_size: 64, scheduler: none, optimizer: sgd_nesterov}
         space:
-          lr: {choice: [1.0e-7]}
+          lr: {choice: [1.0e-7, 1.0e+6]}   # the seeded sampler draws 1e+6 for trial 2
+        paper_trial: {lr: 1.0e-7}
+        finetune: {epochs: 1, lr: 1.0e-5}
     """)
     outcome = run_search(str(space), tiny_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
-    row = outcome.trials.iloc[0]
-    assert (row.status, row.epochs_run, row.epochs_saved_by_patience) == (PATIENCE_STATUS, 2, 4)
-    assert not row.stopped_early_by_asha
-    runs, _ = run_retrain(outcome.folder, tiny_data, RetrainOptions(top_k=1, seeds=1), log=lambda s: None)
-    assert (runs.epochs_run.iloc[0], runs.epochs_saved_by_patience.iloc[0]) == (2, 4)
+    table = outcome.trials.set_index("lr")
+    assert table.loc[1e6, "status"] == "diverged at epoch 1"
+    calm = table.loc[1e-7]
+    assert (calm.status, calm.epochs_run, calm.epochs_saved_by_patience) == (PATIENCE_STATUS, 2, 4)
+    assert not calm.stopped_early_by_asha
+
+    lines: list[str] = []
+    runs, winners = run_retrain(outcome.folder, tiny_data, RetrainOptions(top_k=1, seeds=1), log=lines.append)
+    assert runs.stage.tolist() == ["finetune", "main"]
+    main_run = runs[runs.stage == "main"].iloc[0]
+    assert (main_run.epochs_run, main_run.epochs_saved_by_patience) == (2, 4)
+    assert any("then a fine-tune of 1 epochs at lr 1e-05" in line for line in lines)
+    tuned = load_checkpoint(outcome.folder / "winners" / "winner1_seed0_finetune.pt")
+    kept = load_checkpoint(outcome.folder / "winners" / "winner1_seed0.pt")
+    assert tuned["config"]["lr"] == 1e-5 and tuned["config"]["scheduler"] == "none" and tuned["phase"] == "finetune"
+    assert kept["phase"] == "select" and kept["config"]["lr"] == 1e-7
+    scored = score_runs(runs, tiny_data)
+    assert set(scored.winners.stage) == {"main", "finetune"}
+    report = write_report(outcome.folder, "vgg", runs, scored, {1: winners[0].config}, None).read_text()
+    assert "## After the fine-tune stage" in report and "## Headline: winner 1" in report
+    assert "early stopping (the budget's patience): 4 trial-epochs saved in the search, 4 epochs" in report
 
 
 def test_stalled_counts_epochs_since_the_first_best():

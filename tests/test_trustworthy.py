@@ -402,35 +402,3 @@ def test_finetune_stage_is_validated_in_the_search_space(tmp_path):
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(UserError, match="unknown key finetune.rate"):
         load_search_space(str(tmp_path / "bad.yaml"))
-
-
-@pytest.mark.slow
-def test_finetune_stage_runs_after_the_retraining_and_is_scored_apart(ray_local, tiny_data, tmp_path):
-    from fer_tune.manifest import SearchManifest
-    from fer_tune.report import write_report
-    from fer_tune.retrain import RetrainOptions, run_retrain
-    from fer_tune.scoring import score_runs
-
-    space = load_search_space("vgg_progressive_spinal").for_smoke()
-    folder = tmp_path / "vgg_progressive_spinal-smoke"
-    folder.mkdir()
-    SearchManifest(name=folder.name, space=space.path, model=space.model, base=space.base, metric="val_acc",
-                   mode="max", smoke=True, seed=0, budget={}, finetune=space.finetune).write(folder)
-    config = space.train_config({**paper_point(space), "freeze": False}, epochs=2).replace(epochs=2)
-    write_yaml(folder / "best_config.yaml", config.to_dict())
-    pd.DataFrame({"trial": [1], "trial_id": ["a"], "trial_path": [str(folder / "t")], "epochs_run": [2],
-                  "cpu_hours": [0.0], "gpu_hours": [0.0], "best_val_acc": [0.5], "status": ["completed"],
-                  **{k: [v] for k, v in paper_point(space).items()}, "freeze": [False]}).to_csv(
-        folder / "trials.csv", index=False)
-    lines: list[str] = []
-    runs, winners = run_retrain(folder, tiny_data, RetrainOptions(top_k=1, seeds=1), log=lines.append)
-    assert runs.stage.tolist() == ["finetune", "main"]
-    assert any("then a fine-tune of 1 epochs at lr 1e-05" in line for line in lines)
-    tuned = load_checkpoint(folder / "winners" / "winner1_seed0_finetune.pt")
-    main = load_checkpoint(folder / "winners" / "winner1_seed0.pt")
-    assert tuned["config"]["lr"] == 1e-5 and tuned["config"]["scheduler"] == "none" and tuned["phase"] == "finetune"
-    assert main["phase"] == "select" and main["config"]["lr"] == config.lr
-    scored = score_runs(runs, tiny_data)
-    assert set(scored.winners.stage) == {"main", "finetune"}
-    report = write_report(folder, space.model, runs, scored, {1: winners[0].config}, None).read_text()
-    assert "## After the fine-tune stage" in report and "## Headline: winner 1" in report
