@@ -27,13 +27,23 @@ class Parser(argparse.ArgumentParser):
 SEARCH_NUMBERS = {
     "trials": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
     "max_epochs": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
-    "gpus_per_trial": ("0 to 1 (a share of one GPU) or a whole number of GPUs up to 64",
-                       lambda v: math.isfinite(v) and 0 <= v <= 64 and (v <= 1 or v == int(v))),
+    "gpus_per_trial": ("0 to 1 (a share of one GPU), a whole number of GPUs up to 64, or auto",
+                       lambda v: v == "auto" or (math.isfinite(v) and 0 <= v <= 64 and (v <= 1 or v == int(v)))),
     "cpus_per_trial": ("above 0 and at most 1024", lambda v: math.isfinite(v) and 0 < v <= 1024),
     "seed": ("0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
     "top_k": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
     "seeds": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
 }
+
+
+def _gpu_share(text: str) -> float | str:
+    """``--gpus-per-trial``: a number, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value: {text!r} (a number such as 0.5, or auto)") from None
 
 
 def check_numbers(args: argparse.Namespace, rules: dict) -> None:
@@ -68,7 +78,8 @@ def _search_parser() -> argparse.ArgumentParser:
                    help="tiny budgets on the built-in demo data (or --data), CPU only: checks the whole path")
     p.add_argument("--trials", type=int, metavar="N", help="number of trials (default: the YAML's)")
     p.add_argument("--max-epochs", type=int, metavar="N", help="epochs of a trial ASHA never stops")
-    p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial, e.g. 0.5")
+    p.add_argument("--gpus-per-trial", type=_gpu_share, metavar="F",
+                   help="GPU share per trial, e.g. 0.5; auto: as many trials per GPU as fit (a probe measures one)")
     p.add_argument("--cpus-per-trial", type=float, metavar="N", help="CPUs per trial")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler and the base training")
     p.add_argument("--name", help="results folder name under --results (default: the search name)")

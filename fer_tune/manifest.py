@@ -45,6 +45,7 @@ class SearchManifest:
     base_source: str | None = None
     pretrained: str | None = None
     data: str | None = None
+    gpus_per_trial: float | None = None  # the GPU share each trial had
     kind: str = KIND
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     versions: dict[str, str] = field(default_factory=_versions)

@@ -251,6 +251,7 @@ def retrain_job(folder: Path, space: SearchSpace, plan: RetrainPlan, trial_data:
     return TuneJob(
         RETRAIN_EXPERIMENT, folder, retrain_trainable, {"data": trial_data, "plan": plan}, gpus, cpus,
         Progress(f"retraining {folder.name}", "val_acc", "max", runs, epochs, log),
+        probe=max((TrainConfig.from_mapping(w.config) for w in plan.winners), key=lambda c: c.batch_size),
         param_space={"winner": tune.grid_search([w.rank for w in plan.winners]),
                      "seed": tune.grid_search(list(range(opts.seeds)))})
 

@@ -310,6 +310,8 @@ def _search_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData
         opts.log(f"search {name}: {space.budget.num_trials} trials of {space.model}, up to "
                  f"{space.budget.max_epochs} epochs each, ASHA grace {space.budget.grace_period}; data {data.source}")
     results, resources = run_trials(job, restore, opts.log)
+    manifest.gpus_per_trial = resources["gpu"]  # the share the trials had (auto: what the probe chose)
+    manifest.write(folder)
     outcome = write_outputs(results, space, folder, resources, job.shared["data"], manifest.base_source)
     ran, full = asha_savings(outcome.trials, space.budget.max_epochs)
     opts.log(f"search {name} done in {time.perf_counter() - started:.0f}s: best {space.metric} "
@@ -359,4 +361,11 @@ def search_job(space: SearchSpace, name: str, folder: Path, trial_data: TrialDat
         space.resources.gpus_per_trial, space.resources.cpus_per_trial, progress,
         tune_config={"metric": space.metric, "mode": space.mode, "search_alg": searcher, "scheduler": scheduler,
                      "num_samples": budget.num_trials, "max_concurrent_trials": budget.max_concurrent},
-        keep_best=(space.metric, space.mode))
+        keep_best=(space.metric, space.mode), probe=largest_trial(space))
+
+
+def largest_trial(space: SearchSpace):
+    """The paper's trial at the space's largest batch size: what ``gpus_per_trial: auto`` measures."""
+    sizes = [v for p in space.params if p.name == "batch_size" for v in (p.values or (p.high,))]
+    config = space.train_config(paper_point(space))
+    return config.replace(batch_size=int(max(sizes + [config.batch_size])))

@@ -17,6 +17,7 @@ TOP_LEVEL_KEYS = ("description", "model", "metric", "budget", "resources", "fixe
                   "finetune", "smoke")
 FINETUNE_KEYS = ("epochs", "lr", "scheduler")  # an extra stage after the main run (paper Table 11)
 KINDS = ("choice", "loguniform", "uniform", "int")
+AUTO = "auto"  # gpus_per_trial: auto
 FIXED_ONLY = ("pretrained_path",)  # settings a space may fix for every trial but never sample
 TUNABLE = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "base_checkpoint", "epochs", "pretrained_path"))
 
@@ -52,15 +53,16 @@ class Budget:
 class Resources:
     """What one trial asks Ray for (the GPU share is dropped to 0 where Ray sees no GPU)."""
 
-    gpus_per_trial: float = 1.0
+    gpus_per_trial: float | str = 1.0  # or "auto": sized by a probe of one trial on the GPU (tune_runner)
     cpus_per_trial: float = 2.0
 
     def check(self, where: str) -> "Resources":
         """Itself, when the shares are finite and Ray can place them; else a :class:`UserError`."""
         gpus, cpus = self.gpus_per_trial, self.cpus_per_trial
+        share_ok = gpus == AUTO or (isinstance(gpus, float) and math.isfinite(gpus) and 0 <= gpus <= 64
+                                    and (gpus <= 1 or gpus == int(gpus)))
         rules = [
-            ("gpus_per_trial", math.isfinite(gpus) and 0 <= gpus <= 64 and (gpus <= 1 or gpus == int(gpus)),
-             "0 to 1 (a share of one GPU) or a whole number of GPUs up to 64"),
+            ("gpus_per_trial", share_ok, "0 to 1 (a share of one GPU), a whole number of GPUs up to 64, or auto"),
             ("cpus_per_trial", math.isfinite(cpus) and 0 < cpus <= 1024, "above 0 and at most 1024"),
         ]
         _check_rules(where, self, rules)
@@ -261,6 +263,9 @@ def _dataclass_from(src: str, key: str, cls, values: Any):
     for f in fields(cls):
         if f.name in values:
             value = values[f.name]
+            if f.name == "gpus_per_trial" and value == AUTO:
+                converted[f.name] = AUTO
+                continue
             try:
                 if isinstance(value, bool):
                     raise ValueError

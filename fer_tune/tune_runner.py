@@ -28,6 +28,9 @@ from fer_tune.models.vit import PretrainedViT
 from fer_tune.transfer import BaseWeights
 
 STATE_FILE = "state.pt"  # what a restarted trial continues from
+AUTO = "auto"  # gpus_per_trial: auto
+MAX_TRIALS_PER_GPU = 8
+MEMORY_HEADROOM = 1.25  # a trial's measured peak memory x this must fit, for each trial on a GPU
 MAX_FAILURES = 2  # a trial whose worker dies is retried this many times from its last checkpoint
 QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Ray's "Configuration for experiment" boxes and TensorBoard hint: off
@@ -181,13 +184,60 @@ def ray_session(log: Callable[[str], None]) -> Iterator[None]:
         ray.shutdown()
 
 
-def trial_resources(gpus: float, cpus: float) -> dict[str, float]:
+def trial_resources(job: "TuneJob", log: Callable[[str], None]) -> dict[str, float]:
     """What one trial asks Ray for: no GPU where the cluster has none (a GPU request would leave every
-    trial PENDING forever), and no more CPUs than the cluster has."""
+    trial PENDING forever), no more CPUs than the cluster has, and with ``gpus_per_trial: auto`` the
+    share a probe of one trial measured."""
     import ray
 
     cluster = ray.cluster_resources()
-    return {"cpu": min(cpus, max(cluster.get("CPU", 1), 1)), "gpu": gpus if cluster.get("GPU", 0) > 0 else 0.0}
+    cpus = min(job.cpus, max(cluster.get("CPU", 1), 1))
+    if cluster.get("GPU", 0) <= 0:
+        if job.gpus == AUTO:
+            log("gpus_per_trial auto: Ray sees no GPU, so the trials run on CPUs")
+        return {"cpu": cpus, "gpu": 0.0}
+    return {"cpu": cpus, "gpu": probe_gpu_share(job, log) if job.gpus == AUTO else float(job.gpus)}
+
+
+def trials_per_gpu(peak_bytes: int, total_bytes: int) -> int:
+    """How many trials fit on one GPU by memory, each with :data:`MEMORY_HEADROOM` over its measured
+    peak: 1 to :data:`MAX_TRIALS_PER_GPU`."""
+    return max(1, min(MAX_TRIALS_PER_GPU, int(total_bytes // max(peak_bytes * MEMORY_HEADROOM, 1))))
+
+
+def probe_gpu_share(job: "TuneJob", log: Callable[[str], None]) -> float:
+    """``gpus_per_trial: auto``: train a few batches of one trial (the job's largest batch) alone on a
+    whole GPU, measure its peak memory and speed, and give each trial 1/k of a GPU, k as many as fit."""
+    import ray
+
+    probe = ray.remote(num_gpus=1, num_cpus=1)(_probe_trial)
+    peak, total, rate = ray.get(probe.remote(job.shared["data"], job.probe))
+    k = trials_per_gpu(peak, total)
+    log(f"gpus_per_trial auto: one {job.probe.model} trial (batch {job.probe.batch_size}) peaks at "
+        f"{peak / 1e9:.2f} GB of {total / 1e9:.0f} GB and trains {rate:.0f} images/s alone; {k} trial(s) per GPU, "
+        f"a share of {1 / k:.4g} each")
+    return round(1 / k, 4)
+
+
+def _probe_trial(data: TrialData, config: TrainConfig, steps: int = 3) -> tuple[int, int, float]:
+    """(peak bytes, total bytes, training images/s) of ``config`` on this task's GPU."""
+    import torch
+
+    n = config.batch_size * (steps + 1)
+    subset = TrialData(data.train_images[:n], data.train_labels[:n], data.val_images[: config.eval_batch_size],
+                       data.val_labels[: config.eval_batch_size], data.base, data.pretrained)
+    trainer = subset.trainer(config)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.batches_per_epoch = 1
+    trainer.train_one_epoch()  # warm-up
+    trainer.batches_per_epoch = steps
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    trainer.train_one_epoch()
+    torch.cuda.synchronize()
+    rate = steps * config.batch_size / (time.perf_counter() - started)
+    trainer.validate()  # evaluation batches are larger: their peak counts too
+    return torch.cuda.max_memory_allocated(), torch.cuda.get_device_properties(0).total_memory, rate
 
 
 def trial_dirname(trial) -> str:
@@ -288,12 +338,13 @@ class TuneJob:
     folder: Path
     trainable: Callable
     shared: dict[str, Any]  # passed to every trial through the object store (tune.with_parameters)
-    gpus: float
+    gpus: float | str  # a share, or "auto"
     cpus: float
     progress: Progress
     param_space: dict[str, Any] | None = None
     tune_config: dict[str, Any] = field(default_factory=dict)  # search_alg, scheduler, num_samples, ...
     keep_best: tuple[str, str] | None = None  # (metric, mode): keep the best checkpoint; None = the latest
+    probe: TrainConfig | None = None  # gpus "auto": the trial a probe measures
 
     @property
     def path(self) -> Path:
@@ -325,7 +376,7 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
     from ray import tune
 
     with ray_session(log):
-        resources = trial_resources(job.gpus, job.cpus)
+        resources = trial_resources(job, log)
         trainable = tune.with_resources(tune.with_parameters(job.trainable, **job.shared), resources)
         if restore:
             tuner = tune.Tuner.restore(str(job.path), trainable=trainable, resume_unfinished=True,

@@ -1,0 +1,59 @@
+"""The Tune runner's own rules: trial resources (gpus_per_trial auto), the progress line."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fer_tune import tune_runner
+from fer_tune.errors import UserError
+from fer_tune.search_space import load_search_space
+from fer_tune.tune_runner import Progress, TuneJob, trial_resources, trials_per_gpu
+
+
+def test_trials_per_gpu_fit_by_measured_memory_with_headroom():
+    gb = 1e9
+    assert trials_per_gpu(int(10 * gb), int(141 * gb)) == 8  # 141 GB holds 11 such trials; at most 8 share a GPU
+    assert trials_per_gpu(int(30 * gb), int(141 * gb)) == 3  # 30 GB x 1.25 = 37.5 GB each
+    assert trials_per_gpu(int(120 * gb), int(141 * gb)) == 1
+
+
+def _job(gpus) -> TuneJob:
+    progress = Progress("search x", "val_acc", "max", 1, 1, print)
+    return TuneJob("ray", None, None, {"data": None}, gpus, 2.0, progress)
+
+
+def test_auto_gpu_share_is_probed_on_a_gpu_cluster_and_zero_without_one(monkeypatch):
+    import ray
+
+    lines: list[str] = []
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    assert trial_resources(_job("auto"), lines.append) == {"cpu": 2.0, "gpu": 0.0}
+    assert lines == ["gpus_per_trial auto: Ray sees no GPU, so the trials run on CPUs"]
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    monkeypatch.setattr(tune_runner, "probe_gpu_share", lambda job, log: 0.25)
+    assert trial_resources(_job("auto"), lines.append) == {"cpu": 2.0, "gpu": 0.25}
+    assert trial_resources(_job(0.5), lines.append) == {"cpu": 2.0, "gpu": 0.5}
+
+
+def test_auto_is_accepted_in_the_yaml_and_on_the_command_line(tmp_path, capsys):
+    from fer_tune.cli import main
+
+    path = tmp_path / "auto.yaml"
+    path.write_text("model: vgg\nresources: {gpus_per_trial: auto, cpus_per_trial: 2}\n")
+    assert load_search_space(str(path)).resources.gpus_per_trial == "auto"
+    path.write_text("model: vgg\nresources: {gpus_per_trial: most}\n")
+    with pytest.raises(UserError, match="resources.gpus_per_trial = 'most' is not a valid"):
+        load_search_space(str(path))
+    assert main(["--search", "vgg", "--gpus-per-trial", "some", "--smoke"]) == 2
+    assert "invalid value: 'some' (a number such as 0.5, or auto)" in capsys.readouterr().err
+
+
+def test_progress_line_shows_elapsed_time_left_and_the_best():
+    progress = Progress("search demo", "val_acc", "max", trials=2, epochs_per_trial=2, log=print)
+    first = progress.line("a", 1, 0.5, {"running": 2})
+    assert re.match(r"\[\d\d:\d\d:\d\d 0:00:\d\d left ~\d:\d\d:\d\d\] search demo a epoch 1/2: val_acc 0.5000 \| "
+                    r"2 running \| best 0.5000 \(a\)$", first)
+    progress.line("b", 1, 0.7, {"running": 2})
+    assert progress.line("a", 2, 0.6, {"running": 1, "done": 1}).endswith("best 0.7000 (b)")
