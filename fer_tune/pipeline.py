@@ -8,6 +8,7 @@ reads the test split (PrivateTest); everything before it sees Training and Publi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,10 +24,18 @@ from fer_tune.search import SearchOptions, run_search
 
 def search_to_report(space_name: str, data: FerData, search: SearchOptions, retrain: RetrainOptions | None
                      ) -> Path:
-    """Search, then (unless ``retrain`` is None) retrain, score and report; returns the search folder."""
-    outcome = run_search(space_name, data, search)
-    if retrain is not None:
-        retrain_and_report(outcome.folder, data, retrain, search.log)
+    """Search, then (unless ``retrain`` is None) retrain, score and report; returns the search folder.
+    The Ray the search starts (after every check, and after a base trained first) serves the retraining too."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    try:
+        outcome = run_search(space_name, data, replace(search, keep_ray=retrain is not None))
+        if retrain is not None:
+            retrain_and_report(outcome.folder, data, retrain, search.log)
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()
     return outcome.folder
 
 

@@ -55,6 +55,7 @@ class SearchOptions:
     smoke: bool = False
     base_checkpoint: str | None = None
     pretrained: str | None = None  # ViT: a local pretrained folder, or "from_scratch"
+    keep_ray: bool = False  # leave the Ray the search started running, for the retraining that follows
     log: Callable[[str], None] = field(default=print)
 
 
@@ -303,7 +304,8 @@ def _search_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData
         space = adopt_base_architecture(space, base, opts.log)
         manifest.base_source = base.source
         manifest.write(folder)
-    job = search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log)
+    job = replace(search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log),
+                  keep_ray=opts.keep_ray)
     if restore:
         opts.log(f"resuming search {name} from {job.path}: {finished_trials(job.path)} trial(s) already finished")
     else:

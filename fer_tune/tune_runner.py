@@ -163,9 +163,9 @@ def _quiet_ray() -> None:
 
 
 @contextmanager
-def ray_session(log: Callable[[str], None]) -> Iterator[None]:
+def ray_session(log: Callable[[str], None], keep: bool = False) -> Iterator[None]:
     """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (dashboard off); shut it down at the
-    end only if it was started here (a search and its retraining share one)."""
+    end only if it was started here and ``keep`` is off (a search keeps it for its retraining)."""
     import ray
 
     _quiet_ray()
@@ -181,7 +181,8 @@ def ray_session(log: Callable[[str], None]) -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        if not keep:
+            ray.shutdown()
 
 
 def trial_resources(job: "TuneJob", log: Callable[[str], None]) -> dict[str, float]:
@@ -345,6 +346,7 @@ class TuneJob:
     tune_config: dict[str, Any] = field(default_factory=dict)  # search_alg, scheduler, num_samples, ...
     keep_best: tuple[str, str] | None = None  # (metric, mode): keep the best checkpoint; None = the latest
     probe: TrainConfig | None = None  # gpus "auto": the trial a probe measures
+    keep_ray: bool = False  # leave a Ray started here running (the retraining follows)
 
     @property
     def path(self) -> Path:
@@ -375,7 +377,7 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
     same command continues)."""
     from ray import tune
 
-    with ray_session(log):
+    with ray_session(log, keep=job.keep_ray):
         resources = trial_resources(job, log)
         trainable = tune.with_resources(tune.with_parameters(job.trainable, **job.shared), resources)
         if restore:
