@@ -99,6 +99,8 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="paper", choices=["paper", "trainval"],
                    help="paper: train on Training, select on PublicTest; trainval: then refit on Training + PublicTest")
     p.add_argument("--report", action="store_true", help="gather every scored search under --results into leaderboard.md")
+    p.add_argument("--analyze", metavar="NAME",
+                   help="what the finished search results/NAME learned: importances, factor tables, plots -> analysis.md")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fresh", action="store_true", help="discard an earlier search of this name and start over")
     g.add_argument("--resume", action="store_true", help="continue an earlier search (an error if there is none)")
@@ -173,7 +175,7 @@ def _load_data(path: str | None, smoke: bool):
 def _cmd_search(argv: list[str]) -> int:
     args = _search_parser().parse_args(argv)
     check_numbers(args, SEARCH_NUMBERS)
-    for option in ("name", "retrain"):
+    for option in ("name", "retrain", "analyze"):
         if getattr(args, option) is not None:
             check_run_name(getattr(args, option), f"--{option}")
     if args.list:
@@ -182,6 +184,14 @@ def _cmd_search(argv: list[str]) -> int:
         from fer_tune.report import write_leaderboard
 
         print(f"leaderboard: {write_leaderboard(Path(args.results))}")
+        return 0
+    if args.analyze:
+        folder = Path(args.results) / args.analyze
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such search folder; run --search first (or give --results)")
+        from fer_tune.analysis import analyze
+
+        analyze(folder)
         return 0
     from fer_tune.pipeline import retrain_and_report, search_to_report
 

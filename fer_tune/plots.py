@@ -79,3 +79,19 @@ def plot_search(curves: dict[str, Sequence[float]], path: Path, model: str) -> P
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_importances(found: dict[str, dict[str, float]], path: Path) -> Path:
+    """Horizontal bars: each hyperparameter's importance, one bar per method (fANOVA, PED-ANOVA)."""
+    params = sorted({p for values in found.values() for p in values})
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(params) + 1.5), dpi=100)
+    height = 0.8 / max(len(found), 1)
+    for i, (method, values) in enumerate(found.items()):
+        ax.barh([k + i * height for k in range(len(params))], [values.get(p, 0.0) for p in params], height=height,
+                label=method)
+    ax.set_yticks([k + height * (len(found) - 1) / 2 for k in range(len(params))], params)
+    ax.set_xlabel("importance")
+    ax.set_title("hyperparameter importance", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -35,6 +35,7 @@ from fer_tune.tune_runner import (Progress, TrialData, TuneJob, can_resume, fini
                                   trial_number)
 
 EXPERIMENT = "ray"
+OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
 PATIENCE_STATUS = "stopped: no better score within patience"  # the budget's early stopping
 SCORED_STATUSES = ("completed", "stopped by ASHA", PATIENCE_STATUS)  # trials.csv rows a retraining may pick
 
@@ -304,8 +305,8 @@ def _search_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData
         space = adopt_base_architecture(space, base, opts.log)
         manifest.base_source = base.source
         manifest.write(folder)
-    job = replace(search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log),
-                  keep_ray=opts.keep_ray)
+    job = replace(search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log,
+                             restore), keep_ray=opts.keep_ray)
     if restore:
         opts.log(f"resuming search {name} from {job.path}: {finished_trials(job.path)} trial(s) already finished")
     else:
@@ -339,8 +340,20 @@ def _fresh_manifest(space: SearchSpace, name: str, folder: Path, data: FerData, 
 
 
 def search_job(space: SearchSpace, name: str, folder: Path, trial_data: TrialData, seed: int,
-               log: Callable[[str], None]) -> TuneJob:
-    """The Tune experiment of a search: OptunaSearch (seeded TPE, the paper's settings first) + ASHA."""
+               log: Callable[[str], None], restore: bool = False) -> TuneJob:
+    """The Tune experiment of a search: OptunaSearch (seeded TPE, the paper's settings first, its study
+    kept in ``optuna.db`` under the search's name) + ASHA. A restored search keeps its own searcher."""
+    budget = space.budget
+    progress = Progress(f"search {name}", space.metric, space.mode, budget.num_trials, budget.max_epochs, log,
+                        upper_bound=True)
+    return TuneJob(
+        EXPERIMENT, folder, search_trainable, {"data": trial_data, "space": space},
+        space.resources.gpus_per_trial, space.resources.cpus_per_trial, progress,
+        tune_config={} if restore else _optuna_and_asha(space, name, folder, seed),
+        keep_best=(space.metric, space.mode), probe=largest_trial(space))
+
+
+def _optuna_and_asha(space: SearchSpace, name: str, folder: Path, seed: int) -> dict[str, Any]:
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -353,17 +366,18 @@ def search_job(space: SearchSpace, name: str, folder: Path, trial_data: TrialDat
         metric=space.metric,  # a define-by-run space needs metric / mode on the searcher itself
         mode=space.mode,
         seed=seed,
+        study_name=name,
+        storage=optuna.storages.RDBStorage(study_storage(folder)),
     )
     scheduler = ASHAScheduler(time_attr="epoch", max_t=budget.max_epochs, grace_period=budget.grace_period,
                               reduction_factor=budget.reduction_factor)
-    progress = Progress(f"search {name}", space.metric, space.mode, budget.num_trials, budget.max_epochs, log,
-                        upper_bound=True)
-    return TuneJob(
-        EXPERIMENT, folder, search_trainable, {"data": trial_data, "space": space},
-        space.resources.gpus_per_trial, space.resources.cpus_per_trial, progress,
-        tune_config={"metric": space.metric, "mode": space.mode, "search_alg": searcher, "scheduler": scheduler,
-                     "num_samples": budget.num_trials, "max_concurrent_trials": budget.max_concurrent},
-        keep_best=(space.metric, space.mode), probe=largest_trial(space))
+    return {"metric": space.metric, "mode": space.mode, "search_alg": searcher, "scheduler": scheduler,
+            "num_samples": budget.num_trials, "max_concurrent_trials": budget.max_concurrent}
+
+
+def study_storage(folder: Path) -> str:
+    """The Optuna storage URL of the search in ``folder`` (``optuna-dashboard`` opens it too)."""
+    return f"sqlite:///{(folder / OPTUNA_DB).resolve()}"
 
 
 def largest_trial(space: SearchSpace):

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 
@@ -177,3 +178,6 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(tiny_csv,
     (kept,) = (folder / "retrain").glob(f"*{retrained.group(1)}")
     assert pd.read_csv(kept / "progress.csv").epoch.tolist() == [1, 2]  # trained once, not again
     assert (folder / "report.md").is_file()
+    # the resumed search went on in the same Optuna study: one Optuna trial per Tune trial
+    study = optuna.load_study(study_name="killme", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert len(study.trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

@@ -167,6 +167,24 @@ def test_smoke_manifest_and_leaderboard(smoke_chain):
     assert "| vgg_spinal-smoke | vgg_spinal | " in (smoke_chain.results / "leaderboard.md").read_text()
 
 
+def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
+    import optuna
+
+    folder = smoke_chain.folder
+    study = optuna.load_study(study_name="vgg_spinal-smoke", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert len(study.trials) == 4 and study.trials[0].params["lr"] == pytest.approx(1e-3)  # the paper's trial first
+    assert main(["--analyze", "vgg_spinal-smoke", "--results", str(smoke_chain.results)]) == 0
+    assert f"analysis: {folder / 'analysis.md'}" in capsys.readouterr().out
+    text = (folder / "analysis.md").read_text()
+    assert "## Hyperparameter importance" in text and "| parameter | fANOVA" in text
+    trials = pd.read_csv(folder / "trials.csv")
+    for optimizer, best in trials.groupby("optimizer").best_val_acc.max().items():
+        assert re.search(rf"\| {optimizer} \| \d+ \| [0-9.]+ \| {best:.4f} \|", text), optimizer
+    assert f"- {trials.epochs_run.sum()} trial-epochs run of 8 had every trial run its 2 epochs" in text
+    for picture in ("importance.png", "slice.png", "parallel_coordinate.png"):
+        assert (folder / picture).stat().st_size > 5000
+
+
 def test_asha_stops_weak_trials_early(ray_local, tiny_data, tmp_path):
     space = _space_file(tmp_path, """
         model: vgg

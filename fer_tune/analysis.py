@@ -1,0 +1,149 @@
+"""``launch.py --analyze NAME``: what a finished search learned, from its Optuna study and trials.csv.
+
+Writes ``analysis.md`` (hyperparameter importances by fANOVA and PED-ANOVA, the paper's factor
+tables: the validation score per optimizer, scheduler, freeze, activation, batch size and optimizer x
+scheduler, and the compute spent and saved) with ``importance.png``, ``slice.png`` and
+``parallel_coordinate.png``. Validation scores only: PrivateTest is not read here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from fer_tune.errors import UserError
+from fer_tune.files import write_text_atomic
+from fer_tune.manifest import read_manifest
+from fer_tune.plots import plot_importances, save_figure
+from fer_tune.run_folder import require_search_folder
+from fer_tune.search import OPTUNA_DB, SCORED_STATUSES, study_storage
+
+FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
+
+
+def load_study(folder: Path):
+    """The Optuna study of the search in ``folder`` (a :class:`UserError` when it has none)."""
+    import optuna
+
+    manifest = read_manifest(require_search_folder(folder))
+    if not (folder / OPTUNA_DB).is_file():
+        raise UserError(f"{folder}: no {OPTUNA_DB} (the search ran with an older fer-tune, or has not started); "
+                        f"run the search again with --fresh to keep its Optuna study")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=manifest.name, storage=study_storage(folder))
+
+
+def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """{method: {parameter: importance}} by fANOVA and PED-ANOVA, and a note for each that could not run."""
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+
+    found, notes = {}, []
+    for method, evaluator in (("fANOVA", FanovaImportanceEvaluator(seed=0)), ("PED-ANOVA", PedAnovaImportanceEvaluator())):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                found[method] = dict(get_param_importances(study, evaluator=evaluator))
+        except (RuntimeError, ValueError) as exc:
+            notes.append(f"{method} could not run on this study ({str(exc).splitlines()[0]})")
+    return found, notes
+
+
+def factor_table(trials: pd.DataFrame, factor: str, score: str) -> pd.DataFrame:
+    """Per value of ``factor``: trials, mean and best validation score, mean epochs run (scored trials only)."""
+    table = trials.groupby(trials[factor].astype(str)).agg(
+        trials=(score, "size"), mean=(score, "mean"), best=(score, "max"), epochs=("epochs_run", "mean"))
+    return table.sort_values("best", ascending=False)
+
+
+def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
+    """Write analysis.md and its PNGs into ``folder``; returns the Markdown's path."""
+    study = load_study(folder)
+    manifest = read_manifest(folder)
+    trials_csv = folder / "trials.csv"
+    if not trials_csv.is_file():
+        raise UserError(f"{folder}: no trials.csv yet; let the search finish (run the same --search again)")
+    trials = pd.read_csv(trials_csv)
+    score = f"best_{manifest.metric}"
+    scored = trials[trials.status.isin(SCORED_STATUSES) & trials[score].notna()]
+    found, notes = importances(study)
+    lines = [f"# What the search `{manifest.name}` learned ({manifest.model})", "",
+             f"{len(trials)} trials, {len(scored)} with a score. Scores: `{score}`, the best validation "
+             f"({'PublicTest' if manifest.metric.startswith('val') else manifest.metric}) {manifest.metric} of each "
+             "trial; PrivateTest is not read here. Importances are computed from the Optuna study "
+             f"(`{OPTUNA_DB}`: the value Optuna was told, the trial's last reported {manifest.metric}).", ""]
+    lines += _importance_lines(found, notes, folder)
+    lines += _factor_lines(scored, score)
+    lines += _compute_lines(trials, manifest.budget.get("max_epochs"))
+    lines += _plot_lines(study, folder)
+    path = write_text_atomic(folder / "analysis.md", "\n".join(lines) + "\n")
+    log(f"analysis: {path}")
+    return path
+
+
+def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], folder: Path) -> list[str]:
+    lines = ["## Hyperparameter importance", ""]
+    if found:
+        params = sorted({p for values in found.values() for p in values},
+                        key=lambda p: -max(values.get(p, 0.0) for values in found.values()))
+        methods = list(found)
+        lines += ["| parameter | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        lines += [f"| {p} | " + " | ".join(f"{found[m][p]:.3f}" if p in found[m] else "-" for m in methods) + " |"
+                  for p in params]
+        plot_importances(found, folder / "importance.png")
+        lines += ["", "![importance](importance.png)"]
+    lines += [f"- {note}" for note in notes]
+    return lines + ["", "`-`: a method that leaves out a parameter not every trial has (fANOVA and the scheduler, "
+                    "which is not sampled when Ranger21 is drawn).", ""]
+
+
+def _factor_lines(scored: pd.DataFrame, score: str) -> list[str]:
+    lines = ["## The paper's factors (validation score per value)", ""]
+    for factor in FACTORS:
+        if factor not in scored or scored[factor].nunique(dropna=True) < 1:
+            continue
+        lines += [f"### {factor}", "", "| value | trials | mean | best | mean epochs run |", "|---|---|---|---|---|"]
+        for value, row in factor_table(scored, factor, score).iterrows():
+            lines.append(f"| {value} | {int(row.trials)} | {row['mean']:.4f} | {row.best:.4f} | {row.epochs:.1f} |")
+        lines.append("")
+    if {"optimizer", "scheduler"} <= set(scored):
+        pivot = scored.pivot_table(index="optimizer", columns=scored.scheduler.fillna("none"), values=score,
+                                   aggfunc="max")
+        lines += ["### best score, optimizer x scheduler", "", "| optimizer | " + " | ".join(pivot.columns) + " |",
+                  "|---|" + "---|" * len(pivot.columns)]
+        for optimizer, row in pivot.iterrows():
+            lines.append(f"| {optimizer} | " + " | ".join("" if pd.isna(v) else f"{v:.4f}" for v in row) + " |")
+        lines.append("")
+    return lines
+
+
+def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
+    run = int(trials.epochs_run.sum())
+    full = int(len(trials) * max_epochs) if max_epochs else run
+    patience = int(trials.get("epochs_saved_by_patience", pd.Series([0])).sum())
+    return ["## Compute", "",
+            f"- {run} trial-epochs run of {full} had every trial run its {max_epochs} epochs "
+            f"({full - run} saved: ASHA, early stopping ({patience} by patience) and divergence)",
+            f"- {trials.wall_time_s.sum() / 3600:.4f} hours of trial time, {trials.gpu_hours.sum():.4f} GPU-hours, "
+            f"{trials.cpu_hours.sum():.4f} CPU-hours", ""]
+
+
+def _plot_lines(study, folder: Path) -> list[str]:
+    """slice.png and parallel_coordinate.png from Optuna's matplotlib plots."""
+    import numpy as np
+    from optuna.visualization import matplotlib as optuna_plots
+
+    lines = ["## Every trial", ""]
+    for name, draw in (("slice", optuna_plots.plot_slice), ("parallel_coordinate", optuna_plots.plot_parallel_coordinate)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = draw(study)
+        except (RuntimeError, ValueError) as exc:
+            lines.append(f"- {name}: not drawn ({str(exc).splitlines()[0]})")
+            continue
+        save_figure(np.atleast_1d(axes).ravel()[0].figure, folder / f"{name}.png")
+        lines += [f"![{name}]({name}.png)", ""]
+    return lines
