@@ -106,7 +106,24 @@ def test_smoke_trials_table_starts_with_the_paper_trial(smoke_chain):
     paper = paper_point(load_search_space("vgg_spinal"))  # Table 10: Ranger21, lr 1e-3, wd 5e-4, frozen
     assert {k: first[k] for k in paper} == pytest.approx(paper)
     assert first.scheduler == "none"
-    assert list(smoke_chain.folder.glob("ray/trial_*/events.out.tfevents.*"))
+
+
+def test_smoke_tensorboard_has_every_trials_curves_and_hparams(smoke_chain):
+    """What `tensorboard --logdir results/NAME/ray` shows: each trial's val_acc per epoch, and its sampled
+    hyperparameters in the HParams tab (read back with TensorBoard's own event reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    table = pd.read_csv(smoke_chain.folder / "trials.csv")
+    for row in table.itertuples():
+        (events,) = Path(row.trial_path).glob("events.out.tfevents.*")
+        reader = EventAccumulator(str(events))
+        reader.Reload()
+        assert len(reader.Scalars("ray/tune/val_acc")) == row.epochs_run
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            reader.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze"} <= set(start.hparams)
+        assert start.hparams["lr"].number_value == pytest.approx(row.lr)
 
 
 def test_smoke_best_config_trains_again(smoke_chain, tiny_csv, tmp_path):
