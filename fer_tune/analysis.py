@@ -3,7 +3,8 @@
 Writes ``analysis.md`` (hyperparameter importances by fANOVA and PED-ANOVA, the paper's factor
 tables: the validation score per optimizer, scheduler, freeze, activation, batch size and optimizer x
 scheduler, and the compute spent and saved) with ``importance.png``, ``slice.png`` and
-``parallel_coordinate.png``. Validation scores only: PrivateTest is not read here.
+``parallel_coordinate.png`` and ``importance.csv``. Validation scores only: PrivateTest is not read here.
+Each Optuna trial carries how it ended (user attribute ``fer_tune_status``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from typing import Callable
 import pandas as pd
 
 from fer_tune.errors import UserError
-from fer_tune.files import write_text_atomic
+from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.plots import plot_importances, save_figure
 from fer_tune.run_folder import require_search_folder
 from fer_tune.search import OPTUNA_DB, SCORED_STATUSES, study_storage
 
 FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
+IMPORTANCE_CSV = "importance.csv"
 
 
 def load_study(folder: Path):
@@ -52,9 +54,11 @@ def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
 
 
 def factor_table(trials: pd.DataFrame, factor: str, score: str) -> pd.DataFrame:
-    """Per value of ``factor``: trials, mean and best validation score, mean epochs run (scored trials only)."""
+    """Per value of ``factor`` (the paper's Tables 4-13): trials, best and median validation score, mean
+    epochs run, GPU- and CPU-hours (scored trials only)."""
     table = trials.groupby(trials[factor].astype(str)).agg(
-        trials=(score, "size"), mean=(score, "mean"), best=(score, "max"), epochs=("epochs_run", "mean"))
+        trials=(score, "size"), best=(score, "max"), median=(score, "median"), epochs=("epochs_run", "mean"),
+        gpu_hours=("gpu_hours", "sum"), cpu_hours=("cpu_hours", "sum"))
     return table.sort_values("best", ascending=False)
 
 
@@ -93,6 +97,7 @@ def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], fold
         lines += [f"| {p} | " + " | ".join(f"{found[m][p]:.3f}" if p in found[m] else "-" for m in methods) + " |"
                   for p in params]
         plot_importances(found, folder / "importance.png")
+        write_csv_atomic(pd.DataFrame(found).rename_axis("parameter").reset_index(), folder / IMPORTANCE_CSV)
         lines += ["", "![importance](importance.png)"]
     lines += [f"- {note}" for note in notes]
     return lines + ["", "`-`: a method that leaves out a parameter not every trial has (fANOVA and the scheduler, "
@@ -100,13 +105,17 @@ def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], fold
 
 
 def _factor_lines(scored: pd.DataFrame, score: str) -> list[str]:
-    lines = ["## The paper's factors (validation score per value)", ""]
+    lines = ["## The paper's factors (validation score per value)", "",
+             "Caution: a trial that ASHA (or early stopping) ended is compared at the epoch it stopped, so the "
+             "scores of short trials understate what they would have reached.", ""]
     for factor in FACTORS:
         if factor not in scored or scored[factor].nunique(dropna=True) < 1:
             continue
-        lines += [f"### {factor}", "", "| value | trials | mean | best | mean epochs run |", "|---|---|---|---|---|"]
+        lines += [f"### {factor}", "", "| value | trials | best | median | mean epochs run | GPU-hours | CPU-hours |",
+                  "|---|---|---|---|---|---|---|"]
         for value, row in factor_table(scored, factor, score).iterrows():
-            lines.append(f"| {value} | {int(row.trials)} | {row['mean']:.4f} | {row.best:.4f} | {row.epochs:.1f} |")
+            lines.append(f"| {value} | {int(row.trials)} | {row.best:.4f} | {row['median']:.4f} | {row.epochs:.1f} | "
+                         f"{row.gpu_hours:.4f} | {row.cpu_hours:.4f} |")
         lines.append("")
     if {"optimizer", "scheduler"} <= set(scored):
         pivot = scored.pivot_table(index="optimizer", columns=scored.scheduler.fillna("none"), values=score,

@@ -1,4 +1,4 @@
-"""The one way through: search -> retrain -> score -> report.
+"""The one way through: search -> analysis -> retrain -> score -> report.
 
 ``launch.py --search NAME`` runs all four; ``launch.py --retrain NAME`` starts at the retraining of
 a finished search. Each Tune step starts Ray only once its inputs are checked (and the base model,
@@ -14,6 +14,7 @@ from typing import Callable
 
 import pandas as pd
 
+from fer_tune.analysis import analyze
 from fer_tune.data import FerData
 from fer_tune.files import write_csv_atomic
 from fer_tune.report import headline_winner, write_report
@@ -31,6 +32,7 @@ def search_to_report(space_name: str, data: FerData, search: SearchOptions, retr
     started_here = not ray.is_initialized()
     try:
         outcome = run_search(space_name, data, replace(search, keep_ray=retrain is not None))
+        analyze(outcome.folder, search.log)
         if retrain is not None:
             retrain_and_report(outcome.folder, data, retrain, search.log)
     finally:

@@ -112,7 +112,9 @@ def _protocol_lines(folder: Path, model: str, protocol: str, scored: ScoredRuns,
            "select on PublicTest, then refit on Training + PublicTest for the selected epochs")
     return [
         f"# {model}: search, retraining and PrivateTest scores", "",
-        f"Search folder `{folder}`; base weights: {base_source or 'none (trained from scratch)'}.",
+        f"Search folder `{folder}`; base weights: {base_source or 'none (trained from scratch)'}."
+        + (" What the search learned (importances, factor tables): [analysis.md](analysis.md)."
+           if (folder / "analysis.md").is_file() else ""),
         f"Protocol: **{protocol}** ({how}); test split **{scored.test_split}** scored once per run, ten-crop "
         "unless noted.",
         f"Leakage-free {scored.test_split}: {scored.left_out} test images whose exact pixels also appear in the "
@@ -255,7 +257,8 @@ def write_leaderboard(results_dir: Path) -> Path:
         paper = PAPER_RESULTS.get(model)
         rows.append(f"| {folder.name} | {model} | {int(best.winner)} | {_pct(best.accuracy_mean)} +- "
                     f"{_pct(best.accuracy_std)} | {_num(best.get('f1_of_macro_pr_mean'))} | {_num(best.macro_f1_mean)} | "
-                    f"{_pct(best.leak_free_accuracy_mean)} | {best.protocol} | {_pct(paper[1]) if paper else ''} |")
+                    f"{_pct(best.leak_free_accuracy_mean)} | {best.protocol} | {_pct(paper[1]) if paper else ''} | "
+                    f"{_top_knob(folder)} |")
     if not rows:
         from fer_tune.errors import UserError
 
@@ -264,9 +267,21 @@ def write_leaderboard(results_dir: Path) -> Path:
              f"One row per search: its headline winner, {HEADLINE_RULE}. Its PrivateTest figures (ten-crop), "
              "mean +- std over seeds.", "",
              "| search | model | winner | accuracy | F1 of macro P and R | macro F1 (mean of per-class F1) | "
-             "leakage-free acc. | protocol | paper |",
-             "|---|---|---|---|---|---|---|---|---|", *rows]
+             "leakage-free acc. | protocol | paper | most important knob (fANOVA, analysis.md) |",
+             "|---|---|---|---|---|---|---|---|---|---|", *rows]
     return write_text_atomic(results_dir / "leaderboard.md", "\n".join(lines) + "\n")
+
+
+def _top_knob(folder: Path) -> str:
+    """The hyperparameter fANOVA found most important in the search's analysis (blank without one)."""
+    path = folder / "importance.csv"
+    if not path.is_file():
+        return ""
+    table = pd.read_csv(path)
+    if "fANOVA" not in table or table.fANOVA.isna().all():
+        return ""
+    row = table.loc[table.fANOVA.idxmax()]
+    return f"{row.parameter} ({row.fANOVA:.2f})"
 
 
 def _model_of(folder: Path) -> str:

@@ -25,7 +25,7 @@ SEARCH_OUTPUTS = (
     MANIFEST, ".lock", "trials.csv", "best_config.yaml", "best_model.pt", "ray", "base", "retrain",
     "winners", "retrain.yaml", "retrain_runs.csv", "scores.csv", "predictions.csv", "winners.csv",
     "report.md", "confusion_matrix.png", "learning_curves.png", "search.png", "optuna.db", "analysis.md",
-    "importance.png", "slice.png", "parallel_coordinate.png",
+    "importance.png", "importance.csv", "slice.png", "parallel_coordinate.png",
 )
 
 

@@ -36,6 +36,7 @@ from fer_tune.tune_runner import (Progress, TrialData, TuneJob, can_resume, fini
 
 EXPERIMENT = "ray"
 OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
+STATUS_ATTR = "fer_tune_status"  # each Optuna trial's user attribute: how it ended
 PATIENCE_STATUS = "stopped: no better score within patience"  # the budget's early stopping
 SCORED_STATUSES = ("completed", "stopped by ASHA", PATIENCE_STATUS)  # trials.csv rows a retraining may pick
 
@@ -166,6 +167,18 @@ def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: 
 # ------------------------------------------------------------------ outputs
 
 
+def trial_status(last: dict[str, Any], max_epochs: int, error: bool = False) -> str:
+    """How a trial ended, from its last reported metrics (trials.csv's status, the study's user attribute)."""
+    epochs = int(last.get("epoch", 0) or 0)
+    if error:
+        return "error"
+    if last.get("diverged"):
+        return f"diverged at epoch {epochs}"
+    if last.get("patience_stop"):
+        return PATIENCE_STATUS
+    return "stopped by ASHA" if epochs < max_epochs else "completed"
+
+
 def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus: float,
                  base_source: str | None = None) -> pd.DataFrame:
     """One row per trial: config, last and best metric, epochs, how it ended, time and GPU/CPU-hours."""
@@ -186,16 +199,7 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
         row[f"last_{space.metric}"] = metrics.get(space.metric)
         row[f"best_{space.metric}"] = better(series) if len(series) else None
         row["best_epoch"] = int(history.loc[series.idxmax() if space.mode == "max" else series.idxmin(), "epoch"]) if len(series) else None
-        if result.error is not None:
-            status = "error"
-        elif metrics.get("diverged"):
-            status = f"diverged at epoch {epochs}"
-        elif metrics.get("patience_stop"):
-            status = PATIENCE_STATUS
-        elif epochs < max_epochs:
-            status = "stopped by ASHA"
-        else:
-            status = "completed"
+        status = trial_status(metrics, max_epochs, error=result.error is not None)
         row["status"] = status
         row["stopped_early_by_asha"] = status == "stopped by ASHA"
         row["epochs_saved_by_patience"] = max_epochs - epochs if status == PATIENCE_STATUS else 0
@@ -320,7 +324,7 @@ def _search_in_folder(space: SearchSpace, name: str, folder: Path, data: FerData
     opts.log(f"search {name} done in {time.perf_counter() - started:.0f}s: best {space.metric} "
              f"{outcome.best_score:.4f}; ASHA ran {ran} of {full} trial-epochs")
     opts.log(f"results: {folder}\n  trials:      {outcome.trials_csv}\n  best config: {outcome.best_config}\n"
-             f"  TensorBoard: tensorboard --logdir {folder / EXPERIMENT}")
+             f"  TensorBoard: tensorboard --logdir {folder}   (every trial in ray/, the retraining in retrain/)")
     return outcome
 
 
@@ -356,11 +360,11 @@ def search_job(space: SearchSpace, name: str, folder: Path, trial_data: TrialDat
 def _optuna_and_asha(space: SearchSpace, name: str, folder: Path, seed: int) -> dict[str, Any]:
     import optuna
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budget = space.budget
-    searcher = OptunaSearch(
+    searcher = MarkedOptunaSearch(
+        max_epochs=budget.max_epochs,
         space=SpaceSampler(space.params),
         points_to_evaluate=[paper_point(space)] if space.paper_trial else None,
         metric=space.metric,  # a define-by-run space needs metric / mode on the searcher itself
@@ -373,6 +377,32 @@ def _optuna_and_asha(space: SearchSpace, name: str, folder: Path, seed: int) -> 
                               reduction_factor=budget.reduction_factor)
     return {"metric": space.metric, "mode": space.mode, "search_alg": searcher, "scheduler": scheduler,
             "num_samples": budget.num_trials, "max_concurrent_trials": budget.max_concurrent}
+
+
+def _optuna_search_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch
+
+
+class MarkedOptunaSearch(_optuna_search_class()):
+    """Ray's OptunaSearch that, before a trial is told, marks it in the study with how it ended
+    (user attribute ``fer_tune_status``: completed, stopped by ASHA, stopped by patience, diverged), so
+    that a truncated trial is never mistaken for a finished one; its value is its score at that epoch."""
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any):
+        self.max_epochs = max_epochs
+        super().__init__(*args, **kwargs)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None and trial_id not in self._completed_trials:
+            trial.set_user_attr(STATUS_ATTR, trial_status(result or {}, self.max_epochs, error or not result))
+            value, step = (result or {}).get(self.metric), (result or {}).get("training_iteration")
+            if value is not None and step is not None and step not in trial.storage.get_trial(
+                    trial._trial_id).intermediate_values:
+                trial.report(value, step)  # Tune hands the last epoch to on_trial_complete only
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def study_storage(folder: Path) -> str:

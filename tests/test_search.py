@@ -70,7 +70,7 @@ def test_smoke_console_shows_fer_tune_lines_only(smoke_chain):
     out, folder = smoke_chain.out, smoke_chain.folder
     assert smoke_chain.rc == 0
     assert "Configuration for experiment" not in out and "/tmp/ray/session" not in out
-    assert out.count("tensorboard --logdir") == 1 and f"tensorboard --logdir {folder / 'ray'}" in out
+    assert out.count("tensorboard --logdir") == 1 and f"tensorboard --logdir {folder}   (every trial" in out
     assert f"results: {folder}" in out and f"report: {folder / 'report.md'}" in out
     # one progress format for the search and the retraining: clock, elapsed, time left, trial, epoch
     assert re.search(r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left <=\d:\d\d:\d\d\] search vgg_spinal-smoke \w+ epoch \d/2: "
@@ -109,8 +109,9 @@ def test_smoke_trials_table_starts_with_the_paper_trial(smoke_chain):
 
 
 def test_smoke_tensorboard_has_every_trials_curves_and_hparams(smoke_chain):
-    """What `tensorboard --logdir results/NAME/ray` shows: each trial's val_acc per epoch, and its sampled
-    hyperparameters in the HParams tab (read back with TensorBoard's own event reader)."""
+    """What `tensorboard --logdir results/NAME` shows: each trial's val_acc per epoch, its sampled
+    hyperparameters in the HParams tab (read back with TensorBoard's own event reader), and the
+    retraining runs beside them."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -124,6 +125,7 @@ def test_smoke_tensorboard_has_every_trials_curves_and_hparams(smoke_chain):
             reader.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
         assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze"} <= set(start.hparams)
         assert start.hparams["lr"].number_value == pytest.approx(row.lr)
+    assert len(list(smoke_chain.folder.glob("retrain/trial_*/events.out.tfevents.*"))) == 4  # 2 winners x 2 seeds
 
 
 def test_smoke_best_config_trains_again(smoke_chain, tiny_csv, tmp_path):
@@ -181,7 +183,9 @@ def test_smoke_manifest_and_leaderboard(smoke_chain):
     assert (manifest.model, manifest.base, manifest.smoke) == ("vgg_spinal", "vgg", True)
     assert manifest.base_source.endswith("base/best.pt") and manifest.budget["num_trials"] == 4
     assert main(["--report", "--results", str(smoke_chain.results)]) == 0
-    assert "| vgg_spinal-smoke | vgg_spinal | " in (smoke_chain.results / "leaderboard.md").read_text()
+    board = (smoke_chain.results / "leaderboard.md").read_text()
+    assert "| vgg_spinal-smoke | vgg_spinal | " in board and "most important knob (fANOVA" in board
+    assert re.search(r"\| \w+ \(\d\.\d\d\) \|\n", board)  # e.g. "| lr (0.41) |"
 
 
 def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
@@ -190,13 +194,19 @@ def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
     folder = smoke_chain.folder
     study = optuna.load_study(study_name="vgg_spinal-smoke", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert len(study.trials) == 4 and study.trials[0].params["lr"] == pytest.approx(1e-3)  # the paper's trial first
+    table = pd.read_csv(folder / "trials.csv")
+    for trial, row in zip(study.trials, table.itertuples()):  # Optuna's trial order is Tune's
+        assert trial.user_attrs["fer_tune_status"] == row.status  # "stopped by ASHA" is never taken for finished
+        assert sorted(trial.intermediate_values) == list(range(1, row.epochs_run + 1))
+    # the search wrote its analysis on its own, and the report links it
+    assert (folder / "analysis.md").is_file() and "[analysis.md](analysis.md)" in (folder / "report.md").read_text()
     assert main(["--analyze", "vgg_spinal-smoke", "--results", str(smoke_chain.results)]) == 0
     assert f"analysis: {folder / 'analysis.md'}" in capsys.readouterr().out
     text = (folder / "analysis.md").read_text()
     assert "## Hyperparameter importance" in text and "| parameter | fANOVA" in text
     trials = pd.read_csv(folder / "trials.csv")
     for optimizer, best in trials.groupby("optimizer").best_val_acc.max().items():
-        assert re.search(rf"\| {optimizer} \| \d+ \| [0-9.]+ \| {best:.4f} \|", text), optimizer
+        assert re.search(rf"\| {optimizer} \| \d+ \| {best:.4f} \| [0-9.]+ \|", text), optimizer
     assert f"- {trials.epochs_run.sum()} trial-epochs run of 8 had every trial run its 2 epochs" in text
     for picture in ("importance.png", "slice.png", "parallel_coordinate.png"):
         assert (folder / picture).stat().st_size > 5000
