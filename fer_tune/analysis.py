@@ -132,11 +132,15 @@ def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
     run = int(trials.epochs_run.sum())
     full = int(len(trials) * max_epochs) if max_epochs else run
     patience = int(trials.get("epochs_saved_by_patience", pd.Series([0])).sum())
-    return ["## Compute", "",
-            f"- {run} trial-epochs run of {full} had every trial run its {max_epochs} epochs "
-            f"({full - run} saved: ASHA, early stopping ({patience} by patience) and divergence)",
-            f"- {trials.wall_time_s.sum() / 3600:.4f} hours of trial time, {trials.gpu_hours.sum():.4f} GPU-hours, "
-            f"{trials.cpu_hours.sum():.4f} CPU-hours", ""]
+    lines = ["## Compute", "",
+             f"- {run} trial-epochs run of {full} had every trial run its {max_epochs} epochs "
+             f"({full - run} saved: ASHA, early stopping ({patience} by patience) and divergence)",
+             f"- {trials.wall_time_s.sum() / 3600:.4f} hours of trial time, {trials.gpu_hours.sum():.4f} GPU-hours, "
+             f"{trials.cpu_hours.sum():.4f} CPU-hours", "",
+             "| trial | status | epochs run | GPU-hours | CPU-hours |", "|---|---|---|---|---|"]
+    lines += [f"| {row.trial} | {row.status} | {row.epochs_run} | {row.gpu_hours:.4f} | {row.cpu_hours:.4f} |"
+              for row in trials.itertuples()]
+    return lines + [""]
 
 
 def _plot_lines(study, folder: Path) -> list[str]:

@@ -208,6 +208,8 @@ def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
     for optimizer, best in trials.groupby("optimizer").best_val_acc.max().items():
         assert re.search(rf"\| {optimizer} \| \d+ \| {best:.4f} \| [0-9.]+ \|", text), optimizer
     assert f"- {trials.epochs_run.sum()} trial-epochs run of 8 had every trial run its 2 epochs" in text
+    for row in trials.itertuples():  # compute per trial
+        assert f"| {row.trial} | {row.status} | {row.epochs_run} | {row.gpu_hours:.4f} |" in text
     for picture in ("importance.png", "slice.png", "parallel_coordinate.png"):
         assert (folder / picture).stat().st_size > 5000
 
