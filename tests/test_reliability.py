@@ -66,7 +66,7 @@ def test_fresh_deletes_only_what_fer_tune_wrote(tmp_path):
     (folder / "ray" / "trial_001").mkdir(parents=True)
     SearchManifest(name="vgg", space="vgg", model="vgg", base=None, metric="val_acc", mode="max", smoke=False,
                    seed=0, budget={}).write(folder)
-    for name in ("trials.csv", "report.md", "best_model.pt", "notes.txt"):
+    for name in ("trials.csv", "report.md", "best_model.pt", "optuna.db", "analysis.md", "notes.txt"):
         (folder / name).write_text("x")
     (folder / "my-analysis").mkdir()
     (folder / "my-analysis" / "plot.png").write_text("mine")
