@@ -30,7 +30,7 @@ def load_study(folder: Path):
     """The Optuna study of the search in ``folder`` (a :class:`UserError` when it has none)."""
     import optuna
 
-    manifest = read_manifest(require_search_folder(folder))
+    manifest = read_manifest(require_search_folder(folder, "the analysis"))
     if not (folder / OPTUNA_DB).is_file():
         raise UserError(f"{folder}: no {OPTUNA_DB} (the search ran with an older fer-tune, or has not started); "
                         f"run the search again with --fresh to keep its Optuna study")

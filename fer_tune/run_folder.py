@@ -57,10 +57,10 @@ def is_search_folder(folder: Path) -> bool:
     return (folder / MANIFEST).is_file()
 
 
-def require_search_folder(folder: Path) -> Path:
+def require_search_folder(folder: Path, who: str = "the retraining") -> Path:
     """``folder`` if a fer-tune search made it; else a :class:`UserError` (nothing is written there)."""
     if not is_search_folder(folder):
-        raise UserError(f"{folder}: not a folder fer-tune's search made (no {MANIFEST}), so the retraining "
+        raise UserError(f"{folder}: not a folder fer-tune's search made (no {MANIFEST}), so {who} "
                         "will not write (or delete) there; run --search again with this version of fer-tune")
     return folder
 

@@ -261,3 +261,15 @@ def test_retrain_refuses_a_folder_fer_tune_did_not_make(tiny_csv, tmp_path, caps
     captured = capsys.readouterr()
     assert rc == 2 and "not a folder fer-tune's search made" in captured.err and "data:" not in captured.out
     assert (folder / "winners" / "mine.pt").read_text() == "mine"
+
+
+def test_analyze_refuses_folders_it_cannot_read_in_one_line(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    assert main(["--analyze", "mine", "--results", str(tmp_path)]) == 2
+    assert "so the analysis will not write (or delete) there" in capsys.readouterr().err
+    old = tmp_path / "old"
+    SearchManifest(name="old", space="vgg", model="vgg", base=None, metric="val_acc", mode="max", smoke=False,
+                   seed=0, budget={}).write(old)
+    assert main(["--analyze", "old", "--results", str(tmp_path)]) == 2
+    assert "no optuna.db (the search ran with an older fer-tune" in capsys.readouterr().err
+    assert sorted(p.name for p in old.iterdir()) == ["manifest.yaml"]  # nothing written
