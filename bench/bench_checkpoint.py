@@ -45,7 +45,8 @@ def tensor_bytes(value) -> int:
     return 0
 
 
-def measure(model: str, base: str | None, freeze: bool, width: float, optimizer: str) -> tuple[int, int]:
+def measure(model: str, base: str | None, freeze: bool, width: float, optimizer: str,
+            device: str | None = None) -> tuple[int, int]:
     """(bytes before, bytes after) of one trial checkpoint."""
     extra = {"pretrained_path": "from_scratch"} if model.startswith("vit") else {}
     base_state = create_model(base, width=width, **({"pretrained_path": "from_scratch"} if base and base.startswith("vit") else {})
@@ -54,7 +55,7 @@ def measure(model: str, base: str | None, freeze: bool, width: float, optimizer:
                          scheduler="none" if optimizer == "ranger21" else "cosine", **extra)
     images = np.random.default_rng(0).integers(0, 256, (2, 48, 48), dtype=np.uint8)
     labels = np.array([0, 1])
-    trainer = Trainer(config, (images, labels), (images, labels), base_state=base_state)
+    trainer = Trainer(config, (images, labels), (images, labels), base_state=base_state, device=device)
     trainer.train_one_epoch()
     before = {**trainer.state_dict(), "model": trainer.model.state_dict()}
     return tensor_bytes(before), tensor_bytes(trainer.state_dict())

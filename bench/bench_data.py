@@ -38,16 +38,19 @@ def per_image_baseline() -> transforms.Compose:
     ])
 
 
-class _PerImageDataset(torch.utils.data.Dataset):
-    def __init__(self, images: np.ndarray):
-        self.images = images
+class PerImageDataset(torch.utils.data.Dataset):
+    """The per-image pipeline over uint8 images: the ten crops of each, with its label when given."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
+        self.images, self.labels = images, labels
         self.transform = per_image_baseline()
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(Image.fromarray(self.images[i]))
+    def __getitem__(self, i: int):
+        crops = self.transform(Image.fromarray(self.images[i]))
+        return crops if self.labels is None else (crops, int(self.labels[i]))
 
 
 def time_batched(images: np.ndarray, batch: int, device: str) -> float:
@@ -66,7 +69,7 @@ def time_batched(images: np.ndarray, batch: int, device: str) -> float:
 
 def time_per_image(images: np.ndarray, batch: int, workers: int) -> float:
     """Images per second through the per-image pipeline in a DataLoader (``workers`` processes)."""
-    loader = torch.utils.data.DataLoader(_PerImageDataset(images), batch_size=batch, num_workers=workers)
+    loader = torch.utils.data.DataLoader(PerImageDataset(images), batch_size=batch, num_workers=workers)
     start = time.perf_counter()
     for _ in loader:
         pass

@@ -34,16 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_checkpoint import tensor_bytes  # noqa: E402
-from bench_data import per_image_baseline  # noqa: E402
+from bench_checkpoint import measure  # noqa: E402
+from bench_data import PerImageDataset  # noqa: E402
 
 from fer_tune.config import TrainConfig  # noqa: E402
 from fer_tune.engine import Trainer  # noqa: E402
 from fer_tune.files import write_text_atomic  # noqa: E402
-from fer_tune.models import create_model  # noqa: E402
 from fer_tune.tune_runner import ray_session  # noqa: E402
 
 TRAINING_IMAGES = 28_709  # FER2013 Training
@@ -145,17 +143,6 @@ def measure_throughput(model: str, width: float, steps: int, fast: bool, compile
             "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None}
 
 
-class _PerImage(torch.utils.data.Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels, self.transform = images, labels, per_image_baseline()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-
 def measure_augmentation(train, val, plan: Plan, device: torch.device) -> dict:
     """Seconds per training step: batched on-device augmentation vs the per-image pipeline in a
     DataLoader (one worker per core), the same VGG model and optimizer on the same device."""
@@ -171,7 +158,7 @@ def measure_augmentation(train, val, plan: Plan, device: torch.device) -> dict:
     _sync(device)
     batched = time.perf_counter() - started
     workers = os.cpu_count() or 1
-    loader = torch.utils.data.DataLoader(_PerImage(train[0][:n], train[1][:n]), batch_size=plan.batch,
+    loader = torch.utils.data.DataLoader(PerImageDataset(train[0][:n], train[1][:n]), batch_size=plan.batch,
                                          num_workers=workers, persistent_workers=False)
     model, optimizer = trainer.model, trainer.optimizer
     started = time.perf_counter()
@@ -243,22 +230,11 @@ def measure_packing(train, plan: Plan, device: torch.device) -> list[dict]:
 
 
 def measure_checkpoints(plan: Plan) -> list[dict]:
-    """Bytes of one trial checkpoint before (everything) and after (frozen base left out)."""
+    """Bytes of one trial checkpoint before (everything) and after (frozen base left out), on the CPU."""
+    cases = [("vgg_spinal", "vgg", plan.models[0][1])] + ([("vit_l32_spinal", "vit_l32", 1.0)] if plan is FULL else [])
     rows = []
-    cases = [("vgg_spinal", "vgg", plan.models[0][1])]
-    if plan is FULL:
-        cases.append(("vit_l32_spinal", "vit_l32", 1.0))
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (2, 48, 48), dtype=np.uint8), np.array([0, 1])
     for model, base, width in cases:
-        extra = {"pretrained_path": "from_scratch"} if model.startswith("vit") else {}
-        base_state = create_model(base, width=width, **extra).state_dict()
-        config = TrainConfig(model=model, width=width, freeze=True, optimizer="ranger", batch_size=2, epochs=1,
-                             scheduler="cosine", **extra)
-        trainer = Trainer(config, (images, labels), (images, labels), base_state=base_state, device="cpu")
-        trainer.train_one_epoch()
-        before = tensor_bytes({**trainer.state_dict(), "model": trainer.model.state_dict()})
-        after = tensor_bytes(trainer.state_dict())
+        before, after = measure(model, base, True, width, "ranger", device="cpu")
         rows.append({"model": model, "base_frozen": True, "optimizer": "ranger", "before_mb": round(before / 1e6, 1),
                      "after_mb": round(after / 1e6, 1), "ratio": round(before / after, 1)})
     return rows

@@ -19,6 +19,7 @@ from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.plots import plot_importances, save_figure
+from fer_tune.report import epochs_saved_by_patience
 from fer_tune.run_folder import require_search_folder
 from fer_tune.search import OPTUNA_DB, SCORED_STATUSES, study_storage
 
@@ -26,16 +27,15 @@ FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
 IMPORTANCE_CSV = "importance.csv"
 
 
-def load_study(folder: Path):
-    """The Optuna study of the search in ``folder`` (a :class:`UserError` when it has none)."""
+def load_study(folder: Path, name: str):
+    """The Optuna study ``name`` of the search in ``folder`` (a :class:`UserError` when it has none)."""
     import optuna
 
-    manifest = read_manifest(require_search_folder(folder, "the analysis"))
     if not (folder / OPTUNA_DB).is_file():
         raise UserError(f"{folder}: no {OPTUNA_DB} (the search ran with an older fer-tune, or has not started); "
                         f"run the search again with --fresh to keep its Optuna study")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=manifest.name, storage=study_storage(folder))
+    return optuna.load_study(study_name=name, storage=study_storage(folder))
 
 
 def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
@@ -64,8 +64,8 @@ def factor_table(trials: pd.DataFrame, factor: str, score: str) -> pd.DataFrame:
 
 def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
     """Write analysis.md and its PNGs into ``folder``; returns the Markdown's path."""
-    study = load_study(folder)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(require_search_folder(folder, "the analysis"))
+    study = load_study(folder, manifest.name)
     trials_csv = folder / "trials.csv"
     if not trials_csv.is_file():
         raise UserError(f"{folder}: no trials.csv yet; let the search finish (run the same --search again)")
@@ -131,7 +131,7 @@ def _factor_lines(scored: pd.DataFrame, score: str) -> list[str]:
 def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
     run = int(trials.epochs_run.sum())
     full = int(len(trials) * max_epochs) if max_epochs else run
-    patience = int(trials.get("epochs_saved_by_patience", pd.Series([0])).sum())
+    patience = epochs_saved_by_patience(trials)
     lines = ["## Compute", "",
              f"- {run} trial-epochs run of {full} had every trial run its {max_epochs} epochs "
              f"({full - run} saved: ASHA, early stopping ({patience} by patience) and divergence)",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fer_tune.errors import UserError
 from fer_tune.run_folder import check_run_name
+from fer_tune.search_space import GPU_SHARES, gpu_share_ok
 
 COMMANDS = ("train", "evaluate", "data", "demo-data")
 
@@ -27,8 +28,7 @@ class Parser(argparse.ArgumentParser):
 SEARCH_NUMBERS = {
     "trials": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
     "max_epochs": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
-    "gpus_per_trial": ("0 to 1 (a share of one GPU), a whole number of GPUs up to 64, or auto",
-                       lambda v: v == "auto" or (math.isfinite(v) and 0 <= v <= 64 and (v <= 1 or v == int(v)))),
+    "gpus_per_trial": (GPU_SHARES, gpu_share_ok),
     "cpus_per_trial": ("above 0 and at most 1024", lambda v: math.isfinite(v) and 0 < v <= 1024),
     "seed": ("0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
     "top_k": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),

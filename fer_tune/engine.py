@@ -275,9 +275,10 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (e.g. a Ray Tune checkpoint after a worker died)."""
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        if unexpected or set(missing) - frozen_tensors(self.model):
+        not_frozen = sorted(set(missing) - frozen_tensors(self.model))
+        if unexpected or not_frozen:
             raise UserError(f"a saved state does not fit this {self.config.model} run (missing "
-                            f"{sorted(set(missing) - frozen_tensors(self.model))[:3]}, unexpected {unexpected[:3]}); "
+                            f"{not_frozen[:3]}, unexpected {unexpected[:3]}); "
                             "it was saved with another model, base or freeze setting: start the run afresh")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:

@@ -184,12 +184,12 @@ def _compute_lines(trials: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
         f"{trials.cpu_hours.sum():.4f} CPU-hours, {trials.gpu_hours.sum():.4f} GPU-hours",
         f"- retraining: {len(runs)} runs, {(hours * runs.cpus).sum():.4f} CPU-hours, "
         f"{(hours * runs.gpus).sum():.4f} GPU-hours",
-        f"- early stopping (the budget's patience): {_saved(trials)} trial-epochs saved in the search, "
-        f"{_saved(runs)} epochs in the retraining", "",
+        f"- early stopping (the budget's patience): {epochs_saved_by_patience(trials)} trial-epochs saved in the "
+        f"search, {epochs_saved_by_patience(runs)} epochs in the retraining", "",
     ]
 
 
-def _saved(table: pd.DataFrame) -> int:
+def epochs_saved_by_patience(table: pd.DataFrame) -> int:
     """Epochs a table's runs did not train because their validation score stopped improving."""
     return int(table["epochs_saved_by_patience"].sum()) if "epochs_saved_by_patience" in table else 0
 

@@ -277,7 +277,7 @@ def _kept_runs(results, folder: Path, plan: RetrainPlan, resources: dict[str, fl
                              "trial": winner.trial, "search_score": winner.search_score, "checkpoint": str(kept),
                              "selected_epoch": int(payload["epoch"]), "epochs_run": len(selection),
                              "epochs_saved_by_patience": winner.config["epochs"] - len(selection)
-                             if selection.get("patience_stop", pd.Series([0])).iloc[-1] else 0,
+                             if selection.patience_stop.iloc[-1] else 0,
                              "val_acc": float(phase.val_acc.max() if stage == "main" else phase.val_acc.iloc[-1]),
                              "wall_time_s": float(history.epoch_time.sum()), "gpus": resources["gpu"],
                              "cpus": resources["cpu"], "history": str(Path(result.path) / "progress.csv")})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pandas as pd
+from ray.tune.search.optuna import OptunaSearch
 
 from fer_tune.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.config import write_yaml
@@ -379,13 +380,7 @@ def _optuna_and_asha(space: SearchSpace, name: str, folder: Path, seed: int) -> 
             "num_samples": budget.num_trials, "max_concurrent_trials": budget.max_concurrent}
 
 
-def _optuna_search_class():
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch
-
-
-class MarkedOptunaSearch(_optuna_search_class()):
+class MarkedOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch that, before a trial is told, marks it in the study with how it ended
     (user attribute ``fer_tune_status``: completed, stopped by ASHA, stopped by patience, diverged), so
     that a truncated trial is never mistaken for a finished one; its value is its score at that epoch."""

@@ -49,6 +49,17 @@ class Budget:
         return self
 
 
+GPU_SHARES = "0 to 1 (a share of one GPU), a whole number of GPUs up to 64, or auto"
+
+
+def gpu_share_ok(value: Any) -> bool:
+    """True for a GPU share Ray can place (see :data:`GPU_SHARES`)."""
+    if value == AUTO:
+        return True
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 <= value <= 64 and (value <= 1 or value == int(value)))
+
+
 @dataclass(frozen=True)
 class Resources:
     """What one trial asks Ray for (the GPU share is dropped to 0 where Ray sees no GPU)."""
@@ -59,10 +70,8 @@ class Resources:
     def check(self, where: str) -> "Resources":
         """Itself, when the shares are finite and Ray can place them; else a :class:`UserError`."""
         gpus, cpus = self.gpus_per_trial, self.cpus_per_trial
-        share_ok = gpus == AUTO or (isinstance(gpus, float) and math.isfinite(gpus) and 0 <= gpus <= 64
-                                    and (gpus <= 1 or gpus == int(gpus)))
         rules = [
-            ("gpus_per_trial", share_ok, "0 to 1 (a share of one GPU), a whole number of GPUs up to 64, or auto"),
+            ("gpus_per_trial", gpu_share_ok(gpus), GPU_SHARES),
             ("cpus_per_trial", math.isfinite(cpus) and 0 < cpus <= 1024, "above 0 and at most 1024"),
         ]
         _check_rules(where, self, rules)

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -79,10 +79,16 @@ class TrialData:
         return Trainer(config, train or self.train, self.val, base_state=self.base.state if self.base else None,
                        pretrained=self.pretrained)
 
+    def head(self, train: int, val: int) -> "TrialData":
+        """The first ``train`` / ``val`` images only, with the same starting weights (for a probe)."""
+        return replace(self, train_images=self.train_images[:train], train_labels=self.train_labels[:train],
+                       val_images=self.val_images[:val], val_labels=self.val_labels[:val])
+
     def full_weights(self, state: dict[str, Any]) -> dict[str, Any]:
         """Every weight of the model a trial's saved ``state`` holds (the state leaves the frozen ones
         out: they are the starting weights')."""
-        trainer = self.trainer(TrainConfig.from_mapping(state["config"], source="a trial's saved state"))
+        config = TrainConfig.from_mapping(state["config"], source="a trial's saved state")
+        trainer = self.head(1, 1).trainer(config)  # the model and its starting weights, not the data
         trainer.load_state_dict(state)
         return trainer.model.state_dict()
 
@@ -224,10 +230,7 @@ def _probe_trial(data: TrialData, config: TrainConfig, steps: int = 3) -> tuple[
     """(peak bytes, total bytes, training images/s) of ``config`` on this task's GPU."""
     import torch
 
-    n = config.batch_size * (steps + 1)
-    subset = TrialData(data.train_images[:n], data.train_labels[:n], data.val_images[: config.eval_batch_size],
-                       data.val_labels[: config.eval_batch_size], data.base, data.pretrained)
-    trainer = subset.trainer(config)
+    trainer = data.head(config.batch_size * (steps + 1), config.eval_batch_size).trainer(config)
     torch.cuda.reset_peak_memory_stats()
     trainer.batches_per_epoch = 1
     trainer.train_one_epoch()  # warm-up
