@@ -156,20 +156,27 @@ class BatchAugmenter:
             return random_erasing(crops, cfg, self.g), labels.repeat_interleave(10)
         if cfg.recipe == "effnet":
             return random_hflip(random_crop(x, cfg.crop, self.g), cfg.p_flip, self.g), labels
-        return self._vit_input(random_hflip(x, cfg.p_flip, self.g)), labels
+        return vit_input(random_hflip(x, cfg.p_flip, self.g), cfg.vit_size), labels
 
     def eval_views(self, images: torch.Tensor, crops: str = "ten") -> torch.Tensor:
         """uint8 (B, 48, 48) -> (B, V, C, H, W): V=10 for ``ten`` crops, V=1 for ``single``."""
-        if crops not in ("ten", "single"):
-            raise ValueError(f"crops must be 'ten' or 'single', not {crops!r}")
-        x = images.unsqueeze(1).float() / 255.0
-        if self.single_view_only:
-            return self._vit_input(x).unsqueeze(1)
-        if crops == "ten":
-            return ten_crop(x, self.cfg.crop)
-        return center_crop(x, self.cfg.crop).unsqueeze(1)
+        return eval_inputs(images.unsqueeze(1).float() / 255.0, self.cfg, crops)
 
-    def _vit_input(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.cfg.vit_size
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-        return (x.expand(-1, 3, -1, -1) - 0.5) / 0.5
+
+def vit_input(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 1, H, W) in 0..1 -> (B, 3, size, size) bicubic-upscaled, normalised to [-1, 1]."""
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    return (x.expand(-1, 3, -1, -1) - 0.5) / 0.5
+
+
+def eval_inputs(x: torch.Tensor, cfg: AugmentConfig, crops: str = "ten") -> torch.Tensor:
+    """The evaluation views of (B, 1, 48, 48) images in 0..1 -> (B, V, C, H, W): V=10 for ``ten``
+    crops, V=1 for ``single``; the ViT recipe has one view (the whole upscaled face) whatever is asked.
+    Plain tensor ops with fixed shapes, so an exported graph carries them."""
+    if crops not in ("ten", "single"):
+        raise ValueError(f"crops must be 'ten' or 'single', not {crops!r}")
+    if cfg.recipe == "vit":
+        return vit_input(x, cfg.vit_size).unsqueeze(1)
+    if crops == "ten":
+        return ten_crop(x, cfg.crop)
+    return center_crop(x, cfg.crop).unsqueeze(1)

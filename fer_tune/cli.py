@@ -14,7 +14,7 @@ from fer_tune.errors import UserError
 from fer_tune.run_folder import check_run_name
 from fer_tune.search_space import GPU_SHARES, gpu_share_ok
 
-COMMANDS = ("train", "evaluate", "data", "demo-data")
+COMMANDS = ("train", "evaluate", "predict", "export", "data", "demo-data")
 
 
 class Parser(argparse.ArgumentParser):
@@ -138,13 +138,52 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _predict_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="launch.py predict", description="Find faces in images, folders or videos and classify their "
+               "expressions with a trained checkpoint; writes one CSV row per face.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="an image, a folder of images, or a video file")
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="e.g. results/<name>/best_model.pt or winners/*.pt")
+    p.add_argument("--out", default="results/predict/predictions.csv", metavar="CSV",
+                   help="the CSV to write (default: results/predict/predictions.csv)")
+    p.add_argument("--annotate", metavar="DIR", help="also write copies of the images with boxes and labels drawn")
+    p.add_argument("--no-detect", action="store_true",
+                   help="take every image whole as a face crop (images of at most 64x64 pixels always are)")
+    p.add_argument("--crops", default="ten", choices=["ten", "single"],
+                   help="evaluation views: ten 40x40 crops averaged (as scored), or the centre crop; ViT has one view")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="faces per batch on the device")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="videos: classify every N-th frame")
+    p.add_argument("--min-face", type=int, default=32, metavar="PX", help="smallest face the detector looks for")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    return p
+
+
+PREDICT_NUMBERS = {
+    "batch_size": ("a whole number 1 to 4096", lambda v: 1 <= v <= 4096),
+    "every": ("a whole number 1 or more", lambda v: v >= 1),
+    "min_face": ("a whole number 8 to 4096", lambda v: 8 <= v <= 4096),
+}
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="launch.py export", description="Export a checkpoint as a self-contained model file and "
+               "check that it computes what PyTorch computes.")
+    p.add_argument("--checkpoint", required=True, metavar="PT")
+    p.add_argument("--format", default="onnx", choices=["onnx", "pt2"],
+                   help="onnx (ONNX Runtime, default) or pt2 (torch.export, the successor of TorchScript)")
+    p.add_argument("--out", metavar="FILE", help="default: beside the checkpoint, same name, .onnx / .pt2")
+    p.add_argument("--crops", default="ten", choices=["ten", "single"],
+                   help="views inside the graph: ten 40x40 crops averaged (as scored), or the centre crop")
+    p.add_argument("--data", metavar="PATH", help="real faces for the parity check (default: the built-in demo faces)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``launch.py`` and the ``fer-tune`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in COMMANDS:
-            return {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data,
-                    "demo-data": _cmd_demo}[argv[0]](argv[1:])
+            return {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "export": _cmd_export,
+                    "data": _cmd_data, "demo-data": _cmd_demo}[argv[0]](argv[1:])
         return _cmd_search(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -305,6 +344,33 @@ def _cmd_evaluate(argv: list[str]) -> int:
     png = plot_confusion(s.confusion, out / f"confusion_{split}.png",
                          f"{Path(args.checkpoint).name} on {split} (ten-crop, row-normalised)")
     print(f"confusion matrix: {png}")
+    return 0
+
+
+def _cmd_predict(argv: list[str]) -> int:
+    from fer_tune.engine import pick_device
+    from fer_tune.predict import PredictOptions, run_predict
+
+    args = _predict_parser().parse_args(argv)
+    check_numbers(args, PREDICT_NUMBERS)
+    pick_device(args.device)
+    run_predict(PredictOptions(
+        checkpoint=Path(args.checkpoint), paths=[Path(p) for p in args.paths], out=Path(args.out),
+        annotate=Path(args.annotate) if args.annotate else None, detect=not args.no_detect, crops=args.crops,
+        batch_size=args.batch_size, every=args.every, min_face=args.min_face, device=args.device))
+    return 0
+
+
+def _cmd_export(argv: list[str]) -> int:
+    from fer_tune.export import ParityError, export_checkpoint
+
+    args = _export_parser().parse_args(argv)
+    try:
+        export_checkpoint(Path(args.checkpoint), args.format, Path(args.out) if args.out else None, args.crops,
+                          args.data)
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -100,14 +100,19 @@ def predict_logits(
     out = []
     for start in range(0, len(images), batch_size):
         views = augmenter.eval_views(images[start : start + batch_size], crops)
-        b, v = views.shape[:2]
-        inputs = views.flatten(0, 1)
-        if channels_last and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(inputs).float()
-        out.append(logits.view(b, v, -1).mean(1))
+            out.append(mean_view_logits(model, views, channels_last))
     return torch.cat(out)
+
+
+def mean_view_logits(model: nn.Module, views: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """Logits (B, 7) of views (B, V, C, H, W): the model sees every view, its logits are averaged
+    over the V views (the paper's ten-crop evaluation)."""
+    b, v = views.shape[:2]
+    inputs = views.flatten(0, 1)
+    if channels_last and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return model(inputs).float().view(b, v, -1).mean(1)
 
 
 class Trainer:

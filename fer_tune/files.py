@@ -11,6 +11,9 @@ from typing import Callable
 import pandas as pd
 
 
+FILE_MODE = 0o644  # a new result file: readable by others, as open() would make it (a temporary file is 0600)
+
+
 def cache_dir() -> Path:
     """fer-tune's cache folder: ``$XDG_CACHE_HOME/fer-tune``, else ``~/.cache/fer-tune``."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-tune"
@@ -25,6 +28,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, sync
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else FILE_MODE)
         if sync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())

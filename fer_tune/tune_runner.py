@@ -256,9 +256,15 @@ def trial_number(path: str) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """``H:MM:SS``."""
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def stamp(started: float, left: str) -> str:
+    """The head of every progress line: time of day, time since ``started`` (monotonic), time left."""
+    return f"[{time.strftime('%H:%M:%S')} {clock(time.monotonic() - started)} {left}]"
 
 
 @dataclass
@@ -288,7 +294,7 @@ class Progress:
         still += max(self.trials - len(self.epochs_done), 0) * self.epochs_per_trial
         if done == 0:
             return "left ?"
-        return f"left {'<=' if self.upper_bound else '~'}{_clock(elapsed / done * still)}"
+        return f"left {'<=' if self.upper_bound else '~'}{clock(elapsed / done * still)}"
 
     def line(self, trial: str, epoch: int, value: float | None, states: dict[str, int], note: str = "") -> str:
         """The progress line after ``trial`` reported ``epoch``."""
@@ -300,9 +306,8 @@ class Progress:
         state = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         best = f" | best {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         shown = f"{value:.4f}" if value is not None else "-"
-        return (f"[{time.strftime('%H:%M:%S')} {_clock(time.monotonic() - self.started)} {self.left()}] "
-                f"{self.label} {trial} epoch {epoch}/{self.epochs_per_trial}: {self.metric} {shown}{note} | "
-                f"{state}{best}")
+        return (f"{stamp(self.started, self.left())} {self.label} {trial} epoch {epoch}/{self.epochs_per_trial}: "
+                f"{self.metric} {shown}{note} | {state}{best}")
 
 
 def progress_callback(progress: Progress):
