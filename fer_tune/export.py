@@ -120,14 +120,15 @@ def _pt2(graph: nn.Module, sample: torch.Tensor, tmp: Path) -> Callable[[np.ndar
     return lambda x: loaded(torch.from_numpy(x))[0].detach().numpy()
 
 
-def max_logit_difference(run: Callable[[np.ndarray], np.ndarray], classifier: FaceClassifier,
-                         faces: np.ndarray) -> float:
-    """The largest |exported - PyTorch| over every logit of the batch and of its first face alone."""
+def parity(run: Callable[[np.ndarray], np.ndarray], classifier: FaceClassifier,
+           faces: np.ndarray) -> tuple[float, float]:
+    """(largest |exported - PyTorch| over every logit of the batch and of its first face alone, largest
+    |logit|: the scale the difference is measured against)."""
     x = faces[:, None].astype(np.float32)
     with torch.inference_mode():
         expected = classifier(torch.from_numpy(x)).numpy()
     worst = float(np.abs(run(x) - expected).max())
-    return max(worst, float(np.abs(run(x[:1]) - expected[:1]).max()))
+    return max(worst, float(np.abs(run(x[:1]) - expected[:1]).max())), float(np.abs(expected).max())
 
 
 def export_checkpoint(checkpoint: Path, fmt: str = "onnx", out: Path | None = None, crops: str = "ten",
@@ -152,7 +153,7 @@ def export_checkpoint(checkpoint: Path, fmt: str = "onnx", out: Path | None = No
     def write(tmp: Path) -> None:
         with torch.inference_mode(False), torch.no_grad():
             run = writer(graph, sample, tmp)
-        measured["diff"] = max_logit_difference(run, classifier, faces)
+        measured["diff"], measured["scale"] = parity(run, classifier, faces)
         if not measured["diff"] <= PARITY_LIMIT:
             raise ParityError(f"{fmt} export of {checkpoint}: the exported model's logits differ from PyTorch's by up "
                               f"to {measured['diff']:.3g} (limit {PARITY_LIMIT:g}) on {about}; nothing was written")
@@ -167,10 +168,10 @@ def export_checkpoint(checkpoint: Path, fmt: str = "onnx", out: Path | None = No
         "outputs": {"logits": ["batch", 7], "probabilities": ["batch", 7], "classes": list(EMOTIONS)},
         "views": f"{classifier.view_count} ({crops}-crop{', logits averaged' if classifier.view_count > 1 else ''})",
         "parity": {"faces": about, "max_abs_logit_difference": measured["diff"], "limit": PARITY_LIMIT,
-                   "batches": [len(faces), 1]},
+                   "max_abs_logit": measured["scale"], "batches": [len(faces), 1]},
         "train_config": config.to_dict(),
     }), sort_keys=False))
-    log(f"export: {out} ({size / 1e6:.1f} MB, {fmt}); parity with PyTorch on {about}: max |logit difference| "
-        f"{measured['diff']:.2g} (limit {PARITY_LIMIT:g}), at batch sizes {len(faces)} and 1")
+    log(f"export: {out} ({size / 1e6:.1f} MB, {fmt}); parity with PyTorch on {about}, batch sizes {len(faces)} and 1: "
+        f"max |logit difference| {measured['diff']:.2g} (limit {PARITY_LIMIT:g}; logits up to {measured['scale']:.3g})")
     log(f"export: card {card}")
     return ExportResult(out, card, size, measured["diff"], about)

@@ -13,6 +13,29 @@ from fer_tune.demo_data import DemoSpec, write_demo_csv
 
 torch.set_num_threads(2)
 
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def real_fer2013() -> Path | None:
+    """The real FER2013 file: ``FER2013_CSV``, else the shared copy beside the repository."""
+    if os.environ.get("FER2013_CSV"):
+        path = Path(os.environ["FER2013_CSV"])
+        return path if path.is_file() else None
+    for name in ("fer2013.csv", "fer2013.csv.xz"):
+        if (SHARED_DATA / name).is_file():
+            return SHARED_DATA / name
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_csv() -> Path:
+    """The real FER2013 file; the test is skipped, saying why, when it is not here."""
+    path = real_fer2013()
+    if path is None:
+        pytest.skip(f"real FER2013 not found (FER2013_CSV={os.environ.get('FER2013_CSV', 'unset')}, and no "
+                    f"fer2013.csv(.xz) in {SHARED_DATA})")
+    return path
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):

@@ -3,9 +3,7 @@ repository, or the path in ``FER2013_CSV``); skipped, saying why, when it is not
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,31 +12,15 @@ from fer_tune.config import TrainConfig
 from fer_tune.data import load_fer
 from fer_tune.engine import Trainer
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
-
-def real_fer2013() -> Path | None:
-    """The real FER2013 file: ``FER2013_CSV``, else the shared copy beside the repository."""
-    if os.environ.get("FER2013_CSV"):
-        path = Path(os.environ["FER2013_CSV"])
-        return path if path.is_file() else None
-    for name in ("fer2013.csv", "fer2013.csv.xz"):
-        if (SHARED / name).is_file():
-            return SHARED / name
-    return None
-
-
-@pytest.mark.skipif(real_fer2013() is None,
-                    reason=f"real FER2013 not found (FER2013_CSV={os.environ.get('FER2013_CSV', 'unset')}, "
-                           f"and no fer2013.csv(.xz) in {SHARED})")
-def test_paper_vgg_recipe_learns_real_fer2013():
+def test_paper_vgg_recipe_learns_real_fer2013(real_csv):
     """A width-1/16 VGGNet, the paper's recipe (ten-crop augmentation, SGD-Nesterov lr 0.01,
     ReduceLROnPlateau) but batch 16 for more steps, one epoch over a fixed 8,000-image subset of
     Training: PublicTest ten-crop accuracy clearly above the majority class (24.9%) and chance
     (14.3%), and a macro F1 no single-class predictor reaches. Measured here: 29.6%, macro F1 0.175
     (bench/README.md has the curve)."""
     started = time.perf_counter()
-    data = load_fer(real_fer2013())
+    data = load_fer(real_csv)
     assert data.split_sizes() == {"Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}
     (train_x, train_y), (val_x, val_y) = data.role("train"), data.role("val")
     subset = np.sort(np.random.default_rng(0).choice(len(train_y), 8000, replace=False))
