@@ -142,14 +142,16 @@ def _predict_parser() -> argparse.ArgumentParser:
     p = Parser(prog="launch.py predict", description="Find faces in images, folders or videos and classify their "
                "expressions with a trained checkpoint; writes one CSV row per face.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="an image, a folder of images, or a video file")
-    p.add_argument("--checkpoint", required=True, metavar="PT", help="e.g. results/<name>/best_model.pt or winners/*.pt")
+    p.add_argument("--checkpoint", required=True, metavar="PT",
+                   help="e.g. results/<name>/best_model.pt or winners/*.pt, or an .onnx file `export` wrote")
     p.add_argument("--out", default="results/predict/predictions.csv", metavar="CSV",
                    help="the CSV to write (default: results/predict/predictions.csv)")
     p.add_argument("--annotate", metavar="DIR", help="also write copies of the images with boxes and labels drawn")
     p.add_argument("--no-detect", action="store_true",
                    help="take every image whole as a face crop (images of at most 64x64 pixels always are)")
-    p.add_argument("--crops", default="ten", choices=["ten", "single"],
-                   help="evaluation views: ten 40x40 crops averaged (as scored), or the centre crop; ViT has one view")
+    p.add_argument("--crops", choices=["ten", "single"],
+                   help="evaluation views: ten 40x40 crops averaged (as scored; the default), or the centre crop; "
+                        "ViT has one view; an .onnx file has its views inside")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="faces per batch on the device")
     p.add_argument("--every", type=int, default=1, metavar="N", help="videos: classify every N-th frame")
     p.add_argument("--min-face", type=int, default=32, metavar="PX", help="smallest face the detector looks for")

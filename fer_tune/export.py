@@ -27,7 +27,7 @@ from fer_tune import EMOTIONS, __version__
 from fer_tune.config import yaml_plain
 from fer_tune.errors import UserError
 from fer_tune.files import write_atomic, write_text_atomic
-from fer_tune.inference import INPUT_RANGE, FaceClassifier, load_face_classifier
+from fer_tune.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier, load_face_classifier
 
 FORMATS = ("onnx", "pt2")
 PARITY_LIMIT = 1e-3
@@ -99,18 +99,20 @@ def _batch_dim() -> dict[str, dict[int, object]]:
     return {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
 
 
-def _onnx(graph: nn.Module, sample: torch.Tensor, tmp: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _onnx(graph: nn.Module, sample: torch.Tensor, tmp: Path, metadata: dict[str, str]
+          ) -> Callable[[np.ndarray], np.ndarray]:
     """Write the ONNX file (one file: weights inside); return a function running it in ONNX Runtime."""
     import onnxruntime as ort
 
-    torch.onnx.export(graph, (sample,), str(tmp), input_names=["images"], output_names=["logits", "probabilities"],
-                      dynamic_shapes=_batch_dim(), opset_version=ONNX_OPSET, dynamo=True, verbose=False,
-                      external_data=False)
+    program = torch.onnx.export(graph, (sample,), input_names=["images"], output_names=["logits", "probabilities"],
+                                dynamic_shapes=_batch_dim(), opset_version=ONNX_OPSET, dynamo=True, verbose=False)
+    program.model.metadata_props.update(metadata)  # what predict needs to run the file on its own
+    program.save(str(tmp), external_data=False)
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     return lambda x: session.run(["logits"], {"images": x})[0]
 
 
-def _pt2(graph: nn.Module, sample: torch.Tensor, tmp: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _pt2(graph: nn.Module, sample: torch.Tensor, tmp: Path, metadata: dict[str, str]) -> Callable[[np.ndarray], np.ndarray]:
     """Write the torch.export program; return a function running the program read back from the file."""
     program = torch.export.export(graph, (sample,), dynamic_shapes=_batch_dim())
     with open(tmp, "wb") as f:
@@ -148,11 +150,13 @@ def export_checkpoint(checkpoint: Path, fmt: str = "onnx", out: Path | None = No
     graph = _WithProbabilities(classifier).eval()
     sample = torch.from_numpy(faces[:2, None].astype(np.float32))
     writer = _onnx if fmt == "onnx" else _pt2
+    metadata = {ONNX_METADATA["model"]: config.model, ONNX_METADATA["crops"]: crops,
+                ONNX_METADATA["views"]: str(classifier.view_count)}
     measured: dict[str, float] = {}
 
     def write(tmp: Path) -> None:
         with torch.inference_mode(False), torch.no_grad():
-            run = writer(graph, sample, tmp)
+            run = writer(graph, sample, tmp, metadata)
         measured["diff"], measured["scale"] = parity(run, classifier, faces)
         if not measured["diff"] <= PARITY_LIMIT:
             raise ParityError(f"{fmt} export of {checkpoint}: the exported model's logits differ from PyTorch's by up "

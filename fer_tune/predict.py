@@ -15,13 +15,12 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fer_tune import EMOTIONS
 from fer_tune.errors import UserError
 from fer_tune.faces import Box, FaceFinder, Frame, face_crop, files_under, frames_of, is_face_crop, opencv, whole_image
 from fer_tune.files import write_atomic, write_csv_atomic
-from fer_tune.inference import classify, load_face_classifier
+from fer_tune.inference import open_face_model
 
 COLUMNS = ["file", "frame", "face", "x", "y", "w", "h", "found_by", "label", *(f"p_{e}" for e in EMOTIONS), "error"]
 ANNOTATION_MARK = ".fer-tune-annotations"  # in an --annotate folder fer-tune made
@@ -37,7 +36,7 @@ class PredictOptions:
     out: Path
     annotate: Path | None = None
     detect: bool = True  # False: every image is taken whole as a face crop
-    crops: str = "ten"
+    crops: str | None = None  # None: ten for a checkpoint, what an ONNX file was exported with
     batch_size: int = 64
     every: int = 1  # videos: every n-th frame
     min_face: int = 32
@@ -94,12 +93,9 @@ class _Predictor:
     """One run: reads pictures, batches faces, fills rows, draws annotations."""
 
     def __init__(self, opts: PredictOptions, log: Callable[[str], None]):
-        from fer_tune.engine import pick_device
-
         self.opts, self.log = opts, log
         opencv()  # a missing or unfit OpenCV is one error line before anything is read
-        self.device = pick_device(opts.device)
-        self.classifier, self.config = load_face_classifier(opts.checkpoint, self.device, opts.crops)
+        self.model = open_face_model(opts.checkpoint, opts.device, opts.crops)
         self.finder = FaceFinder(min_face=opts.min_face) if opts.detect else None
         self.rows: list[dict] = []
         self.pending = _Pending()
@@ -142,8 +138,7 @@ class _Predictor:
         pending, self.pending = self.pending, _Pending()
         start = time.perf_counter()
         for at in range(0, len(pending.faces), self.opts.batch_size):
-            batch = torch.from_numpy(np.stack(pending.faces[at : at + self.opts.batch_size])).to(self.device)
-            probabilities = classify(self.classifier, batch).cpu().numpy()
+            probabilities = self.model.probabilities(np.stack(pending.faces[at : at + self.opts.batch_size]))
             for row, p in zip(pending.rows[at : at + self.opts.batch_size], probabilities):
                 row["label"] = EMOTIONS[int(p.argmax())]
                 row.update({f"p_{e}": round(float(v), 6) for e, v in zip(EMOTIONS, p)})
@@ -186,8 +181,8 @@ def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> Pre
     if opts.annotate is not None:
         opts.annotate.mkdir(parents=True, exist_ok=True)
         (opts.annotate / ANNOTATION_MARK).touch()
-    log(f"predict: {len(files)} file(s) with {run.config.model} from {opts.checkpoint} "
-        f"({run.classifier.view_count} view(s) per face) on {run.device}")
+    log(f"predict: {len(files)} file(s) with {run.model.model} from {opts.checkpoint} "
+        f"({run.model.views} view(s) per face, {run.model.about})")
     started = time.monotonic()
     last = started
     for done, path in enumerate(files):

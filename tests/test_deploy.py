@@ -88,9 +88,10 @@ def test_predict_writes_a_row_per_face_and_per_unreadable_file(tmp_path, capsys)
     assert "faces/s" in printed and "gave no face" in printed
 
 
-def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data):
+def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data, capsys):
     """The same faces through predict (as PNG files) and through the scoring path give the same
-    probabilities: one set of evaluation views, ten-crop and single."""
+    probabilities: one set of evaluation views, ten-crop and single; and so does the checkpoint's ONNX
+    export run by predict in ONNX Runtime."""
     from fer_tune.augment import AugmentConfig, BatchAugmenter
     from fer_tune.engine import predict_logits
     from fer_tune.evaluate import model_from_checkpoint
@@ -110,6 +111,14 @@ def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data):
         expected = predict_logits(model, torch.from_numpy(images), augmenter, crops).softmax(1).numpy()
         got = table[[f"p_{e}" for e in EMOTIONS]].to_numpy()
         assert np.abs(got - expected).max() < 1e-5, crops
+    # the exported ONNX file runs in predict too (ONNX Runtime), with the same result
+    assert main(["export", "--checkpoint", str(checkpoint)]) == 0
+    onnx_file = checkpoint.with_suffix(".onnx")
+    assert main(["predict", "--checkpoint", str(onnx_file), str(folder), "--out", str(tmp_path / "onnx.csv")]) == 0
+    ten, onnx = (pd.read_csv(tmp_path / f"{n}.csv").sort_values("file") for n in ("ten", "onnx"))
+    assert np.abs(onnx[[f"p_{e}" for e in EMOTIONS]].to_numpy() - ten[[f"p_{e}" for e in EMOTIONS]].to_numpy()).max() < 1e-5
+    assert main(["predict", "--checkpoint", str(onnx_file), str(folder), "--crops", "single"]) == 2
+    assert "was exported with ten-crop views" in _one_error_line(capsys)
 
 
 def test_predict_finds_real_faces_pasted_into_a_photo(tmp_path, real_csv, capsys):
@@ -150,8 +159,8 @@ def test_predict_finds_real_faces_pasted_into_a_photo(tmp_path, real_csv, capsys
     assert "faces/s" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["foreign checkpoint", "missing path", "foreign out", "foreign annotate",
-                                  "batch size 0"])
+@pytest.mark.parametrize("case", ["foreign checkpoint", "foreign onnx", "missing path", "foreign out",
+                                  "foreign annotate", "batch size 0"])
 def test_predict_refuses_bad_input_before_anything(tmp_path, capsys, case):
     """One error line, exit 2, and nothing written, for each mistake."""
     face = tmp_path / "face.png"
@@ -159,12 +168,21 @@ def test_predict_refuses_bad_input_before_anything(tmp_path, capsys, case):
     checkpoint = _checkpoint(tmp_path)
     out = tmp_path / "out.csv"
     argv = ["predict", "--checkpoint", str(checkpoint), str(face), "--out", str(out)]
-    expect = {"foreign checkpoint": "not a fer-tune checkpoint", "missing path": "no such file or folder",
+    expect = {"foreign checkpoint": "not a fer-tune checkpoint", "foreign onnx": "not an ONNX model fer-tune exported",
+              "missing path": "no such file or folder",
               "foreign out": "not a predictions CSV fer-tune wrote", "foreign annotate": "did not make holds files",
               "batch size 0": "--batch-size 0 is not allowed"}[case]
     if case == "foreign checkpoint":
         torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
         argv[2] = str(tmp_path / "other.pt")
+    elif case == "foreign onnx":
+        import onnx
+
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "other",
+                                       [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        onnx.save(onnx.helper.make_model(graph), tmp_path / "other.onnx")
+        argv[2] = str(tmp_path / "other.onnx")
     elif case == "missing path":
         argv[3] = str(tmp_path / "no-such-photo.jpg")
     elif case == "foreign out":

@@ -188,6 +188,33 @@ def test_smoke_manifest_and_leaderboard(smoke_chain):
     assert re.search(r"\| \w+ \(\d\.\d\d\) \|\n", board)  # e.g. "| lr (0.41) |"
 
 
+def test_smoke_winner_predicts_and_exports_as_it_was_scored(smoke_chain, tiny_data, tmp_path):
+    """The winner the report scored, used the same day: `predict` on the scored faces (as PNG files)
+    gives the labels scoring recorded in predictions.csv, and its ONNX export gives them too."""
+    cv2 = pytest.importorskip("cv2", reason="the deploy extra (opencv-python-headless) is not installed")
+    import numpy as np
+
+    folder = smoke_chain.folder
+    checkpoint = folder / "winners" / "winner1_seed0.pt"
+    images, _ = tiny_data.role("test")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i, face in enumerate(images):
+        cv2.imwrite(str(faces / f"{i:03d}.png"), face)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(faces), "--out", str(tmp_path / "p.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "p.csv").sort_values("file")
+    scored = pd.read_csv(folder / "predictions.csv").query("winner == 1 and seed == 0 and stage == 'main'")
+    from fer_tune import EMOTIONS
+
+    assert [EMOTIONS.index(label) for label in predicted["label"]] == scored.sort_values("row")["prediction"].tolist()
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "winner.onnx")]) == 0
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "winner.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"images": images[:, None].astype(np.float32)})[0]
+    assert logits.argmax(1).tolist() == scored.sort_values("row")["prediction"].tolist()
+
+
 def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
     import optuna
 
