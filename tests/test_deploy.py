@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def _one_error_line(capsys) -> str:
 # ------------------------------------------------------------ predict
 
 
-def test_predict_writes_a_row_per_face_and_per_unreadable_file(tmp_path, capsys):
+def test_predict_writes_a_row_per_face_and_per_unreadable_file(tmp_path, capsys, monkeypatch):
     """Face crops (48x48) are classified whole; a photo with no face, a text file, a broken JPEG and
     an unreadable video are one row each with the reason; a video gives a row per frame; the other
     files go on. Probabilities sum to 1 and the label is their argmax."""
@@ -63,6 +64,9 @@ def test_predict_writes_a_row_per_face_and_per_unreadable_file(tmp_path, capsys)
         video.write(np.full((240, 320, 3), 60 + 10 * k, np.uint8))
     video.release()
     out, annotate = tmp_path / "out" / "predictions.csv", tmp_path / "annotated"
+    import fer_tune.predict
+
+    monkeypatch.setattr(fer_tune.predict, "PROGRESS_EVERY_S", 0.0)  # a progress line after every picture
 
     rc = main(["predict", "--checkpoint", str(_checkpoint(tmp_path)), str(folder), "--out", str(out),
                "--annotate", str(annotate), "--every", "2", "--batch-size", "3"])
@@ -86,6 +90,8 @@ def test_predict_writes_a_row_per_face_and_per_unreadable_file(tmp_path, capsys)
     assert set(by_file["clip.avi"]["error"]) == {"no face found"}
     assert sorted(p.name for p in annotate.glob("*.png")) == [f"face{i}.png" for i in range(7)]
     assert "faces/s" in printed and "gave no face" in printed
+    assert re.search(r"\] predict: \d+/12 files \(clip\.avi frame 4/6\), \d+ faces classified", printed), printed
+    assert re.search(r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left ~\d:\d\d:\d\d\] predict: 11/12 files", printed), printed
 
 
 def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data, capsys):
