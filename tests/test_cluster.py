@@ -27,7 +27,7 @@ def test_search_spreads_trials_over_two_nodes(tiny_data, tmp_path):
             model: vgg
             budget: {max_epochs: 1, grace_period: 1, reduction_factor: 2, num_trials: 2, max_concurrent: 2}
             resources: {gpus_per_trial: 1, cpus_per_trial: 1}   # no GPU in this cluster: asks for 0
-            fixed: {width: 0.125, batch_size: 32}
+            fixed: {width: 0.0625, batch_size: 64}
             space:
               lr: {loguniform: [1.0e-3, 1.0e-2]}
         """))

@@ -58,7 +58,7 @@ SEQUENTIAL = """
     model: vgg
     budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, num_trials: 2, max_concurrent: 1}
     resources: {gpus_per_trial: 0, cpus_per_trial: 2}
-    fixed: {width: 0.125, batch_size: 32, scheduler: none, optimizer: adam}
+    fixed: {width: 0.0625, batch_size: 64, scheduler: none, optimizer: adam}
     space:
       lr: {loguniform: [1.0e-4, 1.0e-2]}
     paper_trial: {lr: 1.0e-3}

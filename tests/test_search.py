@@ -247,7 +247,7 @@ def test_asha_stops_weak_trials_early(ray_local, tiny_data, tmp_path):
         metric: val_loss
         budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, num_trials: 4, max_concurrent: 1}
         resources: {gpus_per_trial: 0, cpus_per_trial: 2}
-        fixed: {width: 0.125, batch_size: 32, scheduler: none}
+        fixed: {width: 0.0625, batch_size: 64, scheduler: none}
         space:
           optimizer: {choice: [adam]}
           lr: {choice: [1.0e-7, 0.02, 0.05]}   # 1e-7 keeps val_loss at ln 7; 0.02+ overshoots in epoch 1
