@@ -41,7 +41,12 @@ def load_study(folder: Path, name: str):
 def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
     """{method: {parameter: importance}} by fANOVA and PED-ANOVA, and a note for each that could not run."""
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+    from optuna.trial import TrialState
 
+    values = {t.value for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None}
+    if len(values) < 2:  # nothing to explain (PED-ANOVA would report equal shares for every parameter)
+        told = f"every trial scored {values.pop():.4f}" if values else "no trial finished with a score"
+        return {}, [f"not computed: importances explain differences between trial scores, and {told}"]
     found, notes = {}, []
     for method, evaluator in (("fANOVA", FanovaImportanceEvaluator(seed=0)), ("PED-ANOVA", PedAnovaImportanceEvaluator())):
         try:

@@ -62,7 +62,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 256
     amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only, convolutional models
+    channels_last: bool = True  # convolutional models, on every device
 
     def __post_init__(self) -> None:
         self.validate()

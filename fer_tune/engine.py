@@ -141,8 +141,12 @@ class Trainer:
             self.transfer = transfer_weights(self.model, base_state, freeze=config.freeze)
         on_cuda = self.device.type == "cuda"
         self.autocast = on_cuda and config.amp
-        memory_format = torch.channels_last if on_cuda and config.channels_last and info.recipe != "vit" else None
-        self.model.to(self.device, memory_format=memory_format) if memory_format else self.model.to(self.device)
+        # channels-last convolutions: faster on CUDA and on the CPU too (measured 1.2-1.6x per VGG step on 2 cores)
+        self.channels_last = config.channels_last and info.recipe != "vit"
+        if self.channels_last:
+            self.model.to(self.device, memory_format=torch.channels_last)
+        else:
+            self.model.to(self.device)
         self.train_images = torch.tensor(train[0], dtype=torch.uint8).to(self.device)
         self.train_labels = torch.tensor(train[1], dtype=torch.long).to(self.device)
         self.val_images = torch.tensor(val[0], dtype=torch.uint8).to(self.device)
@@ -202,14 +206,14 @@ class Trainer:
         return mean_loss, int(correct) / seen, False
 
     def _to_model_format(self, x: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda" and self.config.channels_last and x.dim() == 4:
+        if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
     def predict_logits(self, images: torch.Tensor, crops: str = "ten") -> torch.Tensor:
         """Logits (N, 7) for uint8 images on the device, averaged over the evaluation crops."""
         return predict_logits(self.model, images, self.augmenter, crops, self.config.eval_batch_size,
-                              autocast=self.autocast, channels_last=self.device.type == "cuda" and self.config.channels_last)
+                              autocast=self.autocast, channels_last=self.channels_last)
 
     def validate(self) -> tuple[float, float, float, float]:
         """(loss, ten-crop accuracy, single-crop accuracy, macro F1) on the validation split."""

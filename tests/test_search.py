@@ -176,6 +176,10 @@ def test_smoke_report_figures_are_recomputed_from_the_predictions(smoke_chain):
         assert row.accuracy_ci_low <= mean <= row.accuracy_ci_high
 
 
+def _scores_differ(folder: Path) -> bool:
+    return pd.read_csv(folder / "trials.csv").last_val_acc.nunique() > 1
+
+
 def test_smoke_manifest_and_leaderboard(smoke_chain):
     from fer_tune.manifest import read_manifest
 
@@ -185,7 +189,10 @@ def test_smoke_manifest_and_leaderboard(smoke_chain):
     assert main(["--report", "--results", str(smoke_chain.results)]) == 0
     board = (smoke_chain.results / "leaderboard.md").read_text()
     assert "| vgg_spinal-smoke | vgg_spinal | " in board and "most important knob (fANOVA" in board
-    assert re.search(r"\| \w+ \(\d\.\d\d\) \|\n", board)  # e.g. "| lr (0.41) |"
+    if _scores_differ(smoke_chain.folder):  # the short suite trials may all score chance (test_analysis covers both)
+        assert re.search(r"\| \w+ \(\d\.\d\d\) \|\n", board)  # e.g. "| lr (0.41) |"
+    else:
+        assert board.endswith("|  |\n")
 
 
 def test_smoke_winner_predicts_and_exports_as_it_was_scored(smoke_chain, tiny_data, tmp_path):
@@ -230,14 +237,15 @@ def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
     assert main(["--analyze", "vgg_spinal-smoke", "--results", str(smoke_chain.results)]) == 0
     assert f"analysis: {folder / 'analysis.md'}" in capsys.readouterr().out
     text = (folder / "analysis.md").read_text()
-    assert "## Hyperparameter importance" in text and "| parameter | fANOVA" in text
+    assert "## Hyperparameter importance" in text
+    assert ("| parameter | fANOVA" in text) == _scores_differ(folder) != ("every trial scored" in text)
     trials = pd.read_csv(folder / "trials.csv")
     for optimizer, best in trials.groupby("optimizer").best_val_acc.max().items():
         assert re.search(rf"\| {optimizer} \| \d+ \| {best:.4f} \| [0-9.]+ \|", text), optimizer
     assert f"- {trials.epochs_run.sum()} trial-epochs run of 8 had every trial run its 2 epochs" in text
     for row in trials.itertuples():  # compute per trial
         assert f"| {row.trial} | {row.status} | {row.epochs_run} | {row.gpu_hours:.4f} |" in text
-    for picture in ("importance.png", "slice.png", "parallel_coordinate.png"):
+    for picture in ("importance.png", "slice.png", "parallel_coordinate.png")[0 if _scores_differ(folder) else 1:]:
         assert (folder / picture).stat().st_size > 5000
 
 

@@ -1,0 +1,57 @@
+"""``--analyze``: importances come from real differences between trials, never from ties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from fer_tune.analysis import analyze
+from fer_tune.manifest import SearchManifest
+from fer_tune.report import _top_knob
+from fer_tune.search import study_storage
+
+
+def _built_search(folder: Path, scores: list[float]) -> None:
+    """A search folder with an Optuna study of ``len(scores)`` finished trials over lr and optimizer."""
+    folder.mkdir()
+    SearchManifest(name="built", space="search_spaces/vgg.yaml", model="vgg", base=None, metric="val_acc",
+                   mode="max", smoke=False, seed=0, budget={"max_epochs": 3}).write(folder)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="built", storage=study_storage(folder), direction="maximize")
+    rng = np.random.default_rng(0)
+    lrs = 10 ** rng.uniform(-4, -1, len(scores))
+    optimizers = ["adam", "sgd_nesterov"] * (len(scores) // 2)
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                     "optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd_nesterov"])}
+    for lr, optimizer, score in zip(lrs, optimizers, scores):
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr, "optimizer": optimizer},
+                                                  distributions=distributions, value=score))
+    pd.DataFrame({"trial": range(1, len(scores) + 1), "optimizer": optimizers, "lr": lrs, "best_val_acc": scores,
+                  "status": "completed", "epochs_run": 3, "wall_time_s": 1.0, "gpu_hours": 0.0,
+                  "cpu_hours": 0.001, "epochs_saved_by_patience": 0}).to_csv(folder / "trials.csv", index=False)
+
+
+def test_importances_name_the_knob_that_moves_the_score(tmp_path):
+    """The score follows lr alone: fANOVA and PED-ANOVA rank lr first, importance.csv holds it, and
+    the leaderboard's column reads it."""
+    rng = np.random.default_rng(0)
+    lrs = 10 ** rng.uniform(-4, -1, 16)
+    folder = tmp_path / "built"
+    _built_search(folder, list(0.2 + 0.2 * (np.log10(lrs) + 4)))
+    text = analyze(folder, log=lambda line: None).read_text()
+    table = pd.read_csv(folder / "importance.csv").set_index("parameter")
+    assert table.fANOVA.idxmax() == "lr" and table["PED-ANOVA"].idxmax() == "lr"
+    assert "| parameter | fANOVA | PED-ANOVA |" in text and _top_knob(folder).startswith("lr (")
+
+
+def test_no_importances_when_every_trial_scored_the_same(tmp_path):
+    """Tied scores have nothing to explain: one note, no table, no importance.csv (PED-ANOVA would
+    have given every parameter the same share)."""
+    folder = tmp_path / "built"
+    _built_search(folder, [1 / 7] * 8)
+    text = analyze(folder, log=lambda line: None).read_text()
+    assert "- not computed: importances explain differences between trial scores, and every trial scored 0.1429" in text
+    assert "| parameter |" not in text and not (folder / "importance.csv").exists() and _top_knob(folder) == ""
