@@ -166,6 +166,9 @@ def _quiet_ray() -> None:
         os.environ.setdefault(key, value)
     for name in ("ray", "ray.tune", "ray._private.authentication.authentication_token_setup"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # a failed trial: Tune logs its traceback here; fer-tune's progress callback says it in one line,
+    # with the path of the trial's error.txt (where the traceback is kept)
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
 
 @contextmanager

@@ -219,14 +219,14 @@ def _tiny_vit(tmp_path: Path) -> dict:
     return {"pretrained_path": str(tmp_path / "vit-tiny")}
 
 
-@pytest.mark.parametrize("model,fmt", [("vgg_progressive_spinal", "onnx"), ("vgg", "pt2"),
-                                       ("effnetv2s", "onnx"), ("vit_l32_spinal", "onnx")])
-def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, model, fmt):
+@pytest.mark.parametrize("model,fmt,crops", [("vgg_progressive_spinal", "onnx", "ten"), ("vgg", "pt2", "ten"),
+                                             ("effnetv2s", "onnx", "single"), ("vit_l32_spinal", "onnx", "ten")])
+def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, model, fmt, crops):
     """Each family exports (ViT with a one-layer stand-in for size: the same code path, the upscale to
     224 inside the graph); the file runs any batch size and agrees with PyTorch within 1e-3."""
     options = {"width": 0.125} if model.startswith("vgg") else _tiny_vit(tmp_path) if model.startswith("vit") else {}
     checkpoint = _checkpoint(tmp_path, model, **options)
-    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt]) == 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--crops", crops]) == 0
     out = checkpoint.with_suffix(f".{fmt}")
     printed = capsys.readouterr().out
     assert f"{out} (" in printed and "max |logit difference|" in printed
@@ -235,10 +235,11 @@ def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, model, fmt):
     card = yaml.safe_load(Path(f"{out}.yaml").read_text())
     assert card["model"] == model and card["bytes"] == out.stat().st_size and card["parity"]["max_abs_logit_difference"] <= 1e-3
     assert card["parity"]["max_abs_logit"] > 0.1  # the check compared logits of a real size
+    assert card["views"].startswith("10 (ten-crop" if crops == "ten" and model != "vit_l32_spinal" else "1 (")
     faces = _demo_faces(5, seed=3)[:, None].astype(np.float32)
     from fer_tune.inference import load_face_classifier
 
-    classifier, _ = load_face_classifier(checkpoint, torch.device("cpu"))
+    classifier, _ = load_face_classifier(checkpoint, torch.device("cpu"), crops)
     with torch.no_grad():
         expected = classifier(torch.from_numpy(faces)).numpy()
     if fmt == "onnx":
