@@ -272,12 +272,7 @@ def _parse_pixels(path: Path, pixels: pd.Series) -> np.ndarray:
         raise UserError(_bad_rows_message(path, np.flatnonzero(~digits_and_spaces),
                                           lambda i: _pixel_problem(text.iloc[i])))
     joined = "\n".join(text.tolist())
-    # values per row = spaces per row + 1, counted on the bytes (pandas' str.count is ~10x slower)
-    lengths = text.str.len().to_numpy()
-    starts = np.concatenate([[0], np.cumsum(lengths[:-1] + 1)])
-    is_space = (np.frombuffer(joined.encode("ascii"), dtype=np.uint8) == ord(" ")).view(np.uint8)
-    spaces = np.add.reduceat(is_space, starts, dtype=np.int32)
-    wrong_count = np.flatnonzero(spaces != NUM_PIXELS - 1)
+    wrong_count = np.flatnonzero(_spaces_per_row(text, joined) != NUM_PIXELS - 1)  # values per row = spaces + 1
     if len(wrong_count):
         raise UserError(_bad_rows_message(path, wrong_count, lambda i: _pixel_problem(text.iloc[i])))
     flat = np.fromstring(joined, dtype=np.uint16, sep=" ")
@@ -288,6 +283,25 @@ def _parse_pixels(path: Path, pixels: pd.Series) -> np.ndarray:
             _bad_rows_message(path, too_big, lambda i: f"pixel value {int(values[i].max())} is outside 0..255")
         )
     return values.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _spaces_per_row(text: pd.Series, joined: str) -> np.ndarray:
+    """Spaces in each row: Arrow's count_substring (0.5 s on FER2013) where pandas keeps the strings in
+    Arrow, else counted on the bytes of ``joined`` (2.7 s; pandas' own str.count takes 8 s)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+    except ImportError:
+        pa = None
+    if pa is not None:
+        try:
+            return np.asarray(pc.count_substring(pa.array(text.array), " "))
+        except (TypeError, pa.ArrowException):
+            pass
+    lengths = text.str.len().to_numpy()
+    starts = np.concatenate([[0], np.cumsum(lengths[:-1] + 1)])
+    is_space = (np.frombuffer(joined.encode("ascii"), dtype=np.uint8) == ord(" ")).view(np.uint8)
+    return np.add.reduceat(is_space, starts, dtype=np.int32)
 
 
 def _pixel_problem(text: str) -> str:
