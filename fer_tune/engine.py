@@ -267,10 +267,9 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly (tensors and plain types only). Frozen
         tensors are left out: a run rebuilt from the same config and base already holds them."""
-        frozen = frozen_tensors(self.model)
         return {
             "config": self.config.to_dict(),
-            "model": {name: tensor for name, tensor in self.model.state_dict().items() if name not in frozen},
+            "model": self.trainable_weights(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
@@ -281,14 +280,23 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (e.g. a Ray Tune checkpoint after a worker died)."""
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+    def trainable_weights(self) -> dict[str, torch.Tensor]:
+        """The model's tensors less the frozen ones (which a run rebuilt from its config and base holds)."""
+        frozen = frozen_tensors(self.model)
+        return {name: tensor for name, tensor in self.model.state_dict().items() if name not in frozen}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`trainable_weights` (or all weights); anything else is a :class:`UserError`."""
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
         not_frozen = sorted(set(missing) - frozen_tensors(self.model))
         if unexpected or not_frozen:
             raise UserError(f"a saved state does not fit this {self.config.model} run (missing "
                             f"{not_frozen[:3]}, unexpected {unexpected[:3]}); "
                             "it was saved with another model, base or freeze setting: start the run afresh")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (e.g. a Ray Tune checkpoint after a worker died)."""
+        self.load_weights(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])

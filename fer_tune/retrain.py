@@ -31,8 +31,8 @@ from fer_tune.run_folder import require_search_folder
 from fer_tune.search import SCORED_STATUSES
 from fer_tune.search_space import SearchSpace, load_search_space
 from fer_tune.transfer import load_base
-from fer_tune.tune_runner import (STATE_FILE, Progress, TrialData, TuneJob, can_resume, finished_trials,
-                                  report_epoch, restored_state, run_trials)
+from fer_tune.tune_runner import (STATE_FILE, CheckpointSchedule, Progress, TrialData, TuneJob, can_resume,
+                                  finished_trials, report_epoch, restored_state, run_trials)
 
 PROTOCOLS = ("paper", "trainval")
 RETRAIN_EXPERIMENT = "retrain"
@@ -57,6 +57,8 @@ class RetrainPlan:
     protocol: str
     finetune: dict[str, Any] = field(default_factory=dict)  # the search space's fine-tune stage
     patience: int = 0  # the selection ends after this many epochs without a better val_acc (0 = never)
+    checkpoint_every: int = 0  # the search space's checkpoint schedule (CheckpointSchedule.of)
+    checkpoint_every_s: float = 0.0
 
 
 @dataclass
@@ -114,9 +116,10 @@ def _kept(trainer: Trainer, result: EpochResult, phase: str, protocol: str) -> d
 
 
 def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan) -> None:
-    """Train one winner with one seed, reporting once per epoch with a checkpoint that holds the kept
-    model (``model.pt``: the best epoch by validation accuracy, or the refit's last) and everything
-    needed to continue (``state.pt``), so that a restarted retraining resumes at its last epoch.
+    """Train one winner with one seed, reporting once per epoch; a checkpoint when the space's schedule
+    says so (everything needed to continue, ``state.pt``, with the kept model inside it) and at the end
+    of each phase, which adds the kept model (``model.pt``: the best epoch by validation accuracy, or
+    the refit's last), so that a restarted retraining resumes at its last checkpoint.
 
     With a ``finetune`` stage (paper Table 11), the kept main-run weights train on at the fine-tune
     learning rate; its last checkpoint adds ``finetune.pt``, so that each model is scored on its own."""
@@ -135,19 +138,25 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
                 continue  # a phase that ended before the restart
             current.load_state_dict(resume)
             resume = None
+        schedule = CheckpointSchedule.of(plan, current.epoch)
         while current.epoch < stop_epoch and not _no_better(phase, current, plan.patience):
             result = current.step_epoch()
             if phase != "finetune" and not result.diverged and (
                     kept is None or phase == "refit" or result.val_acc > kept["val_acc"]):
                 kept = _kept(current, result, phase, plan.protocol)
-            files = {"model.pt": kept or _kept(current, result, phase, plan.protocol),
-                     STATE_FILE: {**current.state_dict(), "phase": phase, "kept": kept, "restarts": restarts,
-                                  "select_history": [r.as_dict() for r in trainer.history]}}
-            if phase == "finetune" and (current.epoch == stop_epoch or result.diverged):
-                files["finetune.pt"] = _kept(current, result, phase, plan.protocol)
-            report_epoch({**result.as_dict(), "diverged": int(result.diverged), "phase": phase,
-                          "patience_stop": int(_no_better(phase, current, plan.patience)),
-                          "winner": winner.rank, "seed": seed, "restarts": restarts}, files)
+            ends = current.epoch >= stop_epoch or result.diverged or _no_better(phase, current, plan.patience)
+            files = None
+            if schedule.due(current.epoch, result.epoch_time, ends):
+                files = {STATE_FILE: {**current.state_dict(), "phase": phase, "kept": kept, "restarts": restarts,
+                                      "select_history": [r.as_dict() for r in trainer.history]}}
+                if ends:
+                    files["model.pt"] = kept or _kept(current, result, phase, plan.protocol)
+                if ends and phase == "finetune":
+                    files["finetune.pt"] = _kept(current, result, phase, plan.protocol)
+            cost = report_epoch({**result.as_dict(), "diverged": int(result.diverged), "phase": phase,
+                                 "patience_stop": int(_no_better(phase, current, plan.patience)),
+                                 "winner": winner.rank, "seed": seed, "restarts": restarts}, files)
+            schedule.written(current.epoch, cost)
             if result.diverged:
                 return
 
@@ -207,7 +216,8 @@ def run_retrain(folder: Path, data: FerData, opts: RetrainOptions, log: Callable
     winners = pick_winners(folder, space, opts.top_k, opts.epochs)
     if opts.pretrained is not None:
         winners = [replace(w, config={**w.config, "pretrained_path": opts.pretrained}) for w in winners]
-    plan = RetrainPlan(tuple(winners), opts.protocol, space.finetune, space.budget.patience)
+    plan = RetrainPlan(tuple(winners), opts.protocol, space.finetune, space.budget.patience,
+                       space.budget.checkpoint_every, space.budget.checkpoint_every_s)
     job = retrain_job(folder, space, plan, _trial_data(folder, data, winners[0]), opts, log)
     settings = {"top_k": len(winners), "seeds": opts.seeds, "protocol": opts.protocol,
                 "epochs": winners[0].config["epochs"], "trials": [w.trial for w in winners],

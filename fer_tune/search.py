@@ -32,8 +32,8 @@ from fer_tune.search_space import Resources, SearchSpace, SpaceSampler, load_sea
 from fer_tune.single_run import run_training
 from fer_tune.trainable import search_trainable
 from fer_tune.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
-from fer_tune.tune_runner import (Progress, TrialData, TuneJob, can_resume, finished_trials, run_trials,
-                                  trial_number)
+from fer_tune.tune_runner import (BEST_FILE, Progress, TrialData, TuneJob, can_resume, finished_trials,
+                                  run_trials, trial_number)
 
 EXPERIMENT = "ray"
 OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
@@ -233,11 +233,10 @@ def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all", filter_nan_and_inf=True)
     series = best.metrics_dataframe[space.metric]
     best_score = float(series.max() if space.mode == "max" else series.min())
-    checkpoint = best.get_best_checkpoint(space.metric, space.mode) or best.checkpoint
-    with checkpoint.as_directory() as ckpt_dir:
-        state = load_checkpoint(Path(ckpt_dir) / "state.pt")
+    with best.checkpoint.as_directory() as ckpt_dir:  # its last checkpoint carries its best epoch's weights
+        kept = load_checkpoint(Path(ckpt_dir) / BEST_FILE)
     best_model = save_checkpoint(folder / "best_model.pt", model_payload(
-        state["config"], trial_data.full_weights(state), state["epoch"], state["best_val_acc"], search=space.name))
+        kept["config"], trial_data.full_weights(kept), kept["epoch"], kept["val_acc"], search=space.name))
     config = space.train_config(best.config).to_dict()
     config["base_checkpoint"] = base_source
     header = (
@@ -355,7 +354,7 @@ def search_job(space: SearchSpace, name: str, folder: Path, trial_data: TrialDat
         EXPERIMENT, folder, search_trainable, {"data": trial_data, "space": space},
         space.resources.gpus_per_trial, space.resources.cpus_per_trial, progress,
         tune_config={} if restore else _optuna_and_asha(space, name, folder, seed),
-        keep_best=(space.metric, space.mode), probe=largest_trial(space))
+        probe=largest_trial(space))
 
 
 def _optuna_and_asha(space: SearchSpace, name: str, folder: Path, seed: int) -> dict[str, Any]:

@@ -32,7 +32,16 @@ class Budget:
     num_trials: int = 20
     max_concurrent: int = 4
     patience: int = 0  # a run ends after this many epochs without a better validation score (0 = never)
-    checkpoint_every: int = 0  # a trial saves its state every N epochs; 0 = when saving costs under 5%
+    checkpoint_every: int = 0  # a run saves its state every N epochs; 0 = by time (below), else automatic
+    checkpoint_every_s: float = 0.0  # ... every T seconds of training; 0 = when saving costs under about 5%
+
+    def asha_rungs(self) -> set[int]:
+        """The epochs at which ASHA compares a trial with the others (and may stop it)."""
+        rungs, epoch = set(), self.grace_period
+        while epoch < self.max_epochs:
+            rungs.add(epoch)
+            epoch *= self.reduction_factor
+        return rungs
 
     def check(self, where: str) -> "Budget":
         """Itself, when every count is in range and consistent; else a :class:`UserError` naming ``where``."""
@@ -44,6 +53,7 @@ class Budget:
             ("max_concurrent", 1 <= self.max_concurrent <= 10_000, "1 to 10000"),
             ("patience", 0 <= self.patience <= 100_000, "0 (off) to 100000 epochs without improvement"),
             ("checkpoint_every", 0 <= self.checkpoint_every <= 100_000, "0 (automatic) to 100000 epochs"),
+            ("checkpoint_every_s", 0 <= self.checkpoint_every_s <= 7 * 86_400, "0 (automatic) to 604800 seconds"),
         ]
         _check_rules(where, self, rules)
         return self

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fer_tune.engine import stalled
+from fer_tune.engine import Trainer, stalled
 from fer_tune.search_space import SearchSpace
-from fer_tune.tune_runner import (STATE_FILE, CheckpointSchedule, TrialData, finite, report_epoch,
+from fer_tune.tune_runner import (BEST_FILE, STATE_FILE, CheckpointSchedule, TrialData, finite, report_epoch,
                                   restored_state)
 
 CRASH_ENV = "FER_TUNE_TEST_CRASH_ONCE_DIR"  # test-only: a trial process dies once at its 2nd epoch
@@ -36,7 +36,8 @@ def _maybe_crash_for_test(trial_id: str, epoch: int) -> None:
 
 
 def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace) -> None:
-    """Train one sampled configuration of ``space``, reporting scalars and a checkpoint once per epoch."""
+    """Train one sampled configuration of ``space``, reporting scalars once per epoch; a checkpoint
+    (resumption state + the best epoch's weights) when the budget's schedule says so, and at the end."""
     import ray
     from ray import tune
 
@@ -44,25 +45,38 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
     transfer = trainer.transfer.counts() if trainer.transfer is not None else {}
     state = restored_state()
     restarts = 0
+    best: dict[str, Any] | None = None
     if state is not None:
         trainer.load_state_dict(state)
         restarts = int(state.get("restarts", 0)) + 1
+        best = restored_state(BEST_FILE)
     node = ray.get_runtime_context().get_node_id()
     trial_id = tune.get_context().get_trial_id() or "trial"
-    schedule = CheckpointSchedule(every=space.budget.checkpoint_every, last_epoch=trainer.epoch)
+    schedule = CheckpointSchedule.of(space.budget, trainer.epoch)
+    rungs = space.budget.asha_rungs()
     while trainer.epoch < trainer.config.epochs:
         _maybe_crash_for_test(trial_id, trainer.epoch)
         result = trainer.step_epoch()
         scores = [getattr(r, space.metric) for r in trainer.history]
         no_better = stalled(scores, space.budget.patience, space.mode)
-        improved = not stalled(scores, 1, space.mode)  # this epoch is the (first) best so far
-        final = result.diverged or no_better or trainer.epoch >= trainer.config.epochs
+        if not result.diverged and not stalled(scores, 1, space.mode):  # the (first) best epoch so far
+            best = best_weights(trainer, result.val_acc)
+        ends = result.diverged or no_better or trainer.epoch >= trainer.config.epochs
+        at_rung = trainer.epoch in rungs  # ASHA may stop the trial after this report: its best weights are kept
         metrics = {**result.as_dict(), "train_loss": finite(result.train_loss), "val_loss": finite(result.val_loss),
                    "best_val_acc": max(trainer.best_val_acc, 0.0), "diverged": int(result.diverged),
                    "patience_stop": int(no_better and not result.diverged), "restarts": restarts, "node": node,
                    **transfer}
-        due = schedule.due(trainer.epoch, result.epoch_time, improved, final)
-        cost = report_epoch(metrics, {STATE_FILE: {**trainer.state_dict(), "restarts": restarts}} if due else None)
-        schedule.written(trainer.epoch, cost)
+        files = None
+        if schedule.due(trainer.epoch, result.epoch_time, ends or at_rung):
+            files = {STATE_FILE: {**trainer.state_dict(), "restarts": restarts}, **({BEST_FILE: best} if best else {})}
+        schedule.written(trainer.epoch, report_epoch(metrics, files))
         if result.diverged or no_better:
             return
+
+
+def best_weights(trainer: Trainer, val_acc: float) -> dict[str, Any]:
+    """The trial's best epoch so far: its trainable weights (a CPU copy, no optimizer state), config,
+    epoch and validation accuracy."""
+    weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in trainer.trainable_weights().items()}
+    return {"config": trainer.config.to_dict(), "model": weights, "epoch": trainer.epoch, "val_acc": float(val_acc)}

@@ -28,6 +28,7 @@ from fer_tune.models.vit import PretrainedViT
 from fer_tune.transfer import BaseWeights
 
 STATE_FILE = "state.pt"  # what a restarted trial continues from
+BEST_FILE = "best.pt"  # a search trial's best epoch: trainable weights only, no optimizer state
 AUTO = "auto"  # gpus_per_trial: auto
 MAX_TRIALS_PER_GPU = 8
 MEMORY_HEADROOM = 1.25  # a trial's measured peak memory x this must fit, for each trial on a GPU
@@ -84,27 +85,28 @@ class TrialData:
         return replace(self, train_images=self.train_images[:train], train_labels=self.train_labels[:train],
                        val_images=self.val_images[:val], val_labels=self.val_labels[:val])
 
-    def full_weights(self, state: dict[str, Any]) -> dict[str, Any]:
-        """Every weight of the model a trial's saved ``state`` holds (the state leaves the frozen ones
-        out: they are the starting weights')."""
-        config = TrainConfig.from_mapping(state["config"], source="a trial's saved state")
+    def full_weights(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """Every weight of the model a trial saved (its ``config`` and trainable ``model`` tensors:
+        the frozen ones are the starting weights', left out of trial checkpoints)."""
+        config = TrainConfig.from_mapping(saved["config"], source="a trial's saved weights")
         trainer = self.head(1, 1).trainer(config)  # the model and its starting weights, not the data
-        trainer.load_state_dict(state)
+        trainer.load_weights(saved["model"])
         return trainer.model.state_dict()
 
 
 # ------------------------------------------------------------------ inside a trial
 
 
-def restored_state() -> dict[str, Any] | None:
-    """The state a restarted trial continues from (its last checkpoint), else None."""
+def restored_state(name: str = STATE_FILE) -> dict[str, Any] | None:
+    """The file ``name`` of the checkpoint a restarted trial continues from (its last), else None."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return load_checkpoint(Path(folder) / STATE_FILE)
+        path = Path(folder) / name
+        return load_checkpoint(path) if path.is_file() else None
 
 
 def report_epoch(metrics: dict[str, Any], files: dict[str, dict[str, Any]] | None) -> float:
@@ -126,25 +128,33 @@ def report_epoch(metrics: dict[str, Any], files: dict[str, dict[str, Any]] | Non
 
 @dataclass
 class CheckpointSchedule:
-    """When a search trial writes its resumption state: at the end, whenever its score improves (Tune
-    keeps the best checkpoint, which becomes best_model.pt), and otherwise every ``every`` epochs,
-    or, with ``every`` 0, once the training time since the last write is :data:`COST_RATIO` times what
-    that write cost (so writing stays under about 5% of the training time)."""
+    """When a run writes its resumption state: at the end, and otherwise every ``every`` epochs, or
+    every ``every_s`` seconds of training, or (both 0) once the training time since the last write is
+    :data:`COST_RATIO` times what that write cost, so that writing stays under about 5% of the
+    training time. An improvement forces no write: the best weights ride along in the next one."""
 
     every: int = 0
+    every_s: float = 0.0
     last_epoch: int = 0
     last_cost: float = 0.0
     training_since: float = 0.0
 
     COST_RATIO = 20.0
 
-    def due(self, epoch: int, epoch_time: float, improved: bool, final: bool) -> bool:
+    @classmethod
+    def of(cls, budget: Any, epoch: int = 0) -> "CheckpointSchedule":
+        """The schedule a search space's ``budget`` asks for, starting after ``epoch``."""
+        return cls(every=budget.checkpoint_every, every_s=budget.checkpoint_every_s, last_epoch=epoch)
+
+    def due(self, epoch: int, epoch_time: float, final: bool) -> bool:
         """True when the state after ``epoch`` (which trained for ``epoch_time`` seconds) is to be written."""
         self.training_since += epoch_time
-        if final or improved:
+        if final:
             return True
         if self.every:
             return epoch - self.last_epoch >= self.every
+        if self.every_s:
+            return self.training_since >= self.every_s
         return self.training_since >= self.COST_RATIO * self.last_cost
 
     def written(self, epoch: int, cost: float) -> None:
@@ -355,7 +365,6 @@ class TuneJob:
     progress: Progress
     param_space: dict[str, Any] | None = None
     tune_config: dict[str, Any] = field(default_factory=dict)  # search_alg, scheduler, num_samples, ...
-    keep_best: tuple[str, str] | None = None  # (metric, mode): keep the best checkpoint; None = the latest
     probe: TrainConfig | None = None  # gpus "auto": the trial a probe measures
     keep_ray: bool = False  # leave a Ray started here running (the retraining follows)
 
@@ -395,7 +404,6 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
             tuner = tune.Tuner.restore(str(job.path), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
-            metric, mode = job.keep_best or (None, None)
             tuner = tune.Tuner(
                 trainable,
                 param_space=job.param_space,
@@ -403,8 +411,7 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
                                             **job.tune_config),
                 run_config=tune.RunConfig(
                     name=job.experiment, storage_path=str(job.folder.resolve()), verbose=0,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
-                                                            checkpoint_score_order=mode or "max"),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest: it carries the best
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                     callbacks=[progress_callback(job.progress)],
                 ),

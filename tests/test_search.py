@@ -97,6 +97,27 @@ def test_smoke_trains_the_base_first_and_every_trial_says_what_it_took(smoke_cha
     assert set(table.transfer_frozen[table.freeze]) == {32} and set(table.transfer_frozen[~table.freeze]) <= {0}
 
 
+def test_smoke_trials_keep_one_lean_checkpoint_with_their_best_weights(smoke_chain):
+    """Each trial keeps one checkpoint (its last): the resumption state and its best epoch's weights,
+    weights only (no optimizer state) and without the frozen base tensors; best_model.pt is the best
+    trial's best epoch, whole."""
+    from fer_tune.checkpoint import load_checkpoint
+
+    folder = smoke_chain.folder
+    table = pd.read_csv(folder / "trials.csv")
+    for row in table.itertuples():
+        (checkpoint,) = Path(row.trial_path).glob("checkpoint_*")
+        best = load_checkpoint(checkpoint / "best.pt")
+        assert set(best) == {"format", "config", "model", "epoch", "val_acc"}  # no optimizer, no scheduler
+        assert best["epoch"] == row.best_epoch and best["val_acc"] == pytest.approx(row.best_val_acc)
+        state = load_checkpoint(checkpoint / "state.pt")
+        assert set(state["model"]) == set(best["model"])  # the frozen base tensors in neither
+        assert row.freeze == (len(best["model"]) < 86)  # 56 base + 30 head tensors in the whole model
+    kept = load_checkpoint(folder / "best_model.pt")
+    top = table.loc[table.best_val_acc.idxmax()]
+    assert len(kept["model"]) == 86 and (kept["epoch"], kept["val_acc"]) == (top.best_epoch, pytest.approx(top.best_val_acc))
+
+
 def test_smoke_trials_table_starts_with_the_paper_trial(smoke_chain):
     table = pd.read_csv(smoke_chain.folder / "trials.csv")
     assert len(table) == 4 and table.trial.tolist() == [1, 2, 3, 4]

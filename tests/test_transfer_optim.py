@@ -115,16 +115,21 @@ def test_a_saved_state_leaves_the_frozen_base_out_and_resumes_exactly(tiny_data)
         unfrozen.load_state_dict(state)  # a state of a frozen run lacks weights an unfrozen run trains
 
 
-def test_checkpoint_schedule_writes_at_improvements_the_end_and_when_cheap_enough():
+def test_checkpoint_schedule_writes_at_the_end_every_n_epochs_every_t_seconds_or_when_cheap_enough():
+    from fer_tune.search_space import Budget
     from fer_tune.tune_runner import CheckpointSchedule
 
     auto = CheckpointSchedule()
-    assert auto.due(1, 10.0, improved=True, final=False)
+    assert auto.due(1, 10.0, final=False)  # nothing measured yet
     auto.written(1, cost=2.0)  # 2 s to write: the next unforced write waits for 40 s of training
-    assert not auto.due(2, 10.0, improved=False, final=False)
-    assert not auto.due(3, 10.0, improved=False, final=False)
-    assert auto.due(4, 20.0, improved=False, final=False)
-    assert auto.due(5, 1.0, improved=False, final=True)
+    assert not auto.due(2, 10.0, final=False)
+    assert not auto.due(3, 10.0, final=False)
+    assert auto.due(4, 20.0, final=False)
+    assert auto.due(5, 1.0, final=True)
     every = CheckpointSchedule(every=3)
     every.written(1, cost=1.0)
-    assert [every.due(e, 100.0, improved=False, final=False) for e in (2, 3, 4)] == [False, False, True]
+    assert [every.due(e, 100.0, final=False) for e in (2, 3, 4)] == [False, False, True]
+    timed = CheckpointSchedule.of(Budget(checkpoint_every_s=60.0))
+    timed.written(1, cost=50.0)  # a costly write: the 60 s rule, not the cost rule, decides
+    assert [timed.due(e, 25.0, final=False) for e in (2, 3, 4)] == [False, False, True]
+    assert sorted(Budget(max_epochs=200, grace_period=10, reduction_factor=3).asha_rungs()) == [10, 30, 90]
