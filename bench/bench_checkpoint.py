@@ -3,8 +3,9 @@
     python bench/bench_checkpoint.py            # all families (ViT-L/32 needs ~8 GB of RAM, ~1 min)
     python bench/bench_checkpoint.py --no-vit
 
-"Before" is what a trial wrote every epoch until this change: the whole model, the optimizer and the
-scheduler. "After" is :meth:`fer_tune.engine.Trainer.state_dict`: the frozen base tensors left out.
+"Before" is what a trial wrote every epoch until lean checkpoints: the whole model, the optimizer and
+the scheduler. "After" is one write now: :meth:`fer_tune.engine.Trainer.state_dict` (the frozen base
+tensors left out) and the best epoch's weights (``best.pt``: the trainable tensors, no optimizer).
 Each model takes one optimizer step (Ranger and Ranger21 keep two or more tensors per weight) on two
 images so that the optimizer state exists; bytes are summed over the tensors (what torch.save writes,
 less a few KB of structure). CPU is fine: bytes do not depend on the device.
@@ -58,7 +59,8 @@ def measure(model: str, base: str | None, freeze: bool, width: float, optimizer:
     trainer = Trainer(config, (images, labels), (images, labels), base_state=base_state, device=device)
     trainer.train_one_epoch()
     before = {**trainer.state_dict(), "model": trainer.model.state_dict()}
-    return tensor_bytes(before), tensor_bytes(trainer.state_dict())
+    # after: the resumption state and the best epoch's trainable weights (best.pt), both lean
+    return tensor_bytes(before), tensor_bytes(trainer.state_dict()) + tensor_bytes(trainer.trainable_weights())
 
 
 def main() -> None:
