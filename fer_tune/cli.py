@@ -6,13 +6,12 @@ Every user mistake ends as one ``error:`` line naming the file / row / key and t
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 from fer_tune.errors import UserError
 from fer_tune.run_folder import check_run_name
-from fer_tune.search_space import GPU_SHARES, gpu_share_ok
+from fer_tune.search_space import RANGES
 
 COMMANDS = ("train", "evaluate", "predict", "export", "data", "demo-data")
 
@@ -24,15 +23,12 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}; see {self.prog} --help")
 
 
-# every number the search command takes: (what is allowed, the check); None = not given
+# every number the search command takes: (what is allowed, the check), the YAML's rule where the
+# option overrides a YAML setting; None = not given
 SEARCH_NUMBERS = {
-    "trials": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
-    "max_epochs": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
-    "gpus_per_trial": (GPU_SHARES, gpu_share_ok),
-    "cpus_per_trial": ("above 0 and at most 1024", lambda v: math.isfinite(v) and 0 < v <= 1024),
+    "trials": RANGES["num_trials"],
+    **{name: RANGES[name] for name in ("max_epochs", "gpus_per_trial", "cpus_per_trial", "top_k", "seeds")},
     "seed": ("0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
-    "top_k": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
-    "seeds": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
 }
 
 

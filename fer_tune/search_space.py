@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fer_tune.config import OPTIMIZERS, SCHEDULERS, TrainConfig, read_yaml, runs_own_schedule, with_own_schedule
 from fer_tune.errors import UserError
@@ -45,17 +45,8 @@ class Budget:
 
     def check(self, where: str) -> "Budget":
         """Itself, when every count is in range and consistent; else a :class:`UserError` naming ``where``."""
-        rules = [
-            ("max_epochs", 1 <= self.max_epochs <= 100_000, "1 to 100000"),
-            ("grace_period", 1 <= self.grace_period <= self.max_epochs, f"1 to max_epochs ({self.max_epochs})"),
-            ("reduction_factor", 2 <= self.reduction_factor <= 100, "2 to 100 (ASHA keeps 1 in reduction_factor)"),
-            ("num_trials", 1 <= self.num_trials <= 100_000, "1 to 100000"),
-            ("max_concurrent", 1 <= self.max_concurrent <= 10_000, "1 to 10000"),
-            ("patience", 0 <= self.patience <= 100_000, "0 (off) to 100000 epochs without improvement"),
-            ("checkpoint_every", 0 <= self.checkpoint_every <= 100_000, "0 (automatic) to 100000 epochs"),
-            ("checkpoint_every_s", 0 <= self.checkpoint_every_s <= 7 * 86_400, "0 (automatic) to 604800 seconds"),
-        ]
-        _check_rules(where, self, rules)
+        _check_rules(where, self, [("grace_period", 1 <= self.grace_period <= self.max_epochs,
+                                    f"1 to max_epochs ({self.max_epochs})")])
         return self
 
 
@@ -79,12 +70,7 @@ class Resources:
 
     def check(self, where: str) -> "Resources":
         """Itself, when the shares are finite and Ray can place them; else a :class:`UserError`."""
-        gpus, cpus = self.gpus_per_trial, self.cpus_per_trial
-        rules = [
-            ("gpus_per_trial", gpu_share_ok(gpus), GPU_SHARES),
-            ("cpus_per_trial", math.isfinite(cpus) and 0 < cpus <= 1024, "above 0 and at most 1024"),
-        ]
-        _check_rules(where, self, rules)
+        _check_rules(where, self, [])
         return self
 
 
@@ -97,13 +83,33 @@ class RetrainPreset:
 
     def check(self, where: str) -> "RetrainPreset":
         """Itself, when both counts are 1 to 100; else a :class:`UserError` naming ``where``."""
-        _check_rules(where, self, [("top_k", 1 <= self.top_k <= 100, "a whole number 1 to 100"),
-                                   ("seeds", 1 <= self.seeds <= 100, "a whole number 1 to 100")])
+        _check_rules(where, self, [])
         return self
 
 
+# The allowed values of every single-number setting, whether it comes from a YAML (budget, resources,
+# retrain) or from its command-line option: (what is allowed, the check)
+RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "max_epochs": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
+    "num_trials": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
+    "reduction_factor": ("2 to 100 (ASHA keeps 1 in reduction_factor)", lambda v: 2 <= v <= 100),
+    "max_concurrent": ("a whole number 1 to 10000", lambda v: 1 <= v <= 10_000),
+    "patience": ("0 (off) to 100000 epochs without improvement", lambda v: 0 <= v <= 100_000),
+    "checkpoint_every": ("0 (automatic) to 100000 epochs", lambda v: 0 <= v <= 100_000),
+    "checkpoint_every_s": ("0 (automatic) to 604800 seconds", lambda v: 0 <= v <= 7 * 86_400),
+    "gpus_per_trial": (GPU_SHARES, gpu_share_ok),
+    "cpus_per_trial": ("above 0 and at most 1024", lambda v: math.isfinite(v) and 0 < v <= 1024),
+    "top_k": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
+    "seeds": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
+}
+
+
 def _check_rules(where: str, values: Any, rules: list[tuple[str, bool, str]]) -> None:
-    for name, ok, allowed in rules:
+    """A :class:`UserError` for the first field of ``values`` outside :data:`RANGES`, or the first
+    of ``rules`` (name, ok, allowed) that fails."""
+    ranged = [(f.name, RANGES[f.name][1](getattr(values, f.name)), RANGES[f.name][0])
+              for f in fields(values) if f.name in RANGES]
+    for name, ok, allowed in ranged + rules:
         if not ok:
             raise UserError(f"{where}.{name} = {getattr(values, name)!r} is not allowed; use {allowed}")
 

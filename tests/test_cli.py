@@ -98,3 +98,23 @@ def test_list_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--gpus-per-trial" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option,field,section,bad", [("--trials", "num_trials", "budget", "0"),
+                                                      ("--max-epochs", "max_epochs", "budget", "0"),
+                                                      ("--cpus-per-trial", "cpus_per_trial", "resources", "0"),
+                                                      ("--gpus-per-trial", "gpus_per_trial", "resources", "1.5")])
+def test_an_option_and_its_yaml_setting_share_one_rule(tmp_path, capsys, option, field, section, bad):
+    """`--trials 0` and `budget: {num_trials: 0}` are refused with the same words (one rule, in
+    search_space.RANGES), before anything starts."""
+    assert main(["--search", "vgg", "--smoke", option, bad, "--results", str(tmp_path)]) == 2
+    from_option = capsys.readouterr().err.strip().split("; use ", 1)[1]
+    import yaml
+
+    values = yaml.safe_load((Path(__file__).resolve().parent.parent / "search_spaces" / "vgg.yaml").read_text())
+    values[section][field] = yaml.safe_load(bad)
+    space = tmp_path / "bad.yaml"
+    space.write_text(yaml.safe_dump(values))
+    assert main(["--search", str(space), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{section}.{field} = " in err and err.split("; use ", 1)[1] == from_option
