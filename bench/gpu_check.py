@@ -230,13 +230,13 @@ def measure_packing(train, plan: Plan, device: torch.device) -> list[dict]:
 
 
 def measure_checkpoints(plan: Plan) -> list[dict]:
-    """Bytes of one trial checkpoint before (everything) and after (frozen base left out), on the CPU."""
+    """Bytes of one trial checkpoint before (everything) and after (lean state + best weights), on the CPU."""
     cases = [("vgg_spinal", "vgg", plan.models[0][1])] + ([("vit_l32_spinal", "vit_l32", 1.0)] if plan is FULL else [])
     rows = []
     for model, base, width in cases:
         before, after = measure(model, base, True, width, "ranger", device="cpu")
-        rows.append({"model": model, "base_frozen": True, "optimizer": "ranger", "before_mb": round(before / 1e6, 1),
-                     "after_mb": round(after / 1e6, 1), "ratio": round(before / after, 1)})
+        rows.append({"model": model, "base_frozen": True, "optimizer": "ranger", "before_mb": round(before / 1e6, 3),
+                     "after_mb": round(after / 1e6, 3), "ratio": round(before / after, 2)})
     return rows
 
 
