@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.mark.slow
-def test_gpu_check_tiny_writes_every_table(tmp_path):
+def test_gpu_check_tiny_writes_every_table(ray_local, tmp_path):  # the suite's Ray: no start-up of its own
     sys.path.insert(0, str(BENCH))
     try:
         import gpu_check
