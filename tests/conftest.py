@@ -71,3 +71,17 @@ def ray_local():
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def tiny_vit_folder(tmp_path) -> Path:
+    """A one-layer ViT saved with save_pretrained (ViT-L/32's patching, 224x224): a local
+    'pretrained' folder that loads in a second."""
+    from transformers import ViTConfig, ViTModel
+
+    from fer_tune.models.vit import VIT_L32
+
+    small = ViTModel(ViTConfig(**{**VIT_L32, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                                  "intermediate_size": 64}), add_pooling_layer=False)
+    small.save_pretrained(tmp_path / "vit-tiny")
+    return tmp_path / "vit-tiny"

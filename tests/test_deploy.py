@@ -208,23 +208,13 @@ def test_predict_refuses_bad_input_before_anything(tmp_path, capsys, case):
 # ------------------------------------------------------------ export
 
 
-def _tiny_vit(tmp_path: Path) -> dict:
-    from transformers import ViTConfig, ViTModel
-
-    from fer_tune.models.vit import VIT_L32
-
-    small = ViTModel(ViTConfig(**{**VIT_L32, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-                                  "intermediate_size": 64}), add_pooling_layer=False)
-    small.save_pretrained(tmp_path / "vit-tiny")
-    return {"pretrained_path": str(tmp_path / "vit-tiny")}
-
-
 @pytest.mark.parametrize("model,fmt,crops", [("vgg_progressive_spinal", "onnx", "ten"), ("vgg", "pt2", "ten"),
                                              ("effnetv2s", "onnx", "single"), ("vit_l32_spinal", "onnx", "ten")])
-def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, model, fmt, crops):
+def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, model, fmt, crops, tiny_vit_folder):
     """Each family exports (ViT with a one-layer stand-in for size: the same code path, the upscale to
     224 inside the graph); the file runs any batch size and agrees with PyTorch within 1e-3."""
-    options = {"width": 0.125} if model.startswith("vgg") else _tiny_vit(tmp_path) if model.startswith("vit") else {}
+    options = ({"width": 0.125} if model.startswith("vgg") else
+               {"pretrained_path": str(tiny_vit_folder)} if model.startswith("vit") else {})
     checkpoint = _checkpoint(tmp_path, model, **options)
     assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--crops", crops]) == 0
     out = checkpoint.with_suffix(f".{fmt}")

@@ -223,17 +223,6 @@ def test_every_sampled_knob_of_every_space_changes_training(knob_data):
 # ------------------------------------------------------------ 3. each model starts where the paper started
 
 
-def _tiny_vit_folder(tmp_path: Path) -> Path:
-    from transformers import ViTConfig, ViTModel
-
-    from fer_tune.models.vit import VIT_L32
-
-    small = ViTModel(ViTConfig(**{**VIT_L32, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-                                  "intermediate_size": 64}), add_pooling_layer=False)
-    small.save_pretrained(tmp_path / "vit-tiny")
-    return tmp_path / "vit-tiny"
-
-
 def test_vit_search_without_pretrained_weights_stops_before_anything(tmp_path, capsys):
     from fer_tune.cli import main
 
@@ -247,12 +236,12 @@ def test_vit_search_without_pretrained_weights_stops_before_anything(tmp_path, c
     assert not (tmp_path / "r").exists()
 
 
-def test_pretrained_vit_reaches_the_trial_through_the_search_space(tmp_path):
+def test_pretrained_vit_reaches_the_trial_through_the_search_space(tmp_path, tiny_vit_folder):
     """A YAML may fix pretrained_path; the driver reads the folder once and the trial builds its
     model from the shipped weights, never from the path (which need not exist on a worker node)."""
     from fer_tune.models.vit import resolve_pretrained
 
-    folder = _tiny_vit_folder(tmp_path)
+    folder = tiny_vit_folder
     source = load_search_space("vit_l32").path
     text = Path(source).read_text().replace("fixed:\n", f"fixed:\n  pretrained_path: {folder}\n", 1)
     (tmp_path / "vit.yaml").write_text(text)
@@ -378,13 +367,13 @@ def test_ranger21_resumes_exactly(tiny_data, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_vit_validation_computes_its_single_view_once(tmp_path):
+def test_vit_validation_computes_its_single_view_once(tiny_vit_folder):
     from fer_tune.models.vit import resolve_pretrained
 
     images = np.zeros((4, 48, 48), dtype=np.uint8)
     config = TrainConfig(model="vit_l32", optimizer="adam", scheduler="none", lr=1e-4, batch_size=4, epochs=1)
     trainer = Trainer(config, (images, np.arange(4)), (images, np.arange(4)),
-                      pretrained=resolve_pretrained(str(_tiny_vit_folder(tmp_path))))
+                      pretrained=resolve_pretrained(str(tiny_vit_folder)))
     calls = []
     original = trainer.predict_logits
     trainer.predict_logits = lambda *a, **k: calls.append(a) or original(*a, **k)
