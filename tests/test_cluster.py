@@ -11,7 +11,7 @@ from fer_tune.search import SearchOptions, run_search
 pytestmark = pytest.mark.slow
 
 
-def test_search_spreads_trials_over_two_nodes(tiny_data, tmp_path):
+def test_search_spreads_trials_over_two_nodes(ray_local, tiny_data, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -39,3 +39,4 @@ def test_search_spreads_trials_over_two_nodes(tiny_data, tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        ray_local()  # the suite's local Ray again, for the tests after this one
