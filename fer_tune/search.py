@@ -32,8 +32,8 @@ from fer_tune.search_space import Resources, SearchSpace, SpaceSampler, load_sea
 from fer_tune.single_run import run_training
 from fer_tune.trainable import search_trainable
 from fer_tune.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
-from fer_tune.tune_runner import (BEST_FILE, Progress, TrialData, TuneJob, can_resume, finished_trials,
-                                  run_trials, trial_number)
+from fer_tune.tune_runner import (BEST_FILE, STATE_FILE, Progress, TrialData, TuneJob, can_resume,
+                                  finished_trials, run_trials, trial_number)
 
 EXPERIMENT = "ray"
 OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
@@ -221,6 +221,15 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
     return frame
 
 
+def _best_epoch_in(checkpoint: Path) -> dict[str, Any]:
+    """A trial's best epoch: ``best.pt`` (weights only), which every checkpoint carries; a search begun
+    by an older fer-tune has only ``state.pt`` in its best checkpoint (that epoch's whole state)."""
+    if (checkpoint / BEST_FILE).is_file():
+        return load_checkpoint(checkpoint / BEST_FILE)
+    state = load_checkpoint(checkpoint / STATE_FILE)
+    return {**state, "val_acc": state["best_val_acc"]}
+
+
 def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str, float], trial_data: TrialData,
                   base_source: str | None) -> SearchOutcome:
     """trials.csv, best_config.yaml, best_model.pt (the best trial's best checkpoint)."""
@@ -233,8 +242,9 @@ def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all", filter_nan_and_inf=True)
     series = best.metrics_dataframe[space.metric]
     best_score = float(series.max() if space.mode == "max" else series.min())
-    with best.checkpoint.as_directory() as ckpt_dir:  # its last checkpoint carries its best epoch's weights
-        kept = load_checkpoint(Path(ckpt_dir) / BEST_FILE)
+    checkpoint = best.get_best_checkpoint(space.metric, space.mode) or best.checkpoint  # one kept: the last
+    with checkpoint.as_directory() as ckpt_dir:
+        kept = _best_epoch_in(Path(ckpt_dir))
     best_model = save_checkpoint(folder / "best_model.pt", model_payload(
         kept["config"], trial_data.full_weights(kept), kept["epoch"], kept["val_acc"], search=space.name))
     config = space.train_config(best.config).to_dict()
