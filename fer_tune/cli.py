@@ -1,4 +1,5 @@
-"""Command line: ``python launch.py --search NAME`` and the ``train`` / ``evaluate`` / ``data`` commands.
+"""Command line: ``python launch.py --search NAME`` and the ``train`` / ``evaluate`` / ``predict`` / ``export`` /
+``data`` commands.
 
 Every user mistake ends as one ``error:`` line naming the file / row / key and the fix, exit 2.
 """
@@ -57,6 +58,8 @@ fer-tune: hyperparameter search for facial-expression recognition on FER2013.
   python launch.py --list                            # the search spaces and what each explores
   python launch.py train --config results/vgg/best_config.yaml --data data/fer2013.csv
   python launch.py evaluate --checkpoint results/vgg/best_model.pt --data data/fer2013.csv
+  python launch.py predict --checkpoint results/vgg/best_model.pt photos/ clip.mp4   # faces -> CSV
+  python launch.py export --checkpoint results/vgg/best_model.pt                     # -> ONNX, checked
   python launch.py data data/fer2013.csv             # describe a data file
 
 A search runs Optuna (TPE) + ASHA in Ray Tune on a local Ray instance, or on the cluster in
