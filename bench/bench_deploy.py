@@ -55,7 +55,7 @@ def speed(folder: Path, model: str = "vgg_spinal", faces: int = 256) -> list[str
             opts = PredictOptions(checkpoint=path, paths=[pictures], out=folder / "p.csv", batch_size=batch, device="cpu")
             summary = run_predict(opts, log=lambda line: None)
             rows.append(f"| {model} | {backend} | {batch} | {summary.faces} | {summary.faces_per_second:.1f} | "
-                        f"{summary.faces / summary.classify_seconds:.1f} |")
+                        f"{summary.classifier_faces_per_second:.1f} |")
     return rows
 
 

@@ -1,5 +1,7 @@
 """The one exception type for a user's mistake: the CLI prints its message and exits non-zero."""
 
+DEPLOY_INSTALL = 'pip install -e ".[deploy]"'  # what a missing optional package of predict / export asks for
+
 
 class UserError(Exception):
     """A problem with the user's input (a file, a field, an option), with what to do about it.

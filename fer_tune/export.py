@@ -25,7 +25,7 @@ from torch import nn
 
 from fer_tune import EMOTIONS, __version__
 from fer_tune.config import yaml_plain
-from fer_tune.errors import UserError
+from fer_tune.errors import DEPLOY_INSTALL, UserError
 from fer_tune.files import write_atomic, write_text_atomic
 from fer_tune.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier, load_face_classifier
 
@@ -34,7 +34,6 @@ PARITY_LIMIT = 1e-3
 PARITY_FACES = 64
 ONNX_OPSET = 18
 SINGLE_FILE_LIMIT = 2 * 1024**3 - 64 * 1024**2  # ONNX's protobuf limit (one file), with room for the graph
-INSTALL = 'pip install -e ".[deploy]"'
 
 
 class ParityError(Exception):
@@ -140,7 +139,7 @@ def export_checkpoint(checkpoint: Path, fmt: str = "onnx", out: Path | None = No
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx" and any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")):
-        raise UserError(f"ONNX export needs onnx, onnxscript and onnxruntime; run {INSTALL}")
+        raise UserError(f"ONNX export needs onnx, onnxscript and onnxruntime; run {DEPLOY_INSTALL}")
     out = out or default_out(checkpoint, fmt)
     check_out(out)
     classifier, config = load_face_classifier(checkpoint, torch.device("cpu"), crops)

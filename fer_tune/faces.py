@@ -18,14 +18,13 @@ from typing import Iterator
 
 import numpy as np
 
-from fer_tune.errors import UserError
+from fer_tune.errors import DEPLOY_INSTALL, UserError
 
 FACE_SIZE = 48
 FACE_CROP_MAX = 64  # an image at most this many pixels on each side is a face crop, not a photo
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 CASCADE = "haarcascade_frontalface_default.xml"
-INSTALL = 'pip install -e ".[deploy]"'
 
 
 def opencv():
@@ -35,9 +34,9 @@ def opencv():
     try:
         import cv2
     except ImportError:
-        raise UserError(f"face detection needs OpenCV, which is not installed; run {INSTALL}") from None
+        raise UserError(f"face detection needs OpenCV, which is not installed; run {DEPLOY_INSTALL}") from None
     if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
-        raise UserError(f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 dropped them); run {INSTALL}, "
+        raise UserError(f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 dropped them); run {DEPLOY_INSTALL}, "
                         "which installs opencv-python-headless < 5")
     return cv2
 
@@ -70,7 +69,7 @@ class FaceFinder:
         cv2 = opencv()
         self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / CASCADE))
         if self.cascade.empty():
-            raise UserError(f"OpenCV could not load its bundled {CASCADE}; reinstall it with {INSTALL}")
+            raise UserError(f"OpenCV could not load its bundled {CASCADE}; reinstall it with {DEPLOY_INSTALL}")
         self.min_face, self.scale_factor, self.min_neighbors = min_face, scale_factor, min_neighbors
 
     def boxes(self, gray: np.ndarray) -> list[Box]:

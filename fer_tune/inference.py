@@ -20,7 +20,7 @@ from torch import nn
 from fer_tune.augment import AugmentConfig, eval_inputs
 from fer_tune.config import TrainConfig
 from fer_tune.engine import mean_view_logits
-from fer_tune.errors import UserError
+from fer_tune.errors import DEPLOY_INSTALL, UserError
 from fer_tune.models import model_info
 
 CROPS = ("ten", "single")
@@ -67,10 +67,7 @@ class FaceModel:
     model: str
     views: int
     about: str
-    run: Callable[[np.ndarray], np.ndarray]  # uint8 (N, 48, 48) -> probabilities (N, 7)
-
-    def probabilities(self, faces: np.ndarray) -> np.ndarray:
-        return self.run(faces)
+    probabilities: Callable[[np.ndarray], np.ndarray]  # uint8 (N, 48, 48) -> probabilities (N, 7)
 
 
 def open_face_model(path: Path, device: str | None = None, crops: str | None = None) -> FaceModel:
@@ -92,12 +89,10 @@ def open_face_model(path: Path, device: str | None = None, crops: str | None = N
 
 
 def _onnx_face_model(path: Path, crops: str | None) -> FaceModel:
-    from fer_tune.export import INSTALL
-
     try:
         import onnxruntime as ort
     except ImportError:
-        raise UserError(f"{path}: running an ONNX file needs onnxruntime; run {INSTALL}") from None
+        raise UserError(f"{path}: running an ONNX file needs onnxruntime; run {DEPLOY_INSTALL}") from None
     if not path.is_file():
         raise UserError(f"{path}: ONNX file not found")
     try:

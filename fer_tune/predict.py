@@ -21,6 +21,7 @@ from fer_tune.errors import UserError
 from fer_tune.faces import Box, FaceFinder, Frame, face_crop, files_under, frames_of, is_face_crop, opencv, whole_image
 from fer_tune.files import write_atomic, write_csv_atomic
 from fer_tune.inference import open_face_model
+from fer_tune.tune_runner import clock, stamp
 
 COLUMNS = ["file", "frame", "face", "x", "y", "w", "h", "found_by", "label", *(f"p_{e}" for e in EMOTIONS), "error"]
 ANNOTATION_MARK = ".fer-tune-annotations"  # in an --annotate folder fer-tune made
@@ -57,7 +58,13 @@ class PredictSummary:
 
     @property
     def faces_per_second(self) -> float:
+        """End to end: reading, detection and classification."""
         return self.faces / self.seconds if self.seconds else 0.0
+
+    @property
+    def classifier_faces_per_second(self) -> float:
+        """The time inside the model calls only."""
+        return self.faces / self.classify_seconds if self.classify_seconds else 0.0
 
 
 def check_outputs(opts: PredictOptions) -> None:
@@ -92,8 +99,8 @@ class _Pending:
 class _Predictor:
     """One run: reads pictures, batches faces, fills rows, draws annotations."""
 
-    def __init__(self, opts: PredictOptions, log: Callable[[str], None]):
-        self.opts, self.log = opts, log
+    def __init__(self, opts: PredictOptions):
+        self.opts = opts
         opencv()  # a missing or unfit OpenCV is one error line before anything is read
         self.model = open_face_model(opts.checkpoint, opts.device, opts.crops)
         self.finder = FaceFinder(min_face=opts.min_face) if opts.detect else None
@@ -177,7 +184,7 @@ def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> Pre
     files = files_under(opts.paths, skip=opts.annotate)
     if not files:
         raise UserError(f"no files under {', '.join(map(str, opts.paths))}; give images, folders of images or videos")
-    run = _Predictor(opts, log)
+    run = _Predictor(opts)
     if opts.annotate is not None:
         opts.annotate.mkdir(parents=True, exist_ok=True)
         (opts.annotate / ANNOTATION_MARK).touch()
@@ -197,10 +204,9 @@ def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> Pre
     summary.seconds = time.monotonic() - started
     table = pd.DataFrame(run.rows, columns=COLUMNS).astype({c: "Int64" for c in ("frame", "face", "x", "y", "w", "h")})
     summary.csv = write_csv_atomic(table, opts.out)
-    classifier_rate = summary.faces / summary.classify_seconds if summary.classify_seconds else 0.0
     log(f"predict: {summary.faces} face(s) in {summary.pictures} picture(s) from {summary.files} file(s) in "
         f"{summary.seconds:.1f} s: {summary.faces_per_second:.1f} faces/s end to end (reading, detection, "
-        f"classification), {classifier_rate:.1f} faces/s for the classifier alone")
+        f"classification), {summary.classifier_faces_per_second:.1f} faces/s for the classifier alone")
     if summary.problems:
         log(f"predict: {summary.problems} file(s) or frame(s) gave no face; the CSV's error column says why")
     log(f"predictions: {summary.csv}" + (f"; annotated copies: {opts.annotate}" if opts.annotate else ""))
@@ -209,8 +215,6 @@ def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> Pre
 
 def _progress_line(started: float, done: int, total: int, frame: Frame, summary: PredictSummary) -> str:
     """``[time elapsed left] predict: 3/10 files (video.mp4 frame 120/900), 42 faces``."""
-    from fer_tune.tune_runner import clock, stamp
-
     within = 0.0
     where = ""
     if frame.frame is not None:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fer_tune.checkpoint import model_payload
 from fer_tune.engine import Trainer, stalled
 from fer_tune.search_space import SearchSpace
 from fer_tune.tune_runner import (BEST_FILE, STATE_FILE, CheckpointSchedule, TrialData, finite, report_epoch,
@@ -78,5 +79,4 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
 def best_weights(trainer: Trainer, val_acc: float) -> dict[str, Any]:
     """The trial's best epoch so far: its trainable weights (a CPU copy, no optimizer state), config,
     epoch and validation accuracy."""
-    weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in trainer.trainable_weights().items()}
-    return {"config": trainer.config.to_dict(), "model": weights, "epoch": trainer.epoch, "val_acc": float(val_acc)}
+    return model_payload(trainer.config.to_dict(), trainer.trainable_weights(), trainer.epoch, val_acc)

@@ -25,11 +25,11 @@ from fer_tune.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.config import TrainConfig
 from fer_tune.data import FerData
 from fer_tune.models.vit import PretrainedViT
+from fer_tune.search_space import AUTO
 from fer_tune.transfer import BaseWeights
 
 STATE_FILE = "state.pt"  # what a restarted trial continues from
 BEST_FILE = "best.pt"  # a search trial's best epoch: trainable weights only, no optimizer state
-AUTO = "auto"  # gpus_per_trial: auto
 MAX_TRIALS_PER_GPU = 8
 MEMORY_HEADROOM = 1.25  # a trial's measured peak memory x this must fit, for each trial on a GPU
 MAX_FAILURES = 2  # a trial whose worker dies is retried this many times from its last checkpoint
