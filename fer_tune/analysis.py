@@ -58,13 +58,13 @@ def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
     return found, notes
 
 
-def factor_table(trials: pd.DataFrame, factor: str, score: str) -> pd.DataFrame:
-    """Per value of ``factor`` (the paper's Tables 4-13): trials, best and median validation score, mean
-    epochs run, GPU- and CPU-hours (scored trials only)."""
+def factor_table(trials: pd.DataFrame, factor: str, score: str, mode: str = "max") -> pd.DataFrame:
+    """Per value of ``factor`` (the paper's Tables 4-13): trials, best (by the search's ``mode``) and
+    median validation score, mean epochs run, GPU- and CPU-hours (scored trials only), best first."""
     table = trials.groupby(trials[factor].astype(str)).agg(
-        trials=(score, "size"), best=(score, "max"), median=(score, "median"), epochs=("epochs_run", "mean"),
+        trials=(score, "size"), best=(score, mode), median=(score, "median"), epochs=("epochs_run", "mean"),
         gpu_hours=("gpu_hours", "sum"), cpu_hours=("cpu_hours", "sum"))
-    return table.sort_values("best", ascending=False)
+    return table.sort_values("best", ascending=mode == "min")
 
 
 def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
@@ -84,7 +84,7 @@ def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
              "trial; PrivateTest is not read here. Importances are computed from the Optuna study "
              f"(`{OPTUNA_DB}`: the value Optuna was told, the trial's last reported {manifest.metric}).", ""]
     lines += _importance_lines(found, notes, folder)
-    lines += _factor_lines(scored, score)
+    lines += _factor_lines(scored, score, manifest.mode)
     lines += _compute_lines(trials, manifest.budget.get("max_epochs"))
     lines += _plot_lines(study, folder)
     path = write_text_atomic(folder / "analysis.md", "\n".join(lines) + "\n")
@@ -109,7 +109,7 @@ def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], fold
                     "which is not sampled when Ranger21 is drawn).", ""]
 
 
-def _factor_lines(scored: pd.DataFrame, score: str) -> list[str]:
+def _factor_lines(scored: pd.DataFrame, score: str, mode: str) -> list[str]:
     lines = ["## The paper's factors (validation score per value)", "",
              "Caution: a trial that ASHA (or early stopping) ended is compared at the epoch it stopped, so the "
              "scores of short trials understate what they would have reached.", ""]
@@ -118,13 +118,13 @@ def _factor_lines(scored: pd.DataFrame, score: str) -> list[str]:
             continue
         lines += [f"### {factor}", "", "| value | trials | best | median | mean epochs run | GPU-hours | CPU-hours |",
                   "|---|---|---|---|---|---|---|"]
-        for value, row in factor_table(scored, factor, score).iterrows():
+        for value, row in factor_table(scored, factor, score, mode).iterrows():
             lines.append(f"| {value} | {int(row.trials)} | {row.best:.4f} | {row['median']:.4f} | {row.epochs:.1f} | "
                          f"{row.gpu_hours:.4f} | {row.cpu_hours:.4f} |")
         lines.append("")
     if {"optimizer", "scheduler"} <= set(scored):
         pivot = scored.pivot_table(index="optimizer", columns=scored.scheduler.fillna("none"), values=score,
-                                   aggfunc="max")
+                                   aggfunc=mode)
         lines += ["### best score, optimizer x scheduler", "", "| optimizer | " + " | ".join(pivot.columns) + " |",
                   "|---|" + "---|" * len(pivot.columns)]
         for optimizer, row in pivot.iterrows():

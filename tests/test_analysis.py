@@ -55,3 +55,14 @@ def test_no_importances_when_every_trial_scored_the_same(tmp_path):
     text = analyze(folder, log=lambda line: None).read_text()
     assert "- not computed: importances explain differences between trial scores, and every trial scored 0.1429" in text
     assert "| parameter |" not in text and not (folder / "importance.csv").exists() and _top_knob(folder) == ""
+
+
+def test_factor_tables_take_the_best_by_the_search_mode():
+    """A search that minimises val_loss: a factor's best score is its lowest loss, listed first."""
+    from fer_tune.analysis import factor_table
+
+    trials = pd.DataFrame({"optimizer": ["adam", "adam", "sgd_nesterov"], "best_val_loss": [0.9, 1.4, 1.1],
+                           "epochs_run": 3, "gpu_hours": 0.0, "cpu_hours": 0.1})
+    table = factor_table(trials, "optimizer", "best_val_loss", "min")
+    assert table.index.tolist() == ["adam", "sgd_nesterov"] and table.loc["adam", "best"] == 0.9
+    assert factor_table(trials, "optimizer", "best_val_loss", "max").loc["adam", "best"] == 1.4
