@@ -55,6 +55,18 @@ def tiny_data(tiny_csv):
 
 
 @pytest.fixture(scope="session")
+def chain_csv(tmp_path_factory) -> Path:
+    """70 / 35 / 35 demo faces: for the whole-chain tests (search, retraining, scoring) that check the
+    plumbing, not learning; an epoch takes a third of tiny_csv's."""
+    return write_demo_csv(tmp_path_factory.mktemp("chain") / "fer2013.csv", DemoSpec(10, 5, 5, seed=1))
+
+
+@pytest.fixture(scope="session")
+def chain_data(chain_csv):
+    return load_fer(chain_csv)
+
+
+@pytest.fixture(scope="session")
 def learn_csv(tmp_path_factory) -> Path:
     """1120 / 280 / 280 demo faces: for the tests that check a model really learns."""
     return write_demo_csv(tmp_path_factory.mktemp("learn") / "fer2013.csv", DemoSpec(160, 40, 40, seed=0))

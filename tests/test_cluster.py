@@ -11,7 +11,7 @@ from fer_tune.search import SearchOptions, run_search
 pytestmark = pytest.mark.slow
 
 
-def test_search_spreads_trials_over_two_nodes(ray_local, tiny_data, tmp_path):
+def test_search_spreads_trials_over_two_nodes(ray_local, chain_data, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -31,7 +31,7 @@ def test_search_spreads_trials_over_two_nodes(ray_local, tiny_data, tmp_path):
             space:
               lr: {loguniform: [1.0e-3, 1.0e-2]}
         """))
-        outcome = run_search(str(space), tiny_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
+        outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
         nodes = set(outcome.trials.node)
         assert len(outcome.trials) == 2 and (outcome.trials.status == "completed").all()
         assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}, nodes

@@ -141,14 +141,14 @@ def test_nothing_touches_the_network_when_building_and_training(tiny_data, monke
     assert [r.epoch for r in history] == [1] and not history[0].diverged
 
 
-def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local, tiny_csv, tmp_path, capsys):
+def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local, chain_csv, tmp_path, capsys):
     """One search through three faults: a trial's worker dies (Ray retries it from its last epoch), the
     driver is SIGKILLed during the search, then again during the retraining; each time the same
     command continues, keeps what finished and does not train it again."""
     space = _space(tmp_path, "killme", SEQUENTIAL)
     marker_dir = tmp_path / "marker"
     marker_dir.mkdir()
-    common = ["--data", str(tiny_csv), "--results", str(tmp_path / "r"), "--top-k", "1", "--seeds", "2"]
+    common = ["--data", str(chain_csv), "--results", str(tmp_path / "r"), "--top-k", "1", "--seeds", "2"]
     folder = tmp_path / "r" / "killme"
 
     first, out = _launch(["--search", str(space), *common], env={"FER_TUNE_TEST_CRASH_ONCE_DIR": str(marker_dir)}), []

@@ -39,7 +39,7 @@ class SmokeChain:
 
 
 @pytest.fixture(scope="module")
-def smoke_chain(ray_local, tiny_csv, tmp_path_factory) -> SmokeChain:
+def smoke_chain(ray_local, chain_csv, tmp_path_factory) -> SmokeChain:
     """`--search vgg_spinal --smoke` once for this module: base trained first, transferred, 4 trials with
     ASHA, the top 2 retrained over 2 seeds, scored once on PrivateTest, the report; the loader and the
     scoring step instrumented to see when the test split is read."""
@@ -61,7 +61,7 @@ def smoke_chain(ray_local, tiny_csv, tmp_path_factory) -> SmokeChain:
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
         patch.setattr(FerData, "split", spy_split)
         patch.setattr(pipeline, "score_runs", spy_score)
-        rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(tiny_csv), "--results", str(results),
+        rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(chain_csv), "--results", str(results),
                    "--max-epochs", "2"])  # the README's first command, with shorter trials for the suite
     return SmokeChain(rc, out.getvalue(), results, results / "vgg_spinal-smoke", events)
 
@@ -149,13 +149,13 @@ def test_smoke_tensorboard_has_every_trials_curves_and_hparams(smoke_chain):
     assert len(list(smoke_chain.folder.glob("retrain/trial_*/events.out.tfevents.*"))) == 4  # 2 winners x 2 seeds
 
 
-def test_smoke_best_config_trains_again(smoke_chain, tiny_csv, tmp_path):
+def test_smoke_best_config_trains_again(smoke_chain, chain_csv, tmp_path):
     folder = smoke_chain.folder
     best = yaml.safe_load((folder / "best_config.yaml").read_text())
     assert best["model"] == "vgg_spinal" and best["base_checkpoint"].endswith("best.pt")
     assert all(isinstance(v, (str, int, float, bool, type(None))) for v in best.values())
     assert (folder / "best_model.pt").is_file()
-    rc = main(["train", "--config", str(folder / "best_config.yaml"), "--smoke", "--data", str(tiny_csv),
+    rc = main(["train", "--config", str(folder / "best_config.yaml"), "--smoke", "--data", str(chain_csv),
                "--results", str(tmp_path), "--name", "again", "--epochs", "1"])
     assert rc == 0 and (tmp_path / "train" / "again" / "best.pt").is_file()
 
@@ -216,7 +216,7 @@ def test_smoke_manifest_and_leaderboard(smoke_chain):
         assert board.endswith("|  |\n")
 
 
-def test_smoke_winner_predicts_and_exports_as_it_was_scored(smoke_chain, tiny_data, tmp_path):
+def test_smoke_winner_predicts_and_exports_as_it_was_scored(smoke_chain, chain_data, tmp_path):
     """The winner the report scored, used the same day: `predict` on the scored faces (as PNG files)
     gives the labels scoring recorded in predictions.csv, and its ONNX export gives them too."""
     cv2 = pytest.importorskip("cv2", reason="the deploy extra (opencv-python-headless) is not installed")
@@ -224,7 +224,7 @@ def test_smoke_winner_predicts_and_exports_as_it_was_scored(smoke_chain, tiny_da
 
     folder = smoke_chain.folder
     checkpoint = folder / "winners" / "winner1_seed0.pt"
-    images, _ = tiny_data.role("test")
+    images, _ = chain_data.role("test")
     faces = tmp_path / "faces"
     faces.mkdir()
     for i, face in enumerate(images):
@@ -330,7 +330,7 @@ def test_unknown_search_name_and_nothing_to_resume(tiny_csv, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, tiny_data, tmp_path):
+def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chain_data, tmp_path):
     """One small search and its retraining. lr 1e+6 diverges at epoch 1: recorded, and the search goes on.
     lr 1e-7 leaves the predictions as they are, so the validation accuracy never improves after epoch 1:
     with patience 1 the trial ends after epoch 2 of 6, and its retraining likewise, each saying so.
@@ -345,13 +345,13 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, tiny
         model: vgg
         budget: {max_epochs: 6, grace_period: 6, reduction_factor: 2, num_trials: 2, max_concurrent: 2, patience: 1}
         resources: {gpus_per_trial: 0, cpus_per_trial: 1}
-        fixed: {width: 0.0625, batch_size: 64, scheduler: none, optimizer: sgd_nesterov}
+        fixed: {width: 0.0625, batch_size: 16, scheduler: none, optimizer: sgd_nesterov}
         space:
           lr: {choice: [1.0e-7, 1.0e+6]}   # the seeded sampler draws 1e+6 for trial 2
         paper_trial: {lr: 1.0e-7}
         finetune: {epochs: 1, lr: 1.0e-5}
     """)
-    outcome = run_search(str(space), tiny_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
+    outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
     table = outcome.trials.set_index("lr")
     assert table.loc[1e6, "status"] == "diverged at epoch 1"
     calm = table.loc[1e-7]
@@ -359,7 +359,7 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, tiny
     assert not calm.stopped_early_by_asha
 
     lines: list[str] = []
-    runs, winners = run_retrain(outcome.folder, tiny_data, RetrainOptions(top_k=1, seeds=1), log=lines.append)
+    runs, winners = run_retrain(outcome.folder, chain_data, RetrainOptions(top_k=1, seeds=1), log=lines.append)
     assert runs.stage.tolist() == ["finetune", "main"]
     main_run = runs[runs.stage == "main"].iloc[0]
     assert (main_run.epochs_run, main_run.epochs_saved_by_patience) == (2, 4)
@@ -368,7 +368,7 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, tiny
     kept = load_checkpoint(outcome.folder / "winners" / "winner1_seed0.pt")
     assert tuned["config"]["lr"] == 1e-5 and tuned["config"]["scheduler"] == "none" and tuned["phase"] == "finetune"
     assert kept["phase"] == "select" and kept["config"]["lr"] == 1e-7
-    scored = score_runs(runs, tiny_data)
+    scored = score_runs(runs, chain_data)
     assert set(scored.winners.stage) == {"main", "finetune"}
     report = write_report(outcome.folder, "vgg", runs, scored, {1: winners[0].config}, None).read_text()
     assert "## After the fine-tune stage" in report and "## Headline: winner 1" in report
