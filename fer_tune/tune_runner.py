@@ -179,6 +179,21 @@ def _quiet_ray() -> None:
     # a failed trial: Tune logs its traceback here; fer-tune's progress callback says it in one line,
     # with the path of the trial's error.txt (where the traceback is kept)
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    _ray_errors_to_its_logger()
+
+
+def _ray_errors_to_its_logger() -> None:
+    """Ray's driver prints every error its cluster publishes ("(raylet) A worker died or was killed
+    ...") straight to stdout, whatever ``log_to_driver`` says; fer-tune's progress line reports a
+    failed trial itself and the raylet's log file keeps the text, so those go to the 'ray' logger."""
+    import ray._private.worker as ray_worker
+
+    if hasattr(ray_worker, "print_to_stdstream"):  # the name Ray's error listener prints through
+        ray_worker.print_to_stdstream = _log_ray_message
+
+
+def _log_ray_message(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+    logging.getLogger("ray").warning("(%s) %s", data.get("pid"), "\n".join(map(str, data.get("lines", []))))
 
 
 @contextmanager
