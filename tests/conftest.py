@@ -72,23 +72,21 @@ def learn_csv(tmp_path_factory) -> Path:
     return write_demo_csv(tmp_path_factory.mktemp("learn") / "fer2013.csv", DemoSpec(160, 40, 40, seed=0))
 
 
-def _start_local_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``replaces_ray`` run last (the sort keeps the order otherwise)."""
+    items.sort(key=lambda item: item.get_closest_marker("replaces_ray") is not None)
 
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance (2 CPUs) shared by the in-process search tests (started once). It yields
-    the function that starts it, for a test that must replace it for a while (the cluster test)."""
+    """One local Ray instance (2 CPUs) shared by the in-process search tests (started once)."""
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    _start_local_ray()
-    yield _start_local_ray
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
     ray.shutdown()
 
 

@@ -8,10 +8,11 @@ import pytest
 
 from fer_tune.search import SearchOptions, run_search
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.replaces_ray]
 
 
-def test_search_spreads_trials_over_two_nodes(ray_local, chain_data, tmp_path):
+def test_search_spreads_trials_over_two_nodes(chain_data, tmp_path):
+    """The suite's Ray gives way to the cluster (this test runs last: nothing needs it again)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -39,4 +40,3 @@ def test_search_spreads_trials_over_two_nodes(ray_local, chain_data, tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
-        ray_local()  # the suite's local Ray again, for the tests after this one
