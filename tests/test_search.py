@@ -270,19 +270,19 @@ def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
         assert (folder / picture).stat().st_size > 5000
 
 
-def test_asha_stops_weak_trials_early(ray_local, tiny_data, tmp_path):
+def test_asha_stops_weak_trials_early(ray_local, chain_data, tmp_path):
     space = _space_file(tmp_path, """
         model: vgg
         metric: val_loss
         budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, num_trials: 4, max_concurrent: 1}
         resources: {gpus_per_trial: 0, cpus_per_trial: 2}
-        fixed: {width: 0.0625, batch_size: 64, scheduler: none}
+        fixed: {width: 0.0625, batch_size: 16, scheduler: none}
         space:
           optimizer: {choice: [adam]}
           lr: {choice: [1.0e-7, 0.02, 0.05]}   # 1e-7 keeps val_loss at ln 7; 0.02+ overshoots in epoch 1
         paper_trial: {optimizer: adam, lr: 1.0e-7}
     """)
-    outcome = run_search(str(space), tiny_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
+    outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
     table = outcome.trials
     assert len(table) == 4
     assert table.stopped_early_by_asha.any(), table[["lr", "epochs_run", "status"]]
