@@ -25,9 +25,9 @@ def test_short_training_on_demo_data_beats_chance_widely(learn_csv):
     assert all(0 <= r.val_f1 <= 1 and r.lr > 0 for r in history)
 
 
-def test_same_seed_same_metrics_on_cpu(tiny_data):
+def test_same_seed_same_metrics_on_cpu(chain_data):
     def run():
-        t = Trainer(TrainConfig(**NARROW, epochs=2, seed=3), tiny_data.role("train"), tiny_data.role("val"))
+        t = Trainer(TrainConfig(**NARROW, epochs=2, seed=3), chain_data.role("train"), chain_data.role("val"))
         return [r.as_dict() | {"epoch_time": 0} for r in t.fit()]
 
     assert run() == run()
@@ -41,16 +41,16 @@ def test_divergence_is_detected_at_the_first_non_finite_loss(tiny_data):
     assert math.isnan(history[-1].train_loss)
 
 
-def test_resume_from_state_continues_exactly(tiny_data):
+def test_resume_from_state_continues_exactly(chain_data):
     config = TrainConfig(**NARROW, epochs=3, seed=1, optimizer="adam", lr=1e-3, scheduler="cosine")
-    straight = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    straight = Trainer(config, chain_data.role("train"), chain_data.role("val"))
     expected = [r.val_acc for r in straight.fit()] + [straight.history[-1].train_loss]
 
-    first = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    first = Trainer(config, chain_data.role("train"), chain_data.role("val"))
     first.step_epoch()
     first.step_epoch()
     state = first.state_dict()
-    second = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    second = Trainer(config, chain_data.role("train"), chain_data.role("val"))
     second.load_state_dict(state)
     assert second.epoch == 2
     history = second.fit()

@@ -351,10 +351,10 @@ def test_ranger21_nan_ends_the_run_as_diverged(tiny_data):
     assert result.diverged
 
 
-def test_ranger21_resumes_exactly(tiny_data, tmp_path):
-    config = TrainConfig(model="vgg", width=0.0625, batch_size=64, epochs=2, optimizer="ranger21",
+def test_ranger21_resumes_exactly(chain_data, tmp_path):
+    config = TrainConfig(model="vgg", width=0.0625, batch_size=32, epochs=2, optimizer="ranger21",
                          scheduler="none", lr=1e-3)
-    train, val = tiny_data.role("train"), tiny_data.role("val")
+    train, val = chain_data.role("train"), chain_data.role("val")
     straight = Trainer(config, train, val)
     straight.fit()
     first = Trainer(config, train, val)
