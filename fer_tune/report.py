@@ -10,6 +10,7 @@ from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.scoring import ScoredRuns
+from fer_tune.tune_runner import read_history
 
 # FER2013 PrivateTest as Santoso & Kusuma report it (accuracy, macro P, R, F1; VGGNet: Khaireddin & Chen)
 PAPER_RESULTS: dict[str, tuple[str, float, float | None, float | None, float | None]] = {
@@ -96,13 +97,13 @@ def _draw_figures(folder: Path, model: str, summary: pd.DataFrame, runs: pd.Data
                    f"{model} winner {best}, {scored.test_split} (ten-crop, all seeds, row-normalised)")
     curves = {}
     for run in runs.itertuples():
-        history = pd.read_csv(run.history)
+        history = read_history(run.history)
         curves[f"winner {run.winner} seed {run.seed}"] = history[history.phase == "select"].val_acc.tolist()
     plot_curves(curves, folder / "learning_curves.png", f"{model}: retraining, validation accuracy", "val_acc")
     search_curves = {}
     for row in trials.sort_values("trial").itertuples():
         progress = Path(row.trial_path) / "progress.csv"
-        search_curves[f"trial {row.trial}"] = pd.read_csv(progress)["val_acc"].tolist() if progress.is_file() else []
+        search_curves[f"trial {row.trial}"] = read_history(progress)["val_acc"].tolist() if progress.is_file() else []
     plot_search(search_curves, folder / "search.png", model)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pandas as pd
 
 from fer_tune.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.config import TrainConfig
@@ -166,6 +167,16 @@ class CheckpointSchedule:
 def finite(value: float) -> float:
     """``value``, or +inf when it is NaN / infinite (Tune's tables and CSVs stay numeric)."""
     return value if math.isfinite(value) else float("inf")
+
+
+def read_history(progress_csv: Path) -> pd.DataFrame:
+    """A run's ``progress.csv`` (Tune's per-epoch log), each epoch once (per phase). A driver killed
+    after an epoch's report but before Ray recorded that epoch's checkpoint makes the resumed run
+    repeat the epoch, and the log then holds it twice: the later row, the one the run went on from,
+    is kept."""
+    history = pd.read_csv(progress_csv)
+    keys = [key for key in ("phase", "epoch") if key in history]
+    return history.drop_duplicates(keys, keep="last").reset_index(drop=True) if "epoch" in keys else history
 
 
 # ------------------------------------------------------------------ the driver

@@ -141,10 +141,13 @@ def test_nothing_touches_the_network_when_building_and_training(tiny_data, monke
     assert [r.epoch for r in history] == [1] and not history[0].diverged
 
 
-def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local, chain_csv, tmp_path, capsys):
-    """One search through three faults: a trial's worker dies (Ray retries it from its last epoch), the
-    driver is SIGKILLed during the search, then again during the retraining; each time the same
-    command continues, keeps what finished and does not train it again."""
+def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local, chain_csv, tmp_path, capsys,
+                                                                       monkeypatch):
+    """One search through three faults: a trial's worker dies (Ray retries it from its last epoch); the
+    driver is SIGKILLed during the search, with the Ray it started; then a driver that joined a running
+    Ray (as on a cluster) is SIGKILLed during the retraining. Each time the same command continues from
+    what Ray last recorded: it keeps what finished, never starts a run again from scratch, and counts
+    each epoch once (an epoch reported just before the kill may be trained again)."""
     space = _space(tmp_path, "killme", SEQUENTIAL)
     marker_dir = tmp_path / "marker"
     marker_dir.mkdir()
@@ -160,7 +163,10 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local
     assert not any(text in line for line in out for text in ray_text), "".join(out)
     finished_id, finished_acc = done.group(1), float(done.group(2))
 
-    second, out = _launch(["--search", str(space), *common]), []
+    import ray
+
+    second, out = _launch(["--search", str(space), *common],
+                          env={"RAY_ADDRESS": ray.get_runtime_context().gcs_address}), []  # the suite's Ray
     retrained = _read_until(second, r"\] retraining killme (\w+) epoch 2/2: val_acc", out)
     _kill(second)
     assert retrained, "the retraining did not finish a run in time: " + "".join(out[-20:])
@@ -172,13 +178,21 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local
     assert row.restarts == 1  # its worker died once and it went on from its checkpoint
     assert pd.read_csv(Path(row.trial_path) / "progress.csv").epoch.tolist() == [1, 2]  # not from scratch
 
+    import fer_tune.report
+
+    curves: dict[str, list[float]] = {}
+    drawn = fer_tune.report.plot_curves
+    monkeypatch.setattr(fer_tune.report, "plot_curves", lambda c, *a: curves.update(c) or drawn(c, *a))
     third = main(["--retrain", "killme", *common])  # in this process: a new driver on the suite's Ray
     printed = capsys.readouterr().out
     assert third == 0, printed[-3000:]
     assert re.search(r"resuming the retraining of killme: \d of 2 runs already finished", printed)
-    assert sorted(pd.read_csv(folder / "retrain_runs.csv").seed) == [0, 1]
+    runs = pd.read_csv(folder / "retrain_runs.csv")
+    assert sorted(runs.seed) == [0, 1] and (runs.epochs_run == 2).all(), runs  # each epoch counted once
     (kept,) = (folder / "retrain").glob(f"*{retrained.group(1)}")
-    assert pd.read_csv(kept / "progress.csv").epoch.tolist() == [1, 2]  # trained once, not again
+    epochs = pd.read_csv(kept / "progress.csv").epoch.tolist()  # Ray's own record of the run
+    assert epochs[:2] == [1, 2] and epochs == sorted(epochs), epochs  # went on, never from scratch
+    assert sorted(map(len, curves.values())) == [2, 2], curves  # the report's learning curves: each epoch once
     assert (folder / "report.md").is_file()
     # the resumed search went on in the same Optuna study: one Optuna trial per Tune trial
     study = optuna.load_study(study_name="killme", storage=f"sqlite:///{folder / 'optuna.db'}")

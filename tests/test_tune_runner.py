@@ -1,4 +1,4 @@
-"""The Tune runner's own rules: trial resources (gpus_per_trial auto), the progress line."""
+"""The Tune runner's own rules: trial resources (gpus_per_trial auto), the progress line, a run's history."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from fer_tune import tune_runner
 from fer_tune.errors import UserError
 from fer_tune.search_space import load_search_space
-from fer_tune.tune_runner import Progress, TuneJob, trial_resources, trials_per_gpu
+from fer_tune.tune_runner import Progress, TuneJob, read_history, trial_resources, trials_per_gpu
 
 
 def test_trials_per_gpu_fit_by_measured_memory_with_headroom():
@@ -57,3 +57,13 @@ def test_progress_line_shows_elapsed_time_left_and_the_best():
                     r"2 running \| best 0.5000 \(a\)$", first)
     progress.line("b", 1, 0.7, {"running": 2})
     assert progress.line("a", 2, 0.6, {"running": 1, "done": 1}).endswith("best 0.7000 (b)")
+
+
+def test_a_repeated_epoch_counts_once_in_a_runs_history(tmp_path):
+    """An epoch trained again after a resume appears twice in Tune's progress.csv: the later row is kept,
+    per phase (the refit's epochs restart at 1)."""
+    log = tmp_path / "progress.csv"
+    log.write_text("epoch,phase,val_acc\n1,select,0.1\n2,select,0.2\n2,select,0.25\n1,refit,0.3\n2,refit,0.4\n")
+    history = read_history(log)
+    assert history[["epoch", "phase", "val_acc"]].values.tolist() == [
+        [1, "select", 0.1], [2, "select", 0.25], [1, "refit", 0.3], [2, "refit", 0.4]]
