@@ -26,7 +26,7 @@ from fer_tune.demo_data import DemoSpec, write_demo_csv
 
 
 def per_image_baseline() -> transforms.Compose:
-    """SPEC section 2's training transforms as the public VGGNet code writes them (PIL, per image)."""
+    """The VGGNet recipe's training transforms as the public VGGNet code writes them (PIL, per image)."""
     return transforms.Compose([
         transforms.RandomApply([transforms.RandomResizedCrop(48, scale=(0.8, 1.2))], p=0.5),
         transforms.RandomApply([transforms.RandomAffine(0, translate=(0.2, 0.2))], p=0.5),

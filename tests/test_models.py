@@ -1,4 +1,6 @@
-"""The seven models: registry, exact widths of SPEC section 3, parameter counts, forward/backward."""
+"""The seven models: registry, the paper's exact layer widths (VGGNet conv blocks 64-128-256-512, SpinalNet
+heads of four 512-wide layers, EfficientNetV2-S's 1792 and ViT-L/32's 1024 features), parameter counts,
+forward/backward."""
 
 from __future__ import annotations
 
