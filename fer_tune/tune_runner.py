@@ -203,6 +203,14 @@ def _ray_errors_to_its_logger() -> None:
         ray_worker.print_to_stdstream = _log_ray_message
 
 
+def ray_logs_folder() -> str:
+    """This node's Ray log folder (where the raylet says why a worker died)."""
+    import ray._private.worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    return node.get_logs_dir_path() if node is not None else "session_latest/logs of Ray's temp folder"
+
+
 def _log_ray_message(data: dict[str, Any], ignore_prefix: bool = False) -> None:
     logging.getLogger("ray").warning("(%s) %s", data.get("pid"), "\n".join(map(str, data.get("lines", []))))
 
@@ -368,7 +376,7 @@ def progress_callback(progress: Progress):
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             progress.log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last "
-                         "checkpoint")
+                         f"checkpoint (why: Ray's logs in {ray_logs_folder()} on the node that ran it)")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             progress.ended.add(trial.trial_id)
