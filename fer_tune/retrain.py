@@ -32,7 +32,7 @@ from fer_tune.search import SCORED_STATUSES
 from fer_tune.search_space import SearchSpace, load_search_space
 from fer_tune.transfer import load_base
 from fer_tune.tune_runner import (STATE_FILE, CheckpointSchedule, Progress, TrialData, TuneJob, can_resume,
-                                  finished_trials, report_epoch, restored_state, run_trials)
+                                  finished_trials, report_epoch, restored_state, run_history, run_trials)
 
 PROTOCOLS = ("paper", "trainval")
 RETRAIN_EXPERIMENT = "retrain"
@@ -273,7 +273,7 @@ def _kept_runs(results, folder: Path, plan: RetrainPlan, resources: dict[str, fl
         if result.error is not None:
             raise UserError(f"retraining run {result.path} failed: {result.error}")
         rank, seed = int(result.config["winner"]), int(result.config["seed"])
-        winner, history = plan.winners[rank - 1], result.metrics_dataframe
+        winner, history = plan.winners[rank - 1], run_history(result)
         with result.checkpoint.as_directory() as ckpt:
             for stage, file in (("main", "model.pt"), ("finetune", "finetune.pt")):
                 if not (Path(ckpt) / file).is_file():

@@ -33,7 +33,7 @@ from fer_tune.single_run import run_training
 from fer_tune.trainable import search_trainable
 from fer_tune.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
 from fer_tune.tune_runner import (BEST_FILE, STATE_FILE, Progress, TrialData, TuneJob, can_resume,
-                                  finished_trials, run_trials, trial_number)
+                                  finished_trials, run_history, run_trials, trial_number)
 
 EXPERIMENT = "ray"
 OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
@@ -187,7 +187,7 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
     names = [p.name for p in space.params]
     better = max if space.mode == "max" else min
     for result in results:
-        history = result.metrics_dataframe
+        history = run_history(result)
         metrics = result.metrics or {}
         row: dict[str, Any] = {"trial": trial_number(result.path),
                                "trial_id": metrics.get("trial_id") or Path(result.path).name}
@@ -240,7 +240,7 @@ def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str
     if not scored:
         raise UserError(f"{folder}: no trial produced a score (see trials.csv and the Ray logs in {folder / EXPERIMENT})")
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all", filter_nan_and_inf=True)
-    series = best.metrics_dataframe[space.metric]
+    series = run_history(best)[space.metric]
     best_score = float(series.max() if space.mode == "max" else series.min())
     checkpoint = best.get_best_checkpoint(space.metric, space.mode) or best.checkpoint  # one kept: the last
     with checkpoint.as_directory() as ckpt_dir:

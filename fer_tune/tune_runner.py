@@ -169,14 +169,25 @@ def finite(value: float) -> float:
     return value if math.isfinite(value) else float("inf")
 
 
-def read_history(progress_csv: Path) -> pd.DataFrame:
-    """A run's ``progress.csv`` (Tune's per-epoch log), each epoch once (per phase). A driver killed
-    after an epoch's report but before Ray recorded that epoch's checkpoint makes the resumed run
-    repeat the epoch, and the log then holds it twice: the later row, the one the run went on from,
-    is kept."""
-    history = pd.read_csv(progress_csv)
+def epoch_rows(history: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A run's per-epoch reports, each epoch once (per phase). A driver killed after an epoch's report
+    but before Ray recorded that epoch's checkpoint makes the resumed run repeat the epoch, and Tune's
+    logs (``progress.csv``, ``result.json``) may then hold it twice: the later row, the one the run
+    went on from, is kept."""
+    if history is None or "epoch" not in history:
+        return history
     keys = [key for key in ("phase", "epoch") if key in history]
-    return history.drop_duplicates(keys, keep="last").reset_index(drop=True) if "epoch" in keys else history
+    return history.drop_duplicates(keys, keep="last").reset_index(drop=True)
+
+
+def run_history(result) -> pd.DataFrame | None:
+    """The per-epoch history of a Tune ``Result`` (read from its logs), each epoch once."""
+    return epoch_rows(result.metrics_dataframe)
+
+
+def read_history(progress_csv: Path) -> pd.DataFrame:
+    """A run's ``progress.csv``, each epoch once."""
+    return epoch_rows(pd.read_csv(progress_csv))
 
 
 # ------------------------------------------------------------------ the driver

@@ -67,3 +67,20 @@ def test_a_repeated_epoch_counts_once_in_a_runs_history(tmp_path):
     history = read_history(log)
     assert history[["epoch", "phase", "val_acc"]].values.tolist() == [
         [1, "select", 0.1], [2, "select", 0.25], [1, "refit", 0.3], [2, "refit", 0.4]]
+
+
+def test_a_repeated_epoch_counts_once_in_the_trials_table():
+    """Tune's logs of a trial whose last epoch was trained again after a resume: the table's time and
+    best epoch count that epoch once."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from fer_tune.search import trials_table
+
+    space = load_search_space("vgg")
+    logs = pd.DataFrame({"epoch": [1, 2, 2], "val_acc": [0.2, 0.3, 0.3], "epoch_time": [10.0, 10.0, 10.0]})
+    result = SimpleNamespace(metrics_dataframe=logs, metrics={"epoch": 2, "val_acc": 0.3, "trial_id": "abc"},
+                             config={p.name: None for p in space.params}, path="/r/ray/trial_000_abc", error=None)
+    row = trials_table([result], space, max_epochs=2, gpus=1.0, cpus=2.0).iloc[0]
+    assert (row.epochs_run, row.best_epoch, row.wall_time_s, row.gpu_hours) == (2, 2, 20.0, round(20 / 3600, 5))
