@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from fer_tune import EMOTIONS
+from fer_tune.clock import clock, stamp
 from fer_tune.errors import UserError
 from fer_tune.faces import Box, FaceFinder, Frame, face_crop, files_under, frames_of, is_face_crop, opencv, whole_image
 from fer_tune.files import write_atomic, write_csv_atomic
 from fer_tune.inference import open_face_model
-from fer_tune.tune_runner import clock, stamp
 
 COLUMNS = ["file", "frame", "face", "x", "y", "w", "h", "found_by", "label", *(f"p_{e}" for e in EMOTIONS), "error"]
 ANNOTATION_MARK = ".fer-tune-annotations"  # in an --annotate folder fer-tune made

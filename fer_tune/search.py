@@ -242,8 +242,7 @@ def write_outputs(results, space: SearchSpace, folder: Path, resources: dict[str
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all", filter_nan_and_inf=True)
     series = run_history(best)[space.metric]
     best_score = float(series.max() if space.mode == "max" else series.min())
-    checkpoint = best.get_best_checkpoint(space.metric, space.mode) or best.checkpoint  # one kept: the last
-    with checkpoint.as_directory() as ckpt_dir:
+    with best.checkpoint.as_directory() as ckpt_dir:  # a trial keeps one checkpoint, its last: it carries best.pt
         kept = _best_epoch_in(Path(ckpt_dir))
     best_model = save_checkpoint(folder / "best_model.pt", model_payload(
         kept["config"], trial_data.full_weights(kept), kept["epoch"], kept["val_acc"], search=space.name))

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fer_tune.checkpoint import load_checkpoint, save_checkpoint
+from fer_tune.clock import clock, stamp
 from fer_tune.config import TrainConfig
 from fer_tune.data import FerData
 from fer_tune.models.vit import PretrainedViT
@@ -312,17 +313,6 @@ def trial_number(path: str) -> int | None:
     """The creation order of a trial from its folder name (1 = the first trial)."""
     parts = Path(path).name.split("_")
     return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
-
-
-def clock(seconds: float) -> str:
-    """``H:MM:SS``."""
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def stamp(started: float, left: str) -> str:
-    """The head of every progress line: time of day, time since ``started`` (monotonic), time left."""
-    return f"[{time.strftime('%H:%M:%S')} {clock(time.monotonic() - started)} {left}]"
 
 
 @dataclass
