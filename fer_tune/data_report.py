@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from fer_tune import EMOTIONS
-from fer_tune.data import CANONICAL_MD5, FerData, duplicate_groups, rows_with_copy_in
-
-
-def file_md5(path: Path) -> str:
-    """MD5 of a file, read in 8 MiB chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from fer_tune.data import CANONICAL_MD5, COMPACT_SUFFIX, content_md5, FerData, duplicate_groups, rows_with_copy_in
 
 
 def describe(data: FerData) -> str:
     """A Markdown description of ``data``."""
     lines = [f"# {data.source}", ""]
     source = Path(data.source)
-    if source.is_file():
-        md5 = file_md5(source)
+    if source.is_file() and not source.name.lower().endswith(COMPACT_SUFFIX):  # a compact file's note names its source
+        md5 = content_md5(source)
         verdict = "the canonical Kaggle fer2013.csv" if md5 == CANONICAL_MD5 else "NOT the canonical Kaggle fer2013.csv"
         lines += [f"md5 {md5}: {verdict} (canonical md5 {CANONICAL_MD5})", ""]
     for note in data.notes:

@@ -59,6 +59,15 @@ def stalled(scores: Sequence[float], patience: int, mode: str = "max") -> bool:
     return len(values) - 1 - best >= patience
 
 
+def epoch_batches(n: int, batch_size: int) -> list[slice]:
+    """The batches of one epoch over ``n`` shuffled images: ceil(n / batch_size) slices, the last one
+    partial; a last batch of a single image joins the one before (BatchNorm needs two samples)."""
+    count = max(1, math.ceil(n / batch_size))
+    if count > 1 and n % batch_size == 1:
+        count -= 1
+    return [slice(b * batch_size, n if b == count - 1 else (b + 1) * batch_size) for b in range(count)]
+
+
 def pick_device(requested: str | None = None) -> torch.device:
     """``cuda`` when available, else ``cpu``; a requested device must exist here."""
     if not requested:
@@ -154,7 +163,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.augmenter = BatchAugmenter(AugmentConfig(recipe=info.recipe), self.generator)
         n = len(self.train_labels)
-        self.batches_per_epoch = max(1, n // config.batch_size)
+        self.batches_per_epoch = len(epoch_batches(n, config.batch_size))
         self.optimizer = build_optimizer(config, self.model.parameters(), self.batches_per_epoch)
         self.scheduler = build_scheduler(config, self.optimizer)
         self.epoch = 0
@@ -171,17 +180,17 @@ class Trainer:
 
     # ------------------------------------------------------------ training
 
-    def train_one_epoch(self) -> tuple[float, float, bool]:
-        """One pass over the training split; returns (mean loss, accuracy, diverged)."""
+    def train_one_epoch(self, max_batches: int | None = None) -> tuple[float, float, bool]:
+        """One pass over the training split, ``batches_per_epoch`` batches of ``batch_size`` (or the first
+        ``max_batches`` of them, for a measurement); returns (mean loss, accuracy, diverged)."""
         train_mode(self.model)
-        bs = self.config.batch_size
         n = len(self.train_labels)
         order = torch.randperm(n, generator=self.generator, device=self.device)
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        for b in range(self.batches_per_epoch):
-            idx = order[b * bs : (b + 1) * bs] if self.batches_per_epoch > 1 else order
+        for b, batch in enumerate(epoch_batches(n, self.config.batch_size)[: max_batches or self.batches_per_epoch]):
+            idx = order[batch]
             inputs, targets = self.augmenter.train(self.train_images[idx], self.train_labels[idx])
             inputs = self._to_model_format(inputs)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):

@@ -44,6 +44,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """A binary file, atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """A CSV of ``frame`` (no index), atomically."""
     return write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))

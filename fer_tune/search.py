@@ -363,7 +363,7 @@ def search_job(space: SearchSpace, name: str, folder: Path, trial_data: TrialDat
         EXPERIMENT, folder, search_trainable, {"data": trial_data, "space": space},
         space.resources.gpus_per_trial, space.resources.cpus_per_trial, progress,
         tune_config={} if restore else _optuna_and_asha(space, name, folder, seed),
-        probe=largest_trial(space))
+        probe=space.largest_trial())
 
 
 def _optuna_and_asha(space: SearchSpace, name: str, folder: Path, seed: int) -> dict[str, Any]:
@@ -412,9 +412,3 @@ def study_storage(folder: Path) -> str:
     """The Optuna storage URL of the search in ``folder`` (``optuna-dashboard`` opens it too)."""
     return f"sqlite:///{(folder / OPTUNA_DB).resolve()}"
 
-
-def largest_trial(space: SearchSpace):
-    """The paper's trial at the space's largest batch size: what ``gpus_per_trial: auto`` measures."""
-    sizes = [v for p in space.params if p.name == "batch_size" for v in (p.values or (p.high,))]
-    config = space.train_config(paper_point(space))
-    return config.replace(batch_size=int(max(sizes + [config.batch_size])))

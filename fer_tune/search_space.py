@@ -150,6 +150,12 @@ class SearchSpace:
         values = {**self.fixed, **sampled, "model": self.model, "epochs": epochs or self.budget.max_epochs}
         return TrainConfig.from_mapping(with_own_schedule(values), source=f"{self.path} (trial config)")
 
+    def largest_trial(self) -> TrainConfig:
+        """The paper's trial at the space's largest batch size: what ``gpus_per_trial: auto`` measures."""
+        sizes = [v for p in self.params if p.name == "batch_size" for v in (p.values or (p.high,))]
+        config = self.train_config(paper_point(self))
+        return config.replace(batch_size=int(max(sizes + [config.batch_size])))
+
     def with_fixed(self, **values: Any) -> "SearchSpace":
         """The same space with some settings fixed for every trial (e.g. taken from the base checkpoint)."""
         sampled = sorted(set(values) & {p.name for p in self.params})

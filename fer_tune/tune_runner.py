@@ -291,12 +291,10 @@ def _probe_trial(data: TrialData, config: TrainConfig, steps: int = 3) -> tuple[
 
     trainer = data.head(config.batch_size * (steps + 1), config.eval_batch_size).trainer(config)
     torch.cuda.reset_peak_memory_stats()
-    trainer.batches_per_epoch = 1
-    trainer.train_one_epoch()  # warm-up
-    trainer.batches_per_epoch = steps
+    trainer.train_one_epoch(max_batches=1)  # warm-up: one batch of the recipe's real size
     torch.cuda.synchronize()
     started = time.perf_counter()
-    trainer.train_one_epoch()
+    trainer.train_one_epoch(max_batches=steps)
     torch.cuda.synchronize()
     rate = steps * config.batch_size / (time.perf_counter() - started)
     trainer.validate()  # evaluation batches are larger: their peak counts too

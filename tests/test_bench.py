@@ -1,31 +1,123 @@
-"""The device check (bench/gpu_check.py) runs end to end in its CPU mode, so it works the day a GPU appears."""
+"""The device check: the kit packs what the GPU machine lacks, and ``bench/gpu_check.py`` runs there as
+that machine is (no Ray, no Optuna; ranger21 and pytorch-ranger only from the kit), keeping each
+section's figures as it goes."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+NOT_ON_DEVICE = ("ray", "optuna", "ranger21", "pytorch_ranger")
+ONLY_FROM_KIT = '''
+import importlib.machinery, sys
+KIT, BLOCKED = {kit!r}, {blocked!r}
+
+class OnlyFromKit:
+    """What the GPU machine lacks can be imported from the kit's site folder only."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in BLOCKED:
+            spec = importlib.machinery.PathFinder.find_spec(name, [KIT])
+            if spec is None:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (not on the GPU machine)", name=name)
+            return spec
+        return None
+
+sys.meta_path.insert(0, OnlyFromKit())
+'''
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory) -> Path:
+    """A device kit on demo data (never the real FER2013)."""
+    folder = tmp_path_factory.mktemp("kit") / "device_kit"
+    packages, data_file, size = _bench_module("device_kit").build_kit(folder, "demo")
+    assert packages == ["ranger21", "pytorch_ranger"] and size <= 60 * 2**20
+    return folder
+
+
+def _device_env(kit: Path, tmp_path: Path) -> dict[str, str]:
+    """An environment like the GPU machine's: the blocked packages only through the kit."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(ONLY_FROM_KIT.format(kit=str(kit / "site"), blocked=NOT_ON_DEVICE))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(kit / "site"), str(ROOT)])}
+
+
+def test_kit_data_reads_like_any_layout_and_keeps_no_test_split(kit):
+    from fer_tune.data import load_fer
+
+    (data_file,) = (kit / "data").iterdir()
+    data = load_fer(data_file)
+    assert data.split_names == ("Training", "PublicTest") and set(data.roles) == {"train", "val"}
+    assert data.images.dtype.name == "uint8" and data.images.shape[1:] == (48, 48)
+    assert len(data.role("train")[0]) == 280 and "compact form of demo.csv" in data.notes[0]
+    described = subprocess.run([sys.executable, "launch.py", "data", str(data_file)], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
+    assert described.returncode == 0 and "| Training |" in described.stdout and "PrivateTest" not in described.stdout
+
+
+def test_kit_refuses_a_folder_git_does_not_ignore(tmp_path):
+    done = subprocess.run([sys.executable, "bench/device_kit.py", "fer_tune", "--data", "demo"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: fer_tune: the kit goes in a folder")
 
 
 @pytest.mark.slow
-def test_gpu_check_tiny_writes_every_table(ray_local, tmp_path):  # the suite's Ray: no start-up of its own
-    sys.path.insert(0, str(BENCH))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(BENCH))
-    assert gpu_check.main(["--tiny", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert report["tiny"] and report["card"] and report["device"] == "cpu"
-    assert {r["model"] for r in report["throughput"]} == {"vgg", "vgg_spinal"}
+def test_gpu_check_tiny_runs_as_on_the_device_and_writes_every_section(kit, tmp_path):
+    env = _device_env(kit, tmp_path)
+    probe = "import ranger21, pytorch_ranger; print(ranger21.__file__)\ntry:\n import ray\nexcept ImportError: print('no ray')"
+    seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert seen.stdout.startswith(str(kit / "site")) and "no ray" in seen.stdout  # the environment is the device's
+    (data_file,) = (kit / "data").iterdir()
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny", "--data", str(data_file), "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert not [n for n in report["notes"] if "failed" in n], report["notes"]
+    assert report["tiny"] and report["device"] == "cpu" and str(data_file) in report["data"]
+    rows = {(r["model"], r["optimizer"]) for r in report["throughput"]}
+    assert rows == {("vgg", "sgd_nesterov"), ("vgg_spinal", "sgd_nesterov"), ("vgg_spinal", "ranger"),
+                    ("vgg_spinal", "ranger21")}
     assert all(r["images_per_s"] > 0 and r["epoch_s"] > 0 for r in report["throughput"])
-    assert report["augmentation"]["ratio"] > 0 and report["augmentation"]["dataloader_workers"] >= 1
+    assert report["augmentation"]["ratio"] > 0 and report["share_probe"]["batch"] == 8
     assert [r["trials"] for r in report["packing"]] == [1, 2] and report["packing"][0]["vs_one_trial"] == 1.0
-    assert report["checkpoints"][0]["after_mb"] < report["checkpoints"][0]["before_mb"]  # the frozen base left out
-    text = (tmp_path / "gpu_check.md").read_text()
-    assert text.startswith(f"# fer-tune device check: {report['card']}")
-    assert "## VGG trials sharing one device through Ray" in text and "| 2 |" in text
+    assert report["learning"]["epochs"] and report["learning"]["epochs"][0]["val_acc"] >= 0
+    text = (out / "gpu_check.md").read_text()
+    assert text.startswith(f"# fer-tune device check: {report['card']}") and "## Against the targets" in text
+
+
+@pytest.mark.slow
+def test_gpu_check_killed_after_its_first_section_keeps_that_section(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "bench/gpu_check.py", "--tiny", "--out", str(out)], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not (out / "gpu_check.json").is_file() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL  # killed partway, not finished
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert len(report["throughput"]) == 4 and not report["learning"]  # the first section's rows, the last not run
+    assert "| vgg_spinal | 0.0625 | ranger21 |" in (out / "gpu_check.md").read_text()

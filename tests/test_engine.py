@@ -72,3 +72,23 @@ def test_test_split_is_never_given_to_the_trainer(tiny_data, monkeypatch, tmp_pa
 
     run_training(TrainConfig(**SMALL, epochs=1), tiny_data, tmp_path / "run", log=lambda s: None)
     assert "test" not in seen and set(seen) == {"train", "val"}
+
+
+@pytest.mark.parametrize("n, expected", [(20, [8, 8, 4]), (17, [8, 9]), (5, [5]), (16, [8, 8])])
+def test_an_epoch_is_every_image_in_batches_of_batch_size(n, expected):
+    """ceil(n / batch) batches, the last partial (a single leftover joins the one before); a measurement
+    of one batch trains one batch, never the whole split; Ranger21's schedule is told the count."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n)
+    config = TrainConfig(**NARROW, epochs=1, optimizer="ranger21", scheduler="none").replace(batch_size=8)
+    trainer = Trainer(config, (images, labels), (images[:4], labels[:4]))
+    seen: list[int] = []
+    trainer.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0] // 10))  # ten crops
+    trainer.train_one_epoch()
+    assert seen == expected and trainer.batches_per_epoch == len(expected)
+    assert trainer.optimizer.num_batches_per_epoch == len(expected)
+    seen.clear()
+    trainer.train_one_epoch(max_batches=1)
+    assert seen == [min(8, n)]
