@@ -78,6 +78,9 @@ def random_hflip(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
+CENTRE_VIEW = 4  # the centre crop's place among the ten crops (the single-crop view)
+
+
 def ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, 10, C, size, size): 4 corners + centre, then the same of the mirror image
     (torchvision's TenCrop order)."""

@@ -63,6 +63,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # convolutional models, on every device
+    # CUDA: False = cuDNN autotuning and TF32 matmuls in fp32 runs (fast); True = exact repeats (no
+    # autotuning, no TF32, deterministic cuDNN algorithms). No effect on the CPU, which repeats exactly.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_tune.augment import AugmentConfig, BatchAugmenter
+from fer_tune.augment import CENTRE_VIEW, AugmentConfig, BatchAugmenter
 from fer_tune.config import TrainConfig
 from fer_tune.errors import UserError
 from fer_tune.metrics import macro_f1
@@ -42,6 +42,8 @@ class EpochResult:
     lr: float
     epoch_time: float
     diverged: bool = False
+    step_time: float = 0.0  # seconds per training step, this epoch
+    peak_memory_gb: float = 0.0  # CUDA memory peak of this epoch (0: not measured, on the CPU)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for CSV / YAML / Ray."""
@@ -86,6 +88,23 @@ def pick_device(requested: str | None = None) -> torch.device:
     return device
 
 
+def backend_settings(config: TrainConfig, device: torch.device) -> dict[str, bool]:
+    """The CUDA backend switches a run uses (applied by :class:`Trainer`; none on the CPU): cuDNN autotuning
+    (its first batch of each shape tries the algorithms), and TF32 matmuls / convolutions where the run is
+    fp32 (``amp: false``); ``deterministic`` turns both off and asks cuDNN for deterministic algorithms."""
+    on_cuda = device.type == "cuda"
+    fast = on_cuda and not config.deterministic
+    return {"cudnn_benchmark": fast, "tf32": fast and not config.amp, "cudnn_deterministic": on_cuda and config.deterministic}
+
+
+def apply_backend_settings(settings: dict[str, bool]) -> None:
+    """Set torch's CUDA backend switches (process-wide: one trial per process, as Ray runs them)."""
+    torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = settings["cudnn_deterministic"]
+    torch.backends.cuda.matmul.allow_tf32 = settings["tf32"]
+    torch.backends.cudnn.allow_tf32 = settings["tf32"]
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so that a CPU run repeats exactly."""
     random.seed(seed)
@@ -94,7 +113,7 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def predict_logits(
+def predict_view_logits(
     model: nn.Module,
     images: torch.Tensor,
     augmenter: BatchAugmenter,
@@ -104,24 +123,41 @@ def predict_logits(
     autocast: bool = False,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """Logits (N, 7) for uint8 images (on the model's device), averaged over the evaluation crops."""
+    """Logits (N, V, 7) of every evaluation view of uint8 images (on the model's device)."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         views = augmenter.eval_views(images[start : start + batch_size], crops)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            out.append(mean_view_logits(model, views, channels_last))
+            out.append(view_logits(model, views, channels_last))
     return torch.cat(out)
 
 
-def mean_view_logits(model: nn.Module, views: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """Logits (B, 7) of views (B, V, C, H, W): the model sees every view, its logits are averaged
-    over the V views (the paper's ten-crop evaluation)."""
+def predict_logits(model: nn.Module, images: torch.Tensor, augmenter: BatchAugmenter, crops: str = "ten",
+                   batch_size: int = 256, *, autocast: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """Logits (N, 7) for uint8 images (on the model's device), averaged over the evaluation crops."""
+    return predict_view_logits(model, images, augmenter, crops, batch_size, autocast=autocast,
+                               channels_last=channels_last).mean(1)
+
+
+def ten_and_single(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ten-crop logits, single-crop logits) from the logits of the ten views (N, 10, 7): their mean and
+    the centre view, computed once; a recipe with one view (ViT) gives it twice."""
+    return views.mean(1), views[:, CENTRE_VIEW if views.shape[1] > CENTRE_VIEW else 0]
+
+
+def view_logits(model: nn.Module, views: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """Logits (B, V, 7) of views (B, V, C, H, W): the model sees every view."""
     b, v = views.shape[:2]
     inputs = views.flatten(0, 1)
     if channels_last and inputs.dim() == 4:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    return model(inputs).float().view(b, v, -1).mean(1)
+    return model(inputs).float().view(b, v, -1)
+
+
+def mean_view_logits(model: nn.Module, views: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """Logits (B, 7) of views (B, V, C, H, W), averaged over the V views (the paper's ten-crop evaluation)."""
+    return view_logits(model, views, channels_last).mean(1)
 
 
 class Trainer:
@@ -150,6 +186,9 @@ class Trainer:
             self.transfer = transfer_weights(self.model, base_state, freeze=config.freeze)
         on_cuda = self.device.type == "cuda"
         self.autocast = on_cuda and config.amp
+        self.backend = backend_settings(config, self.device)
+        if on_cuda:
+            apply_backend_settings(self.backend)
         # channels-last convolutions: faster on CUDA and on the CPU too (bench/bench_channels_last.py)
         self.channels_last = config.channels_last and info.recipe != "vit"
         if self.channels_last:
@@ -219,22 +258,23 @@ class Trainer:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def predict_view_logits(self, images: torch.Tensor, crops: str = "ten") -> torch.Tensor:
+        """Logits (N, V, 7) of every evaluation view of uint8 images on the device."""
+        return predict_view_logits(self.model, images, self.augmenter, crops, self.config.eval_batch_size,
+                                   autocast=self.autocast, channels_last=self.channels_last)
+
     def predict_logits(self, images: torch.Tensor, crops: str = "ten") -> torch.Tensor:
         """Logits (N, 7) for uint8 images on the device, averaged over the evaluation crops."""
-        return predict_logits(self.model, images, self.augmenter, crops, self.config.eval_batch_size,
-                              autocast=self.autocast, channels_last=self.channels_last)
+        return self.predict_view_logits(images, crops).mean(1)
 
     def validate(self) -> tuple[float, float, float, float]:
-        """(loss, ten-crop accuracy, single-crop accuracy, macro F1) on the validation split."""
-        logits = self.predict_logits(self.val_images, "ten")
+        """(loss, ten-crop accuracy, single-crop accuracy, macro F1) on the validation split; the single
+        crop is the centre view of the ten, not a second pass."""
+        logits, single = ten_and_single(self.predict_view_logits(self.val_images, "ten"))
         loss = float(F.cross_entropy(logits, self.val_labels))
         pred = logits.argmax(1)
         acc = float((pred == self.val_labels).float().mean())
-        if self.augmenter.single_view_only:  # the same view twice: compute it once
-            acc_single = acc
-        else:
-            single = self.predict_logits(self.val_images, "single").argmax(1)
-            acc_single = float((single == self.val_labels).float().mean())
+        acc_single = float((single.argmax(1) == self.val_labels).float().mean())
         f1 = macro_f1(self.val_labels.cpu().numpy(), pred.cpu().numpy())
         return loss, acc, acc_single, f1
 
@@ -245,19 +285,24 @@ class Trainer:
         if replaying:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_replay[self.epoch]
-        train_loss, train_acc, diverged = self.train_one_epoch()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        train_loss, train_acc, diverged = self.train_one_epoch()  # ends in a host read: the time is real
+        step_time = (time.perf_counter() - start) / self.batches_per_epoch
         self.epoch += 1
         if diverged:
             result = EpochResult(self.epoch, math.nan, train_acc, math.nan, 0.0, 0.0, 0.0,
-                                 current_lr(self.optimizer), time.perf_counter() - start, True)
+                                 current_lr(self.optimizer), time.perf_counter() - start, True, step_time)
         else:
             val_loss, val_acc, val_single, val_f1 = self.validate()
             lr = current_lr(self.optimizer)
             if not replaying:
                 step_scheduler(self.scheduler, val_acc)
             result = EpochResult(self.epoch, train_loss, train_acc, val_loss, val_acc, val_single, val_f1, lr,
-                                 time.perf_counter() - start)
+                                 time.perf_counter() - start, step_time=step_time)
             self.best_val_acc = max(self.best_val_acc, val_acc)
+        if self.device.type == "cuda":
+            result.peak_memory_gb = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.history.append(result)
         return result
 

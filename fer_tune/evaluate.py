@@ -14,7 +14,7 @@ from fer_tune.augment import AugmentConfig, BatchAugmenter
 from fer_tune.checkpoint import load_checkpoint
 from fer_tune.config import TrainConfig
 from fer_tune.data import FerData
-from fer_tune.engine import pick_device, predict_logits
+from fer_tune.engine import pick_device, predict_view_logits, ten_and_single
 from fer_tune.errors import UserError
 from fer_tune.metrics import Scores, score
 from fer_tune.models import create_model, model_info
@@ -55,8 +55,8 @@ def evaluate_model(
     augmenter = BatchAugmenter(AugmentConfig(recipe=model_info(config.model).recipe), torch.Generator(device))
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     autocast = device.type == "cuda" and config.amp
-    ten = predict_logits(model, x, augmenter, "ten", config.eval_batch_size, autocast=autocast).cpu()
-    single = predict_logits(model, x, augmenter, "single", config.eval_batch_size, autocast=autocast).cpu()
+    ten, single = (t.cpu() for t in ten_and_single(predict_view_logits(model, x, augmenter, "ten",
+                                                                       config.eval_batch_size, autocast=autocast)))
     pred = ten.argmax(1).numpy()
     return Evaluation(split, score(labels, pred), score(labels, single.argmax(1).numpy()), labels, pred, ten.numpy())
 

@@ -207,6 +207,10 @@ def trials_table(results, space: SearchSpace, max_epochs: int, gpus: float, cpus
         row["restarts"] = int(metrics.get("restarts", 0) or 0)
         wall = float(history["epoch_time"].sum()) if history is not None and "epoch_time" in history else 0.0
         row["wall_time_s"] = round(wall, 2)
+        steps = history["step_time"].dropna() if history is not None and "step_time" in history else pd.Series([])
+        peaks = history["peak_memory_gb"].dropna() if history is not None and "peak_memory_gb" in history else []
+        row["step_time_s"] = round(float(steps.median()), 5) if len(steps) else None
+        row["peak_memory_gb"] = round(float(max(peaks)), 3) if len(peaks) and max(peaks) > 0 else None  # CUDA only
         row["gpu_hours"] = round(wall / 3600 * gpus, 5)
         row["cpu_hours"] = round(wall / 3600 * cpus, 5)
         row["node"] = metrics.get("node")

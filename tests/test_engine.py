@@ -92,3 +92,20 @@ def test_an_epoch_is_every_image_in_batches_of_batch_size(n, expected):
     seen.clear()
     trainer.train_one_epoch(max_batches=1)
     assert seen == [min(8, n)]
+
+
+def test_cuda_backend_switches_follow_the_config():
+    """cuDNN autotuning on CUDA, TF32 only where the run is fp32, both off when deterministic; the CPU
+    touches none of them."""
+    import torch
+
+    from fer_tune.engine import backend_settings
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert backend_settings(TrainConfig(**NARROW), cuda) == {"cudnn_benchmark": True, "tf32": False,
+                                                             "cudnn_deterministic": False}
+    assert backend_settings(TrainConfig(**NARROW, amp=False), cuda)["tf32"] is True
+    assert backend_settings(TrainConfig(**NARROW, amp=False, deterministic=True), cuda) == {
+        "cudnn_benchmark": False, "tf32": False, "cudnn_deterministic": True}
+    assert not any(backend_settings(TrainConfig(**NARROW, amp=False), cpu).values())
+    assert TrainConfig(**NARROW, deterministic=True).to_dict()["deterministic"] is True  # saved with the run

@@ -123,6 +123,7 @@ def test_smoke_trials_table_starts_with_the_paper_trial(smoke_chain):
     assert len(table) == 4 and table.trial.tolist() == [1, 2, 3, 4]
     assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze", "epochs_run", "best_val_acc",
             "last_val_acc", "status", "stopped_early_by_asha", "wall_time_s", "gpu_hours"} <= set(table.columns)
+    assert (table.step_time_s > 0).all() and table.peak_memory_gb.isna().all()  # peak memory: CUDA only
     first = table.iloc[0]
     paper = paper_point(load_search_space("vgg_spinal"))  # Table 10: Ranger21, lr 1e-3, wd 5e-4, frozen
     assert {k: first[k] for k in paper} == pytest.approx(paper)

@@ -375,10 +375,24 @@ def test_vit_validation_computes_its_single_view_once(tiny_vit_folder):
     trainer = Trainer(config, (images, np.arange(4)), (images, np.arange(4)),
                       pretrained=resolve_pretrained(str(tiny_vit_folder)))
     calls = []
-    original = trainer.predict_logits
-    trainer.predict_logits = lambda *a, **k: calls.append(a) or original(*a, **k)
+    original = trainer.predict_view_logits
+    trainer.predict_view_logits = lambda *a, **k: calls.append(a) or original(*a, **k)
     trainer.validate()
     assert len(calls) == 1
+
+
+def test_single_crop_validation_is_the_centre_of_the_ten_views_computed_once(tiny_data):
+    """One pass of the model over the ten views; the single-crop accuracy is that of the centre view,
+    the same as a separate centre-crop pass gives."""
+    config = TrainConfig(model="vgg", width=0.0625, batch_size=32, epochs=1, eval_batch_size=64)
+    trainer = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    trainer.train_one_epoch(max_batches=2)
+    images = []
+    trainer.model.register_forward_pre_hook(lambda _m, args: images.append(args[0].shape[0]))
+    _, _, acc_single, _ = trainer.validate()
+    assert sum(images) == 10 * len(trainer.val_labels)  # ten views each, no second pass
+    separate = trainer.predict_logits(trainer.val_images, "single").argmax(1)
+    assert acc_single == pytest.approx(float((separate == trainer.val_labels).float().mean()))
 
 
 # ------------------------------------------------------------ the Table 11 fine-tune stage
