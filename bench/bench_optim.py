@@ -141,19 +141,32 @@ def step_times(rounds: int, steps: int) -> list[str]:
         weight_decay=config.weight_decay, num_epochs=config.epochs, num_batches_per_epoch=steps,
         normloss_factor=config.ranger21_norm_loss_factor, logging_active=False)
     times: dict[str, list[float]] = {name: [] for name in trainers}
-    for trainer in trainers.values():
+    step_s: dict[str, list[float]] = {name: [] for name in trainers}
+    for name, trainer in trainers.items():
+        trainer.optimizer.step = _timed(trainer.optimizer.step, step_s[name])
         trainer.train_one_epoch(max_batches=1)  # warm-up
-    for _ in range(rounds):
-        for name, trainer in trainers.items():
+    for r in range(rounds):
+        for name in list(trainers) if r % 2 == 0 else list(trainers)[::-1]:  # alternating order: no position bias
             started = time.perf_counter()
-            trainer.train_one_epoch(max_batches=steps)
+            trainers[name].train_one_epoch(max_batches=steps)
             times[name].append((time.perf_counter() - started) / steps)
-    package, fused = statistics.median(times["package step"]), statistics.median(times["fused step"])
-    return ["| step | seconds per training step (median of rounds) |", "|---|---|",
-            f"| package step | {package:.4f} |", f"| fused step | {fused:.4f} |",
-            "", f"fused / package: {fused / package:.2f}x the time ({package / fused:.2f}x faster); "
-            f"{rounds} rounds of {steps} steps each, alternating, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads"]
+    med = {name: (statistics.median(times[name]), statistics.median(step_s[name])) for name in trainers}
+    (package, package_opt), (fused, fused_opt) = med["package step"], med["fused step"]
+    return ["| optimizer | training step (s, median) | of which optimizer.step (s, median) |", "|---|---|---|",
+            f"| ranger21 package step | {package:.4f} | {package_opt:.4f} |",
+            f"| fer-tune fused step | {fused:.4f} | {fused_opt:.4f} |",
+            "", f"optimizer step: fused {package_opt / fused_opt:.2f}x faster; training step: fused {package / fused:.2f}x "
+            f"faster (forward and backward dominate, and this VM's speed drifts); {rounds} rounds of {steps} steps, "
+            f"alternating order, torch {torch.__version__}, {torch.get_num_threads()} threads"]
+
+
+def _timed(step, into: list[float]):
+    def timed(closure=None):
+        started = time.perf_counter()
+        out = step(closure)
+        into.append(time.perf_counter() - started)
+        return out
+    return timed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,7 +98,8 @@ class TrainConfig:
             ("ranger21_norm_loss_factor", 0 <= self.ranger21_norm_loss_factor <= 1, "0 to 1"),
             ("ranger21_warmdown_start", 0 < self.ranger21_warmdown_start < 1, "above 0 and below 1"),
             ("ranger21_warmdown_min_lr", 0 <= self.ranger21_warmdown_min_lr <= 1, "0 to 1"),
-            ("ranger21_pnm_momentum", 0 <= self.ranger21_pnm_momentum <= 10, "0 to 10"),
+            ("ranger21_pnm_momentum", self.ranger21_pnm_momentum == 1.0,
+             "1 (ranger21 0.1.0 weighs positive-negative momentum by 1 whatever this says)"),
         ]
         for name, ok, allowed in checks:
             if not ok:
