@@ -185,3 +185,11 @@ def test_training_steps_read_nothing_back_but_the_loss_check(name, chain_data):
     with reads:
         trainer.train_one_epoch(max_batches=32)
     assert reads.count == 2 + 2  # two loss checks; the epoch's mean loss and accuracy
+
+
+def test_a_pnm_momentum_the_package_ignores_is_refused():
+    from fer_tune.config import TrainConfig
+    from fer_tune.errors import UserError
+
+    with pytest.raises(UserError, match="ranger21_pnm_momentum = 2.0 is not allowed; use 1"):
+        TrainConfig(model="vgg", optimizer="ranger21", scheduler="none", ranger21_pnm_momentum=2.0)
