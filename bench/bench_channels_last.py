@@ -5,7 +5,7 @@
 Each row: a model at a width and batch of 40x40 grayscale crops (the ten-crop recipe's input), one
 SGD step (forward, cross-entropy, backward, update), the mean of ``--steps`` steps after a warm-up
 step, for both layouts; the ratio is default / channels-last (above 1: channels-last is faster).
-Why it matters: :class:`fer_tune.engine.Trainer` runs convolutional models channels-last on every
+Why it matters: :class:`fer_tune.training.engine.Trainer` runs convolutional models channels-last on every
 device.
 """
 

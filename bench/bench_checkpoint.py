@@ -4,7 +4,7 @@
     python bench/bench_checkpoint.py --no-vit
 
 "Before" is what a trial wrote every epoch until lean checkpoints: the whole model, the optimizer and
-the scheduler. "After" is one write now: :meth:`fer_tune.engine.Trainer.state_dict` (the frozen base
+the scheduler. "After" is one write now: :meth:`fer_tune.training.engine.Trainer.state_dict` (the frozen base
 tensors left out) and the best epoch's weights (``best.pt``: the trainable tensors, no optimizer).
 Each model takes one optimizer step (Ranger and Ranger21 keep two or more tensors per weight) on two
 images so that the optimizer state exists; bytes are summed over the tensors (what torch.save writes,
@@ -19,8 +19,8 @@ import platform
 import numpy as np
 import torch
 
-from fer_tune.config import TrainConfig
-from fer_tune.engine import Trainer
+from fer_tune.training.config import TrainConfig
+from fer_tune.training.engine import Trainer
 from fer_tune.models import create_model
 
 # (model, its base, freeze, width): the families of the paper, frozen where the paper transfers

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from fer_tune.augment import AugmentConfig, BatchAugmenter
-from fer_tune.data import cache_path_for, load_fer
-from fer_tune.demo_data import DemoSpec, write_demo_csv
+from fer_tune.training.augment import AugmentConfig, BatchAugmenter
+from fer_tune.data.fer2013 import cache_path_for, load_fer
+from fer_tune.data.demo import DemoSpec, write_demo_csv
 
 
 def per_image_baseline() -> transforms.Compose:

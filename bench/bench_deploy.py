@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_tune.checkpoint import model_payload, save_checkpoint
-from fer_tune.config import TrainConfig
-from fer_tune.demo_data import draw_faces
-from fer_tune.export import export_checkpoint
+from fer_tune.training.checkpoint import model_payload, save_checkpoint
+from fer_tune.training.config import TrainConfig
+from fer_tune.data.demo import draw_faces
+from fer_tune.deploy.export import export_checkpoint
 from fer_tune.models import MODELS, create_model
-from fer_tune.predict import PredictOptions, run_predict
+from fer_tune.deploy.predict import PredictOptions, run_predict
 
 
 def write_checkpoint(folder: Path, model: str) -> Path:

@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fer_tune.compat import ranger21_reference_step  # noqa: E402
-from fer_tune.config import TrainConfig  # noqa: E402
-from fer_tune.engine import Trainer  # noqa: E402
+from fer_tune.training.config import TrainConfig  # noqa: E402
+from fer_tune.training.engine import Trainer  # noqa: E402
 from fer_tune.models import create_model  # noqa: E402
 
 # views and other metadata-only operations launch no kernel
@@ -100,7 +100,7 @@ def optimizers():
     """(name, factory) of every optimizer counted: torch's, the packages', fer-tune's fused ones."""
     from pytorch_ranger import Ranger
 
-    from fer_tune.fused_optim import FusedRanger, FusedRanger21
+    from fer_tune.training.fused_optim import FusedRanger, FusedRanger21
 
     return [("SGD-Nesterov (torch, foreach)", lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True,
                                                                           foreach=True)),

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fer_tune.data import COMPACT_SUFFIX, content_md5, load_fer, write_compact  # noqa: E402
-from fer_tune.demo_data import DemoSpec, write_demo_csv  # noqa: E402
+from fer_tune.data.fer2013 import COMPACT_SUFFIX, content_md5, load_fer, write_compact  # noqa: E402
+from fer_tune.data.demo import DemoSpec, write_demo_csv  # noqa: E402
 from fer_tune.errors import UserError  # noqa: E402
 
 SHARED_FER2013 = ROOT.parent / "shared" / "data" / "fer2013.csv.xz"

@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_data import PerImageDataset  # noqa: E402
 
-from fer_tune.config import TrainConfig  # noqa: E402
-from fer_tune.engine import Trainer  # noqa: E402
+from fer_tune.training.config import TrainConfig  # noqa: E402
+from fer_tune.training.engine import Trainer  # noqa: E402
 from fer_tune.files import write_text_atomic  # noqa: E402
-from fer_tune.search_space import load_search_space, paper_point  # noqa: E402
-from fer_tune.tune_runner import trials_per_gpu  # noqa: E402
+from fer_tune.search.space import load_search_space, paper_point  # noqa: E402
+from fer_tune.search.runner import trials_per_gpu  # noqa: E402
 
 TRAINING_IMAGES = 28_709  # FER2013 Training
 PUBLIC_TEST = 3_589
@@ -112,7 +112,7 @@ def _peak_gb(device: torch.device) -> float | None:
 def load_data(args: argparse.Namespace, plan: Plan) -> tuple[tuple, tuple, str]:
     """(train, val, where from): the file's train / validation roles, or random faces of that size."""
     if args.data:
-        from fer_tune.data import load_fer
+        from fer_tune.data.fer2013 import load_fer
 
         data = load_fer(args.data)
         (tx, ty), (vx, vy) = data.role("train"), data.role("val")

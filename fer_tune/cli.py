@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fer_tune.errors import UserError
 from fer_tune.run_folder import check_run_name
-from fer_tune.search_space import RANGES
+from fer_tune.search.space import RANGES
 
 COMMANDS = ("train", "evaluate", "predict", "export", "data", "demo-data")
 
@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_data(path: str | None, smoke: bool):
-    from fer_tune.data import load_fer
-    from fer_tune.demo_data import SMOKE_DEMO, default_demo_csv
+    from fer_tune.data.fer2013 import load_fer
+    from fer_tune.data.demo import SMOKE_DEMO, default_demo_csv
 
     if path:
         data = load_fer(path)
@@ -221,7 +221,7 @@ def _cmd_search(argv: list[str]) -> int:
     if args.list:
         return _cmd_list()
     if args.report:
-        from fer_tune.report import write_leaderboard
+        from fer_tune.reporting.report import write_leaderboard
 
         print(f"leaderboard: {write_leaderboard(Path(args.results))}")
         return 0
@@ -229,7 +229,7 @@ def _cmd_search(argv: list[str]) -> int:
         folder = Path(args.results) / args.analyze
         if not folder.is_dir():
             raise UserError(f"{folder}: no such search folder; run --search first (or give --results)")
-        from fer_tune.analysis import analyze
+        from fer_tune.reporting.analysis import analyze
 
         analyze(folder)
         return 0
@@ -248,8 +248,8 @@ def _cmd_search(argv: list[str]) -> int:
         _search_parser().print_help()
         return 2
     from fer_tune.models import check_pretrained_choice
-    from fer_tune.search import SearchOptions
-    from fer_tune.search_space import load_search_space
+    from fer_tune.search.run import SearchOptions
+    from fer_tune.search.space import load_search_space
 
     space = load_search_space(args.search)  # a broken YAML fails before any data is read
     check_pretrained_choice(space.model, args.pretrained or space.fixed.get("pretrained_path"), space.path)
@@ -266,7 +266,7 @@ def _cmd_search(argv: list[str]) -> int:
 
 def _retrain_options(args: argparse.Namespace):
     """The retraining's options from the command line (None = the search space's own)."""
-    from fer_tune.retrain import RetrainOptions
+    from fer_tune.search.retrain import RetrainOptions
 
     return RetrainOptions(top_k=args.top_k, seeds=args.seeds, protocol=args.protocol,
                           gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
@@ -274,7 +274,7 @@ def _retrain_options(args: argparse.Namespace):
 
 
 def _cmd_list() -> int:
-    from fer_tune.search_space import available_spaces, load_search_space
+    from fer_tune.search.space import available_spaces, load_search_space
 
     for name in available_spaces():
         space = load_search_space(name)
@@ -291,13 +291,13 @@ def _cmd_list() -> int:
 def _cmd_train(argv: list[str]) -> int:
     import time
 
-    from fer_tune.config import TrainConfig, load_train_config, smoke_train_overrides, with_own_schedule
-    from fer_tune.single_run import run_training
+    from fer_tune.training.config import TrainConfig, load_train_config, smoke_train_overrides, with_own_schedule
+    from fer_tune.training.single_run import run_training
 
     args = _train_parser().parse_args(argv)
     if args.name is not None:
         check_run_name(args.name)
-    from fer_tune.engine import pick_device
+    from fer_tune.training.engine import pick_device
 
     pick_device(args.device)
     config = load_train_config(args.config) if args.config else TrainConfig()
@@ -317,13 +317,13 @@ def _cmd_train(argv: list[str]) -> int:
 
 
 def _cmd_evaluate(argv: list[str]) -> int:
-    from fer_tune.data import load_fer
-    from fer_tune.evaluate import evaluate_checkpoint
-    from fer_tune.plots import plot_confusion
+    from fer_tune.data.fer2013 import load_fer
+    from fer_tune.training.evaluate import evaluate_checkpoint
+    from fer_tune.reporting.plots import plot_confusion
     from fer_tune import EMOTIONS
 
     args = _evaluate_parser().parse_args(argv)
-    from fer_tune.engine import pick_device
+    from fer_tune.training.engine import pick_device
 
     pick_device(args.device)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
@@ -349,8 +349,8 @@ def _cmd_evaluate(argv: list[str]) -> int:
 
 
 def _cmd_predict(argv: list[str]) -> int:
-    from fer_tune.engine import pick_device
-    from fer_tune.predict import PredictOptions, run_predict
+    from fer_tune.training.engine import pick_device
+    from fer_tune.deploy.predict import PredictOptions, run_predict
 
     args = _predict_parser().parse_args(argv)
     check_numbers(args, PREDICT_NUMBERS)
@@ -363,7 +363,7 @@ def _cmd_predict(argv: list[str]) -> int:
 
 
 def _cmd_export(argv: list[str]) -> int:
-    from fer_tune.export import ParityError, export_checkpoint
+    from fer_tune.deploy.export import ParityError, export_checkpoint
 
     args = _export_parser().parse_args(argv)
     try:
@@ -376,8 +376,8 @@ def _cmd_export(argv: list[str]) -> int:
 
 
 def _cmd_data(argv: list[str]) -> int:
-    from fer_tune.data import load_fer
-    from fer_tune.data_report import describe
+    from fer_tune.data.fer2013 import load_fer
+    from fer_tune.data.describe import describe
 
     p = Parser(prog="launch.py data", description="Describe a FER2013 data file.")
     p.add_argument("path")
@@ -387,7 +387,7 @@ def _cmd_data(argv: list[str]) -> int:
 
 
 def _cmd_demo(argv: list[str]) -> int:
-    from fer_tune.demo_data import DemoSpec, write_demo_csv
+    from fer_tune.data.demo import DemoSpec, write_demo_csv
 
     p = Parser(prog="launch.py demo-data", description="Write the built-in demo faces as a FER2013-format CSV.")
     p.add_argument("out")

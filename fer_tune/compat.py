@@ -5,7 +5,7 @@ it was checked on. ``tests/test_compat.py`` fails loudly on a version that chang
   *after* its per-parameter loop, to whatever ``p`` the loop ended on, so only the last tensor of the
   model is ever decayed (lessw2020/Ranger21 issue 53, fixed by PR 54, never released).
   :func:`ranger21_reference_step` is that method with the block moved into the loop and nothing else;
-  it is the definition fer-tune's fused step (:mod:`fer_tune.fused_optim`) is tested against, and the
+  it is the definition fer-tune's fused step (:mod:`fer_tune.training.fused_optim`) is tested against, and the
   step it falls back to where the fused one does not apply.
 """
 

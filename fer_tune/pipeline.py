@@ -14,13 +14,13 @@ from typing import Callable
 
 import pandas as pd
 
-from fer_tune.analysis import analyze
-from fer_tune.data import FerData
+from fer_tune.reporting.analysis import analyze
+from fer_tune.data.fer2013 import FerData
 from fer_tune.files import write_csv_atomic
-from fer_tune.report import headline_winner, write_report
-from fer_tune.retrain import RetrainOptions, run_retrain
-from fer_tune.scoring import score_runs, write_scores
-from fer_tune.search import SearchOptions, run_search
+from fer_tune.reporting.report import headline_winner, write_report
+from fer_tune.search.retrain import RetrainOptions, run_retrain
+from fer_tune.reporting.scoring import score_runs, write_scores
+from fer_tune.search.run import SearchOptions, run_search
 
 
 def search_to_report(space_name: str, data: FerData, search: SearchOptions, retrain: RetrainOptions | None

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer_tune.data import load_fer
-from fer_tune.demo_data import DemoSpec, write_demo_csv
+from fer_tune.data.fer2013 import load_fer
+from fer_tune.data.demo import DemoSpec, write_demo_csv
 
 torch.set_num_threads(2)
 

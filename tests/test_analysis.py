@@ -8,10 +8,10 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from fer_tune.analysis import analyze
+from fer_tune.reporting.analysis import analyze
 from fer_tune.manifest import SearchManifest
-from fer_tune.report import _top_knob
-from fer_tune.search import study_storage
+from fer_tune.reporting.report import _top_knob
+from fer_tune.search.run import study_storage
 
 
 def _built_search(folder: Path, scores: list[float]) -> None:
@@ -59,7 +59,7 @@ def test_no_importances_when_every_trial_scored_the_same(tmp_path):
 
 def test_factor_tables_take_the_best_by_the_search_mode():
     """A search that minimises val_loss: a factor's best score is its lowest loss, listed first."""
-    from fer_tune.analysis import factor_table
+    from fer_tune.reporting.analysis import factor_table
 
     trials = pd.DataFrame({"optimizer": ["adam", "adam", "sgd_nesterov"], "best_val_loss": [0.9, 1.4, 1.1],
                            "epochs_run": 3, "gpu_hours": 0.0, "cpu_hours": 0.1})

@@ -62,7 +62,7 @@ def _device_env(kit: Path, tmp_path: Path) -> dict[str, str]:
 
 
 def test_kit_data_reads_like_any_layout_and_keeps_no_test_split(kit):
-    from fer_tune.data import load_fer
+    from fer_tune.data.fer2013 import load_fer
 
     (data_file,) = (kit / "data").iterdir()
     data = load_fer(data_file)

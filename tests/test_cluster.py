@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from fer_tune.search import SearchOptions, run_search
+from fer_tune.search.run import SearchOptions, run_search
 
 pytestmark = [pytest.mark.slow, pytest.mark.replaces_ray]
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from fer_tune import EMOTIONS
-from fer_tune.checkpoint import model_payload, save_checkpoint
+from fer_tune.training.checkpoint import model_payload, save_checkpoint
 from fer_tune.cli import main
-from fer_tune.config import TrainConfig
-from fer_tune.demo_data import draw_faces
+from fer_tune.training.config import TrainConfig
+from fer_tune.data.demo import draw_faces
 from fer_tune.models import create_model
 
 cv2 = pytest.importorskip("cv2", reason="the deploy extra (opencv-python-headless) is not installed")
@@ -64,9 +64,9 @@ def test_predict_writes_a_row_per_face_and_per_unreadable_file(tmp_path, capsys,
         video.write(np.full((240, 320, 3), 60 + 10 * k, np.uint8))
     video.release()
     out, annotate = tmp_path / "out" / "predictions.csv", tmp_path / "annotated"
-    import fer_tune.predict
+    import fer_tune.deploy.predict
 
-    monkeypatch.setattr(fer_tune.predict, "PROGRESS_EVERY_S", 0.0)  # a progress line after every picture
+    monkeypatch.setattr(fer_tune.deploy.predict, "PROGRESS_EVERY_S", 0.0)  # a progress line after every picture
 
     rc = main(["predict", "--checkpoint", str(_checkpoint(tmp_path)), str(folder), "--out", str(out),
                "--annotate", str(annotate), "--every", "2", "--batch-size", "3"])
@@ -98,9 +98,9 @@ def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data, capsys):
     """The same faces through predict (as PNG files) and through the scoring path give the same
     probabilities: one set of evaluation views, ten-crop and single; and so does the checkpoint's ONNX
     export run by predict in ONNX Runtime."""
-    from fer_tune.augment import AugmentConfig, BatchAugmenter
-    from fer_tune.engine import predict_logits
-    from fer_tune.evaluate import model_from_checkpoint
+    from fer_tune.training.augment import AugmentConfig, BatchAugmenter
+    from fer_tune.training.engine import predict_logits
+    from fer_tune.training.evaluate import model_from_checkpoint
 
     images, _ = tiny_data.role("val")
     folder = tmp_path / "faces"
@@ -132,7 +132,7 @@ def test_predict_finds_real_faces_pasted_into_a_photo(tmp_path, real_csv, capsys
     photo as video frames: the bundled detector finds most of them (measured: 78% of single pasted
     faces), every box it reports lies on a pasted face, and each found face gets its seven
     probabilities."""
-    from fer_tune.data import load_fer
+    from fer_tune.data.fer2013 import load_fer
 
     images, _ = load_fer(real_csv).split("PublicTest")
     folder = tmp_path / "photos"
@@ -234,7 +234,7 @@ def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, monkeypatch,
     assert card["parity"]["max_abs_logit"] > 0.1  # the check compared logits of a real size
     assert card["views"].startswith("10 (ten-crop" if crops == "ten" and model != "vit_l32_spinal" else "1 (")
     faces = _demo_faces(5, seed=3)[:, None].astype(np.float32)
-    from fer_tune.inference import load_face_classifier
+    from fer_tune.deploy.inference import load_face_classifier
 
     classifier, _ = load_face_classifier(checkpoint, torch.device("cpu"), crops)
     with torch.no_grad():
@@ -254,7 +254,7 @@ def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, monkeypatch,
 def test_export_that_does_not_match_pytorch_writes_nothing(tmp_path, capsys, monkeypatch):
     """A parity failure is an error (exit 1) and leaves no file; an existing file fer-tune did not
     export is never replaced."""
-    import fer_tune.export as export
+    import fer_tune.deploy.export as export
 
     checkpoint = _checkpoint(tmp_path, "vgg", width=0.125)
     real = export._onnx

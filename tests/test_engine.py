@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from fer_tune.config import TrainConfig
-from fer_tune.data import load_fer
-from fer_tune.engine import Trainer
+from fer_tune.training.config import TrainConfig
+from fer_tune.data.fer2013 import load_fer
+from fer_tune.training.engine import Trainer
 
 SMALL = dict(model="vgg", width=0.125, batch_size=32)
 NARROW = dict(SMALL, width=0.0625)  # for checks that do not depend on how much the model learns
@@ -68,7 +68,7 @@ def test_test_split_is_never_given_to_the_trainer(tiny_data, monkeypatch, tmp_pa
         return original(self, role)
 
     monkeypatch.setattr(type(tiny_data), "role", spy)
-    from fer_tune.single_run import run_training
+    from fer_tune.training.single_run import run_training
 
     run_training(TrainConfig(**SMALL, epochs=1), tiny_data, tmp_path / "run", log=lambda s: None)
     assert "test" not in seen and set(seen) == {"train", "val"}
@@ -99,7 +99,7 @@ def test_cuda_backend_switches_follow_the_config():
     touches none of them."""
     import torch
 
-    from fer_tune.engine import backend_settings
+    from fer_tune.training.engine import backend_settings
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert backend_settings(TrainConfig(**NARROW), cuda) == {"cudnn_benchmark": True, "tf32": False,

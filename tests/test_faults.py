@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import ray
 
-import fer_tune.report
-from fer_tune.checkpoint import save_checkpoint
+import fer_tune.reporting.report
+from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.cli import main
-from fer_tune.config import read_yaml
+from fer_tune.training.config import read_yaml
 from fer_tune.errors import UserError
-from fer_tune.search import search_lock
+from fer_tune.search.run import search_lock
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def test_yaml_is_read_with_the_safe_loader(tmp_path):
 def test_ray_starts_without_a_public_dashboard(monkeypatch):
     import ray
 
-    from fer_tune.tune_runner import ray_session
+    from fer_tune.search.runner import ray_session
 
     seen, stopped = {}, []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -130,8 +130,8 @@ def test_ray_starts_without_a_public_dashboard(monkeypatch):
 
 
 def test_nothing_touches_the_network_when_building_and_training(tiny_data, monkeypatch):
-    from fer_tune.config import TrainConfig
-    from fer_tune.engine import Trainer
+    from fer_tune.training.config import TrainConfig
+    from fer_tune.training.engine import Trainer
     from fer_tune.models import create_model
 
     def refuse(*args, **kwargs):
@@ -186,8 +186,8 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local
     assert _went_on(pd.read_csv(Path(row.trial_path) / "progress.csv").epoch.tolist())
 
     curves: dict[str, list[float]] = {}
-    drawn = fer_tune.report.plot_curves
-    monkeypatch.setattr(fer_tune.report, "plot_curves", lambda c, *a: curves.update(c) or drawn(c, *a))
+    drawn = fer_tune.reporting.report.plot_curves
+    monkeypatch.setattr(fer_tune.reporting.report, "plot_curves", lambda c, *a: curves.update(c) or drawn(c, *a))
     third = main(["--retrain", "killme", *common])  # in this process: a new driver on the suite's Ray
     printed = capsys.readouterr().out
     assert third == 0, printed[-3000:]

@@ -17,7 +17,7 @@ from pytorch_ranger import Ranger
 from ranger21 import Ranger21
 
 from fer_tune.compat import ranger21_reference_step
-from fer_tune.fused_optim import FusedRanger, FusedRanger21
+from fer_tune.training.fused_optim import FusedRanger, FusedRanger21
 from fer_tune.models import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -169,8 +169,8 @@ class DeviceReads(torch.overrides.TorchFunctionMode):
 def test_training_steps_read_nothing_back_but_the_loss_check(name, chain_data):
     """On the accelerator path (loss checked every 16th batch), 32 training steps read the device
     twice (the two loss checks) and once more at the epoch's end (its mean loss and accuracy)."""
-    from fer_tune.config import TrainConfig
-    from fer_tune.engine import Trainer
+    from fer_tune.training.config import TrainConfig
+    from fer_tune.training.engine import Trainer
 
     config = TrainConfig(model="vgg_spinal", width=0.0625, batch_size=2, epochs=1, optimizer=name,
                          scheduler="none" if name == "ranger21" else "cosine", lr=1e-3)
@@ -188,7 +188,7 @@ def test_training_steps_read_nothing_back_but_the_loss_check(name, chain_data):
 
 
 def test_a_pnm_momentum_the_package_ignores_is_refused():
-    from fer_tune.config import TrainConfig
+    from fer_tune.training.config import TrainConfig
     from fer_tune.errors import UserError
 
     with pytest.raises(UserError, match="ranger21_pnm_momentum = 2.0 is not allowed; use 1"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fer_tune.checkpoint import load_checkpoint, save_checkpoint
+from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.errors import UserError
 from fer_tune.metrics import score
 
@@ -84,7 +84,7 @@ class _Unsafe:
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_samples():
-    from fer_tune.scoring import bootstrap_ci
+    from fer_tune.reporting.scoring import bootstrap_ci
 
     rng = np.random.default_rng(0)
     small = (rng.random(100) < 0.7).astype(float)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fer_tune.config import TrainConfig
-from fer_tune.data import load_fer
-from fer_tune.engine import Trainer
+from fer_tune.training.config import TrainConfig
+from fer_tune.data.fer2013 import load_fer
+from fer_tune.training.engine import Trainer
 
 
 def test_paper_vgg_recipe_learns_real_fer2013(real_csv):

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_tune.checkpoint import save_checkpoint
+from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.cli import main
-from fer_tune.config import TrainConfig
-from fer_tune.demo_data import DemoSpec, write_demo_csv
+from fer_tune.training.config import TrainConfig
+from fer_tune.data.demo import DemoSpec, write_demo_csv
 from fer_tune.manifest import SearchManifest
 from fer_tune.run_folder import clear_search_outputs
 
@@ -197,7 +197,7 @@ def test_a_device_that_is_not_there(tiny_csv, tmp_path, capsys, device, expect):
 def test_image_folder_reports_entries_it_does_not_read(tmp_path):
     from PIL import Image
 
-    from fer_tune.data import load_fer
+    from fer_tune.data.fer2013 import load_fer
 
     for split in ("train", "test"):
         for k, emotion in enumerate(("angry", "happy")):
@@ -235,7 +235,7 @@ def test_report_meets_an_empty_or_corrupt_winners_table(tmp_path, capsys, conten
 
 def test_result_files_are_written_atomically(tmp_path, monkeypatch):
     """A crash in the middle of writing scores.csv leaves the old file whole, and no temporary file."""
-    from fer_tune.scoring import ScoredRuns, write_scores
+    from fer_tune.reporting.scoring import ScoredRuns, write_scores
 
     (tmp_path / "scores.csv").write_text("old")
     (tmp_path / "predictions.csv").write_text("old")

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_tune.config import TrainConfig, write_yaml
+from fer_tune.training.config import TrainConfig, write_yaml
 from fer_tune.errors import UserError
-from fer_tune.retrain import pick_winners
-from fer_tune.search_space import load_search_space
+from fer_tune.search.retrain import pick_winners
+from fer_tune.search.space import load_search_space
 
 
 def test_pick_winners_orders_by_validation_score_and_skips_failures(tmp_path):

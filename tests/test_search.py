@@ -15,8 +15,8 @@ import yaml
 
 from fer_tune.cli import main
 from fer_tune.errors import UserError
-from fer_tune.search import SearchOptions, run_search
-from fer_tune.search_space import available_spaces, load_search_space, paper_point
+from fer_tune.search.run import SearchOptions, run_search
+from fer_tune.search.space import available_spaces, load_search_space, paper_point
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def smoke_chain(ray_local, chain_csv, tmp_path_factory) -> SmokeChain:
     ASHA, the top 2 retrained over 2 seeds, scored once on PrivateTest, the report; the loader and the
     scoring step instrumented to see when the test split is read."""
     from fer_tune import pipeline
-    from fer_tune.data import FerData
+    from fer_tune.data.fer2013 import FerData
 
     results = tmp_path_factory.mktemp("smoke")
     events: list[str] = []
@@ -101,7 +101,7 @@ def test_smoke_trials_keep_one_lean_checkpoint_with_their_best_weights(smoke_cha
     """Each trial keeps one checkpoint (its last): the resumption state and its best epoch's weights,
     weights only (no optimizer state) and without the frozen base tensors; best_model.pt is the best
     trial's best epoch, whole."""
-    from fer_tune.checkpoint import load_checkpoint
+    from fer_tune.training.checkpoint import load_checkpoint
 
     folder = smoke_chain.folder
     table = pd.read_csv(folder / "trials.csv")
@@ -336,11 +336,11 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chai
     lr 1e-7 leaves the predictions as they are, so the validation accuracy never improves after epoch 1:
     with patience 1 the trial ends after epoch 2 of 6, and its retraining likewise, each saying so.
     The space's fine-tune stage then trains the kept weights on at lr 1e-5, kept and scored apart."""
-    from fer_tune.checkpoint import load_checkpoint
-    from fer_tune.report import write_report
-    from fer_tune.retrain import RetrainOptions, run_retrain
-    from fer_tune.scoring import score_runs
-    from fer_tune.search import PATIENCE_STATUS
+    from fer_tune.training.checkpoint import load_checkpoint
+    from fer_tune.reporting.report import write_report
+    from fer_tune.search.retrain import RetrainOptions, run_retrain
+    from fer_tune.reporting.scoring import score_runs
+    from fer_tune.search.run import PATIENCE_STATUS
 
     space = _space_file(tmp_path, """
         model: vgg
@@ -377,7 +377,7 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chai
 
 
 def test_stalled_counts_epochs_since_the_first_best():
-    from fer_tune.engine import stalled
+    from fer_tune.training.engine import stalled
 
     assert not stalled([0.1, 0.2, 0.3], 1) and stalled([0.1, 0.3, 0.3], 1) and not stalled([0.1, 0.3, 0.3], 2)
     assert stalled([0.5, float("nan"), 0.4], 2) and not stalled([0.5, 0.4], 0)

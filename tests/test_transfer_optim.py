@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from fer_tune.config import OPTIMIZERS, TrainConfig
+from fer_tune.training.config import OPTIMIZERS, TrainConfig
 from fer_tune.errors import UserError
 from fer_tune.models import create_model
-from fer_tune.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
-from fer_tune.transfer import train_mode, transfer_weights
+from fer_tune.training.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
+from fer_tune.training.transfer import train_mode, transfer_weights
 
 
 def test_transfer_loads_matching_names_and_freezes_them():
@@ -89,8 +89,8 @@ def test_a_saved_state_leaves_the_frozen_base_out_and_resumes_exactly(tiny_data)
     run rebuilt from the same base continues from it with every weight as it was."""
     import io
 
-    from fer_tune.engine import Trainer
-    from fer_tune.transfer import frozen_tensors
+    from fer_tune.training.engine import Trainer
+    from fer_tune.training.transfer import frozen_tensors
 
     base = create_model("vgg", width=0.0625).state_dict()
     config = TrainConfig(model="vgg_spinal", width=0.0625, batch_size=64, epochs=2, freeze=True, optimizer="adam")
@@ -116,8 +116,8 @@ def test_a_saved_state_leaves_the_frozen_base_out_and_resumes_exactly(tiny_data)
 
 
 def test_checkpoint_schedule_writes_at_the_end_every_n_epochs_every_t_seconds_or_when_cheap_enough():
-    from fer_tune.search_space import Budget
-    from fer_tune.tune_runner import CheckpointSchedule
+    from fer_tune.search.space import Budget
+    from fer_tune.search.runner import CheckpointSchedule
 
     auto = CheckpointSchedule()
     assert auto.due(1, 10.0, final=False)  # nothing measured yet

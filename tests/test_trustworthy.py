@@ -11,18 +11,18 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_tune.augment import AugmentConfig, BatchAugmenter
-from fer_tune.checkpoint import load_checkpoint, save_checkpoint
-from fer_tune.config import TrainConfig, write_yaml
-from fer_tune.data import FerData
-from fer_tune.engine import Trainer
+from fer_tune.training.augment import AugmentConfig, BatchAugmenter
+from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
+from fer_tune.training.config import TrainConfig, write_yaml
+from fer_tune.data.fer2013 import FerData
+from fer_tune.training.engine import Trainer
 from fer_tune.errors import UserError
 from fer_tune.metrics import score
 from fer_tune.models import create_model
-from fer_tune.optim import build_optimizer
-from fer_tune.retrain import _phases
-from fer_tune.tune_runner import TrialData
-from fer_tune.search_space import available_spaces, load_search_space, paper_point
+from fer_tune.training.optim import build_optimizer
+from fer_tune.search.retrain import _phases
+from fer_tune.search.runner import TrialData
+from fer_tune.search.space import available_spaces, load_search_space, paper_point
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _constructed_search(folder: Path) -> tuple[pd.DataFrame, object, dict]:
     """Two retrained winners: winner 1 is better on validation, winner 2 better on the test split."""
-    from fer_tune.scoring import ScoredRuns, summarise
+    from fer_tune.reporting.scoring import ScoredRuns, summarise
 
     folder.mkdir()
     pd.DataFrame({"trial": [1, 2], "trial_id": ["a", "b"], "trial_path": [str(folder / "t1"), str(folder / "t2")],
@@ -72,8 +72,8 @@ def _constructed_search(folder: Path) -> tuple[pd.DataFrame, object, dict]:
 
 def test_headline_is_the_validation_best_winner_not_the_test_best(tmp_path, monkeypatch):
     from fer_tune import pipeline
-    from fer_tune.report import write_leaderboard
-    from fer_tune.retrain import RetrainOptions
+    from fer_tune.reporting.report import write_leaderboard
+    from fer_tune.search.retrain import RetrainOptions
 
     folder = tmp_path / "vgg_spinal"
     runs, scored, configs = _constructed_search(folder)
@@ -258,7 +258,7 @@ def test_pretrained_vit_reaches_the_trial_through_the_search_space(tmp_path, tin
 
 
 def test_transfer_refuses_a_base_of_another_width():
-    from fer_tune.transfer import transfer_weights
+    from fer_tune.training.transfer import transfer_weights
 
     base = create_model("vgg", width=0.25).state_dict()
     with pytest.raises(UserError, match="tensors have other shapes"):
@@ -268,8 +268,8 @@ def test_transfer_refuses_a_base_of_another_width():
 
 
 def test_search_takes_width_and_activation_from_the_base(tmp_path):
-    from fer_tune.search import adopt_base_architecture
-    from fer_tune.transfer import load_base
+    from fer_tune.search.run import adopt_base_architecture
+    from fer_tune.training.transfer import load_base
 
     swish = create_model("effnetv2s", activation="swish")
     path = save_checkpoint(tmp_path / "base.pt", {"config": TrainConfig(model="effnetv2s", activation="swish").to_dict(),
@@ -285,7 +285,7 @@ def test_search_takes_width_and_activation_from_the_base(tmp_path):
 
 
 def test_train_refuses_a_base_of_another_activation(tmp_path):
-    from fer_tune.single_run import load_base_state
+    from fer_tune.training.single_run import load_base_state
 
     path = save_checkpoint(tmp_path / "base.pt", {"config": TrainConfig(model="vgg", width=0.25).to_dict(),
                                                   "model": create_model("vgg", width=0.25).state_dict()})
@@ -325,7 +325,7 @@ def test_trainval_refit_repeats_the_selected_trajectory(tiny_data, scheduler):
 
 
 def test_leakage_free_subset_under_trainval_drops_copies_of_publictest():
-    from fer_tune.data import rows_seen_in_training
+    from fer_tune.data.fer2013 import rows_seen_in_training
 
     images = np.zeros((6, 48, 48), dtype=np.uint8)
     for i in range(6):

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from fer_tune import tune_runner
+from fer_tune.search import runner as tune_runner
 from fer_tune.errors import UserError
-from fer_tune.search_space import load_search_space
-from fer_tune.tune_runner import Progress, TuneJob, read_history, trial_resources, trials_per_gpu
+from fer_tune.search.space import load_search_space
+from fer_tune.search.runner import Progress, TuneJob, read_history, trial_resources, trials_per_gpu
 
 
 def test_trials_per_gpu_fit_by_measured_memory_with_headroom():
@@ -76,7 +76,7 @@ def test_a_repeated_epoch_counts_once_in_the_trials_table():
 
     import pandas as pd
 
-    from fer_tune.search import trials_table
+    from fer_tune.search.run import trials_table
 
     space = load_search_space("vgg")
     logs = pd.DataFrame({"epoch": [1, 2, 2], "val_acc": [0.2, 0.3, 0.3], "epoch_time": [10.0, 10.0, 10.0]})

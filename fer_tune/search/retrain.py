@@ -7,7 +7,7 @@ Protocols (named in every output):
   number of epochs (as Khaireddin & Chen did); the refit's last epoch is the model kept.
 
 Only the train and validation arrays reach a retraining trial; PrivateTest is read later, by
-:mod:`fer_tune.scoring`.
+:mod:`fer_tune.reporting.scoring`.
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from fer_tune.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from fer_tune.config import TrainConfig, load_train_config, read_yaml, write_yaml, yaml_plain
-from fer_tune.data import FerData
-from fer_tune.engine import EpochResult, Trainer, stalled
+from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from fer_tune.training.config import TrainConfig, load_train_config, read_yaml, write_yaml, yaml_plain
+from fer_tune.data.fer2013 import FerData
+from fer_tune.training.engine import EpochResult, Trainer, stalled
 from fer_tune.errors import UserError
 from fer_tune.manifest import read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import require_search_folder
-from fer_tune.search import SCORED_STATUSES
-from fer_tune.search_space import SearchSpace, load_search_space
-from fer_tune.transfer import load_base
-from fer_tune.tune_runner import (STATE_FILE, CheckpointSchedule, Progress, TrialData, TuneJob, can_resume,
+from fer_tune.search.run import SCORED_STATUSES
+from fer_tune.search.space import SearchSpace, load_search_space
+from fer_tune.training.transfer import load_base
+from fer_tune.search.runner import (STATE_FILE, CheckpointSchedule, Progress, TrialData, TuneJob, can_resume,
                                   finished_trials, report_epoch, restored_state, run_history, run_trials)
 
 PROTOCOLS = ("paper", "trainval")

@@ -18,10 +18,10 @@ import pandas as pd
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
-from fer_tune.plots import plot_importances, save_figure
-from fer_tune.report import epochs_saved_by_patience
+from fer_tune.reporting.plots import plot_importances, save_figure
+from fer_tune.reporting.report import epochs_saved_by_patience
 from fer_tune.run_folder import require_search_folder
-from fer_tune.search import OPTUNA_DB, SCORED_STATUSES, study_storage
+from fer_tune.search.run import OPTUNA_DB, SCORED_STATUSES, study_storage
 
 FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
 IMPORTANCE_CSV = "importance.csv"

@@ -1,7 +1,7 @@
 """``launch.py predict``: a trained checkpoint on people's own photos, folders and videos.
 
-Each picture goes through :mod:`fer_tune.faces` (read, find faces, crop 48x48 grayscale); the faces
-are classified in batches on the device by :class:`fer_tune.inference.FaceClassifier` (the
+Each picture goes through :mod:`fer_tune.deploy.faces` (read, find faces, crop 48x48 grayscale); the faces
+are classified in batches on the device by :class:`fer_tune.deploy.inference.FaceClassifier` (the
 checkpoint's own evaluation views). One CSV row per face, or per file / frame that gave none, with
 the reason; with ``--annotate DIR`` a copy of each image with its boxes and labels drawn.
 """
@@ -19,9 +19,9 @@ import pandas as pd
 from fer_tune import EMOTIONS
 from fer_tune.clock import clock, stamp
 from fer_tune.errors import UserError
-from fer_tune.faces import Box, FaceFinder, Frame, face_crop, files_under, frames_of, is_face_crop, opencv, whole_image
+from fer_tune.deploy.faces import Box, FaceFinder, Frame, face_crop, files_under, frames_of, is_face_crop, opencv, whole_image
 from fer_tune.files import write_atomic, write_csv_atomic
-from fer_tune.inference import open_face_model
+from fer_tune.deploy.inference import open_face_model
 
 COLUMNS = ["file", "frame", "face", "x", "y", "w", "h", "found_by", "label", *(f"p_{e}" for e in EMOTIONS), "error"]
 ANNOTATION_MARK = ".fer-tune-annotations"  # in an --annotate folder fer-tune made

@@ -1,7 +1,7 @@
 """Train one configuration and evaluate it: the loop every command and every trial runs.
 
 The whole split lives on the device as one uint8 tensor; augmentation is batched there
-(:mod:`fer_tune.augment`). Selection uses the validation split only; the test split is never
+(:mod:`fer_tune.training.augment`). Selection uses the validation split only; the test split is never
 passed to a :class:`Trainer`.
 """
 
@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_tune.augment import CENTRE_VIEW, AugmentConfig, BatchAugmenter
-from fer_tune.config import TrainConfig
+from fer_tune.training.augment import CENTRE_VIEW, AugmentConfig, BatchAugmenter
+from fer_tune.training.config import TrainConfig
 from fer_tune.errors import UserError
 from fer_tune.metrics import macro_f1
 from fer_tune.models import create_model, model_info
 from fer_tune.models.vit import PretrainedViT, resolve_pretrained
-from fer_tune.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
-from fer_tune.transfer import TransferReport, frozen_tensors, train_mode, transfer_weights
+from fer_tune.training.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
+from fer_tune.training.transfer import TransferReport, frozen_tensors, train_mode, transfer_weights
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The search: Optuna (TPE) + ASHA over one search space, run by :mod:`fer_tune.tune_runner`.
+"""The search: Optuna (TPE) + ASHA over one search space, run by :mod:`fer_tune.search.runner`.
 
 Outputs under ``results/<name>/``: ``manifest.yaml``, ``trials.csv``, ``best_config.yaml``,
 ``best_model.pt`` and the Ray experiment folder ``ray/`` (TensorBoard event files in every trial).
@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 from ray.tune.search.optuna import OptunaSearch
 
-from fer_tune.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from fer_tune.config import write_yaml
-from fer_tune.data import FerData
+from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from fer_tune.training.config import write_yaml
+from fer_tune.data.fer2013 import FerData
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic
 from fer_tune.manifest import SearchManifest
@@ -28,11 +28,11 @@ from fer_tune.models import check_pretrained_choice, create_model, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import (check_run_name, check_search_folder, clear_search_outputs, make_run_folder,
                                  removed_if_nothing_ran)
-from fer_tune.search_space import Resources, SearchSpace, SpaceSampler, load_search_space, paper_point
-from fer_tune.single_run import run_training
-from fer_tune.trainable import search_trainable
-from fer_tune.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
-from fer_tune.tune_runner import (BEST_FILE, STATE_FILE, Progress, TrialData, TuneJob, can_resume,
+from fer_tune.search.space import Resources, SearchSpace, SpaceSampler, load_search_space, paper_point
+from fer_tune.training.single_run import run_training
+from fer_tune.search.trainable import search_trainable
+from fer_tune.training.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
+from fer_tune.search.runner import (BEST_FILE, STATE_FILE, Progress, TrialData, TuneJob, can_resume,
                                   finished_trials, run_history, run_trials, trial_number)
 
 EXPERIMENT = "ray"

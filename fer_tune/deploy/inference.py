@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer_tune.augment import AugmentConfig, eval_inputs
-from fer_tune.config import TrainConfig
-from fer_tune.engine import mean_view_logits
+from fer_tune.training.augment import AugmentConfig, eval_inputs
+from fer_tune.training.config import TrainConfig
+from fer_tune.training.engine import mean_view_logits
 from fer_tune.errors import DEPLOY_INSTALL, UserError
 from fer_tune.models import model_info
 
@@ -51,7 +51,7 @@ def load_face_classifier(checkpoint: str | Path, device: torch.device, crops: st
                          ) -> tuple[FaceClassifier, TrainConfig]:
     """The classifier a fer-tune checkpoint holds (a :class:`~fer_tune.errors.UserError` for anything
     else), on ``device``, in evaluation mode."""
-    from fer_tune.evaluate import model_from_checkpoint
+    from fer_tune.training.evaluate import model_from_checkpoint
 
     model, config = model_from_checkpoint(checkpoint, device)
     return FaceClassifier(model, model_info(config.model).recipe, crops).to(device).eval(), config
@@ -75,7 +75,7 @@ def open_face_model(path: Path, device: str | None = None, crops: str | None = N
     are inside the graph); anything else is a :class:`~fer_tune.errors.UserError`."""
     if path.suffix.lower() == ".onnx":
         return _onnx_face_model(path, crops)
-    from fer_tune.engine import pick_device
+    from fer_tune.training.engine import pick_device
 
     dev = pick_device(device)
     classifier, config = load_face_classifier(path, dev, crops or "ten")

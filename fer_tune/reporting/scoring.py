@@ -4,7 +4,7 @@ This module is the only caller of ``FerData.role("test")`` outside ``launch.py e
 It also scores a leakage-free PrivateTest that leaves out the test images whose exact pixels
 also appear in what the models trained on (Training; under ``trainval`` PublicTest too), and gives
 bootstrap confidence intervals of the accuracy. Nothing here chooses among the runs: the headline
-is chosen on validation scores (:func:`fer_tune.report.headline_winner`).
+is chosen on validation scores (:func:`fer_tune.reporting.report.headline_winner`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fer_tune.data import FerData, rows_seen_in_training
+from fer_tune.data.fer2013 import FerData, rows_seen_in_training
 from fer_tune.files import write_csv_atomic
-from fer_tune.engine import pick_device
-from fer_tune.evaluate import evaluate_model, model_from_checkpoint
+from fer_tune.training.engine import pick_device
+from fer_tune.training.evaluate import evaluate_model, model_from_checkpoint
 from fer_tune.metrics import Scores, score
 
 

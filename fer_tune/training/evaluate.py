@@ -1,5 +1,5 @@
 """Score a saved model on one split: ten-crop and single-crop accuracy, macro / per-class P/R/F1,
-confusion matrix. ``launch.py evaluate`` and the final scoring (:mod:`fer_tune.scoring`) are its only
+confusion matrix. ``launch.py evaluate`` and the final scoring (:mod:`fer_tune.reporting.scoring`) are its only
 callers on the test split (PrivateTest); nothing that trains or selects calls it."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_tune.augment import AugmentConfig, BatchAugmenter
-from fer_tune.checkpoint import load_checkpoint
-from fer_tune.config import TrainConfig
-from fer_tune.data import FerData
-from fer_tune.engine import pick_device, predict_view_logits, ten_and_single
+from fer_tune.training.augment import AugmentConfig, BatchAugmenter
+from fer_tune.training.checkpoint import load_checkpoint
+from fer_tune.training.config import TrainConfig
+from fer_tune.data.fer2013 import FerData
+from fer_tune.training.engine import pick_device, predict_view_logits, ten_and_single
 from fer_tune.errors import UserError
 from fer_tune.metrics import Scores, score
 from fer_tune.models import create_model, model_info

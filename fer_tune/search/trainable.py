@@ -1,5 +1,5 @@
-"""The search's Ray Tune trainable: one trial = one :class:`~fer_tune.engine.Trainer` run of a sampled
-configuration, reporting once per epoch through :func:`fer_tune.tune_runner.report_epoch`.
+"""The search's Ray Tune trainable: one trial = one :class:`~fer_tune.training.engine.Trainer` run of a sampled
+configuration, reporting once per epoch through :func:`fer_tune.search.runner.report_epoch`.
 
 Everything a trial needs arrives through ``tune.with_parameters`` (Ray's object store), so a trial
 runs the same on any node of a cluster; the test split never reaches it.
@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fer_tune.checkpoint import model_payload
-from fer_tune.engine import Trainer, stalled
-from fer_tune.search_space import SearchSpace
-from fer_tune.tune_runner import (BEST_FILE, STATE_FILE, CheckpointSchedule, TrialData, finite, report_epoch,
+from fer_tune.training.checkpoint import model_payload
+from fer_tune.training.engine import Trainer, stalled
+from fer_tune.search.space import SearchSpace
+from fer_tune.search.runner import (BEST_FILE, STATE_FILE, CheckpointSchedule, TrialData, finite, report_epoch,
                                   restored_state)
 
 CRASH_ENV = "FER_TUNE_TEST_CRASH_ONCE_DIR"  # test-only: a trial process dies once at its 2nd epoch

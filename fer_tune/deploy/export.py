@@ -1,6 +1,6 @@
 """``launch.py export``: a checkpoint as a self-contained model file other programs can run.
 
-The file holds :class:`fer_tune.inference.FaceClassifier`: input ``images``, float32
+The file holds :class:`fer_tune.deploy.inference.FaceClassifier`: input ``images``, float32
 (batch, 1, 48, 48) grayscale pixel values 0..255 (the scaling to 0..1 is inside), any batch size;
 outputs ``logits`` and ``probabilities`` (batch, 7) in FER2013's class order, averaged over the
 checkpoint's evaluation views (ten 40x40 crops, or the one ViT view). Before the file is put in
@@ -24,10 +24,10 @@ import yaml
 from torch import nn
 
 from fer_tune import EMOTIONS, __version__
-from fer_tune.config import yaml_plain
+from fer_tune.training.config import yaml_plain
 from fer_tune.errors import DEPLOY_INSTALL, UserError
 from fer_tune.files import write_atomic, write_text_atomic
-from fer_tune.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier, load_face_classifier
+from fer_tune.deploy.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier, load_face_classifier
 
 FORMATS = ("onnx", "pt2")
 PARITY_LIMIT = 1e-3
@@ -84,11 +84,11 @@ def check_out(out: Path) -> None:
 def parity_faces(data_path: str | None) -> tuple[np.ndarray, str]:
     """uint8 faces (N, 48, 48) for the check: the validation split of ``data_path``, else demo faces."""
     if data_path:
-        from fer_tune.data import load_fer
+        from fer_tune.data.fer2013 import load_fer
 
         images, _ = load_fer(data_path).role("val")
         return images[:PARITY_FACES], f"{min(len(images), PARITY_FACES)} validation faces of {data_path}"
-    from fer_tune.demo_data import draw_faces
+    from fer_tune.data.demo import draw_faces
 
     labels = np.arange(PARITY_FACES) % len(EMOTIONS)
     return draw_faces(labels, np.random.default_rng(0)), f"{PARITY_FACES} built-in demo faces"

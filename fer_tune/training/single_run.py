@@ -9,15 +9,15 @@ from typing import Callable
 
 import pandas as pd
 
-from fer_tune.checkpoint import model_payload, save_checkpoint
-from fer_tune.config import TrainConfig, write_yaml
-from fer_tune.data import FerData
-from fer_tune.engine import EpochResult, Trainer
+from fer_tune.training.checkpoint import model_payload, save_checkpoint
+from fer_tune.training.config import TrainConfig, write_yaml
+from fer_tune.data.fer2013 import FerData
+from fer_tune.training.engine import EpochResult, Trainer
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic
 from fer_tune.models import model_info
 from fer_tune.run_folder import make_run_folder, removed_if_nothing_ran
-from fer_tune.transfer import architecture_of_base, load_base
+from fer_tune.training.transfer import architecture_of_base, load_base
 
 METRIC_FIELDS = list(EpochResult.__dataclass_fields__)
 

@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau, StepLR
 
-from fer_tune.config import TrainConfig
+from fer_tune.training.config import TrainConfig
 
 
 def build_optimizer(
@@ -22,11 +22,11 @@ def build_optimizer(
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "ranger":
-        from fer_tune.fused_optim import FusedRanger
+        from fer_tune.training.fused_optim import FusedRanger
 
         return FusedRanger(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "ranger21":
-        from fer_tune.fused_optim import FusedRanger21
+        from fer_tune.training.fused_optim import FusedRanger21
 
         return FusedRanger21(
             params,

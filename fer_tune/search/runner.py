@@ -22,13 +22,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from fer_tune.checkpoint import load_checkpoint, save_checkpoint
+from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.clock import clock, stamp
-from fer_tune.config import TrainConfig
-from fer_tune.data import FerData
+from fer_tune.training.config import TrainConfig
+from fer_tune.data.fer2013 import FerData
 from fer_tune.models.vit import PretrainedViT
-from fer_tune.search_space import AUTO
-from fer_tune.transfer import BaseWeights
+from fer_tune.search.space import AUTO
+from fer_tune.training.transfer import BaseWeights
 
 STATE_FILE = "state.pt"  # what a restarted trial continues from
 BEST_FILE = "best.pt"  # a search trial's best epoch: trainable weights only, no optimizer state
@@ -74,8 +74,8 @@ class TrialData:
         return np.concatenate([self.train_images, self.val_images]), np.concatenate([self.train_labels, self.val_labels])
 
     def trainer(self, config: TrainConfig, train: tuple[np.ndarray, np.ndarray] | None = None):
-        """A :class:`~fer_tune.engine.Trainer` of ``config`` from these starting weights."""
-        from fer_tune.engine import Trainer
+        """A :class:`~fer_tune.training.engine.Trainer` of ``config`` from these starting weights."""
+        from fer_tune.training.engine import Trainer
 
         if self.base is not None and config.base_checkpoint is None:
             config = config.replace(base_checkpoint=self.base.source)

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from fer_tune.config import OPTIMIZERS, SCHEDULERS, TrainConfig, read_yaml, runs_own_schedule, with_own_schedule
+from fer_tune.training.config import OPTIMIZERS, SCHEDULERS, TrainConfig, read_yaml, runs_own_schedule, with_own_schedule
 from fer_tune.errors import UserError
 from fer_tune.models import MODELS, model_info
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 METRICS = {"val_acc": "max", "val_acc_single": "max", "val_f1": "max", "val_loss": "min"}
 TOP_LEVEL_KEYS = ("description", "model", "metric", "budget", "resources", "fixed", "paper_trial", "space",
                   "finetune", "smoke")
@@ -178,7 +178,7 @@ class SearchSpace:
 class SpaceSampler:
     """Optuna define-by-run sampler for a space (a picklable class, so Ray can checkpoint the searcher).
 
-    Conditional rule (:func:`~fer_tune.config.runs_own_schedule`): when an optimizer with its own
+    Conditional rule (:func:`~fer_tune.training.config.runs_own_schedule`): when an optimizer with its own
     warm-up / warm-down (Ranger21) is drawn, the scheduler is not sampled and is set to ``none``.
     """
 

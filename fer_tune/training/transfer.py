@@ -81,7 +81,7 @@ class BaseWeights:
 def load_base(path: str | Path, model: str) -> BaseWeights:
     """The checkpoint at ``path``, after checking that it is a model ``model`` may transfer from
     (its registered base, or the same model)."""
-    from fer_tune.checkpoint import model_state_from
+    from fer_tune.training.checkpoint import model_state_from
     from fer_tune.models import model_info
 
     state, config = model_state_from(path)
