@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fer_tune.training.config import read_yaml, write_yaml
+from fer_tune.yaml_files import read_yaml, write_yaml
 from fer_tune.errors import UserError
 
 MANIFEST = "manifest.yaml"

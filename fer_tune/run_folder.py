@@ -17,16 +17,12 @@ from typing import Iterator
 
 from fer_tune.errors import UserError
 from fer_tune.manifest import MANIFEST
+from fer_tune.search_folder import SearchFolder
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 # everything a search, its retraining and its report write into the search folder
-SEARCH_OUTPUTS = (
-    MANIFEST, ".lock", "trials.csv", "best_config.yaml", "best_model.pt", "ray", "base", "retrain",
-    "winners", "retrain.yaml", "retrain_runs.csv", "scores.csv", "predictions.csv", "winners.csv",
-    "report.md", "confusion_matrix.png", "learning_curves.png", "search.png", "optuna.db", "analysis.md",
-    "importance.png", "importance.csv", "slice.png", "parallel_coordinate.png",
-)
+SEARCH_OUTPUTS = SearchFolder.outputs()
 
 
 def check_run_name(name: str, option: str = "--name") -> str:

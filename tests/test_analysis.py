@@ -11,7 +11,7 @@ import pandas as pd
 from fer_tune.reporting.analysis import analyze
 from fer_tune.manifest import SearchManifest
 from fer_tune.reporting.report import _top_knob
-from fer_tune.search.run import study_storage
+from fer_tune.search_folder import SearchFolder
 
 
 def _built_search(folder: Path, scores: list[float]) -> None:
@@ -20,7 +20,7 @@ def _built_search(folder: Path, scores: list[float]) -> None:
     SearchManifest(name="built", space="search_spaces/vgg.yaml", model="vgg", base=None, metric="val_acc",
                    mode="max", smoke=False, seed=0, budget={"max_epochs": 3}).write(folder)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="built", storage=study_storage(folder), direction="maximize")
+    study = optuna.create_study(study_name="built", storage=SearchFolder(folder).study_storage(), direction="maximize")
     rng = np.random.default_rng(0)
     lrs = 10 ** rng.uniform(-4, -1, len(scores))
     optimizers = ["adam", "sgd_nesterov"] * (len(scores) // 2)

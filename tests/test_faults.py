@@ -20,7 +20,7 @@ import ray
 import fer_tune.reporting.report
 from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.cli import main
-from fer_tune.training.config import read_yaml
+from fer_tune.yaml_files import read_yaml
 from fer_tune.errors import UserError
 from fer_tune.search.run import search_lock
 
@@ -115,7 +115,7 @@ def test_yaml_is_read_with_the_safe_loader(tmp_path):
 def test_ray_starts_without_a_public_dashboard(monkeypatch):
     import ray
 
-    from fer_tune.search.runner import ray_session
+    from fer_tune.search.ray_setup import ray_session
 
     seen, stopped = {}, []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

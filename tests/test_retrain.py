@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_tune.training.config import TrainConfig, write_yaml
+from fer_tune.training.config import TrainConfig
+from fer_tune.yaml_files import write_yaml
 from fer_tune.errors import UserError
 from fer_tune.search.retrain import pick_winners
 from fer_tune.search.space import load_search_space

@@ -340,7 +340,7 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chai
     from fer_tune.reporting.report import write_report
     from fer_tune.search.retrain import RetrainOptions, run_retrain
     from fer_tune.reporting.scoring import score_runs
-    from fer_tune.search.run import PATIENCE_STATUS
+    from fer_tune.search_folder import PATIENCE_STATUS
 
     space = _space_file(tmp_path, """
         model: vgg

@@ -117,7 +117,7 @@ def test_a_saved_state_leaves_the_frozen_base_out_and_resumes_exactly(tiny_data)
 
 def test_checkpoint_schedule_writes_at_the_end_every_n_epochs_every_t_seconds_or_when_cheap_enough():
     from fer_tune.search.space import Budget
-    from fer_tune.search.runner import CheckpointSchedule
+    from fer_tune.search.in_trial import CheckpointSchedule
 
     auto = CheckpointSchedule()
     assert auto.due(1, 10.0, final=False)  # nothing measured yet

@@ -13,7 +13,8 @@ import torch
 
 from fer_tune.training.augment import AugmentConfig, BatchAugmenter
 from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
-from fer_tune.training.config import TrainConfig, write_yaml
+from fer_tune.training.config import TrainConfig
+from fer_tune.yaml_files import write_yaml
 from fer_tune.data.fer2013 import FerData
 from fer_tune.training.engine import Trainer
 from fer_tune.errors import UserError
@@ -21,7 +22,7 @@ from fer_tune.metrics import score
 from fer_tune.models import create_model
 from fer_tune.training.optim import build_optimizer
 from fer_tune.search.retrain import _phases
-from fer_tune.search.runner import TrialData
+from fer_tune.search.trial_data import TrialData
 from fer_tune.search.space import available_spaces, load_search_space, paper_point
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,8 @@ import pytest
 from fer_tune.search import runner as tune_runner
 from fer_tune.errors import UserError
 from fer_tune.search.space import load_search_space
-from fer_tune.search.runner import Progress, TuneJob, read_history, trial_resources, trials_per_gpu
+from fer_tune.search.runner import Progress, TuneJob, trial_resources, trials_per_gpu
+from fer_tune.search_folder import read_history
 
 
 def test_trials_per_gpu_fit_by_measured_memory_with_headroom():

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from fer_tune import EMOTIONS, __version__
-from fer_tune.training.config import yaml_plain
+from fer_tune.yaml_files import yaml_plain
 from fer_tune.errors import DEPLOY_INSTALL, UserError
 from fer_tune.files import write_atomic, write_text_atomic
 from fer_tune.deploy.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier, load_face_classifier

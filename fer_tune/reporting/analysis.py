@@ -21,7 +21,7 @@ from fer_tune.manifest import read_manifest
 from fer_tune.reporting.plots import plot_importances, save_figure
 from fer_tune.reporting.report import epochs_saved_by_patience
 from fer_tune.run_folder import require_search_folder
-from fer_tune.search.run import OPTUNA_DB, SCORED_STATUSES, study_storage
+from fer_tune.search_folder import SCORED_STATUSES, SearchFolder
 
 FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
 IMPORTANCE_CSV = "importance.csv"
@@ -31,11 +31,11 @@ def load_study(folder: Path, name: str):
     """The Optuna study ``name`` of the search in ``folder`` (a :class:`UserError` when it has none)."""
     import optuna
 
-    if not (folder / OPTUNA_DB).is_file():
-        raise UserError(f"{folder}: no {OPTUNA_DB} (the search ran with an older fer-tune, or has not started); "
+    if not (folder / SearchFolder.OPTUNA_DB).is_file():
+        raise UserError(f"{folder}: no {SearchFolder.OPTUNA_DB} (the search ran with an older fer-tune, or has not started); "
                         f"run the search again with --fresh to keep its Optuna study")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=study_storage(folder))
+    return optuna.load_study(study_name=name, storage=SearchFolder(folder).study_storage())
 
 
 def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
@@ -82,7 +82,7 @@ def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
              f"{len(trials)} trials, {len(scored)} with a score. Scores: `{score}`, the best validation "
              f"({'PublicTest' if manifest.metric.startswith('val') else manifest.metric}) {manifest.metric} of each "
              "trial; PrivateTest is not read here. Importances are computed from the Optuna study "
-             f"(`{OPTUNA_DB}`: the value Optuna was told, the trial's last reported {manifest.metric}).", ""]
+             f"(`{SearchFolder.OPTUNA_DB}`: the value Optuna was told, the trial's last reported {manifest.metric}).", ""]
     lines += _importance_lines(found, notes, folder)
     lines += _factor_lines(scored, score, manifest.mode)
     lines += _compute_lines(trials, manifest.budget.get("max_epochs"))

@@ -10,7 +10,7 @@ from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.reporting.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.reporting.scoring import ScoredRuns
-from fer_tune.search.runner import read_history
+from fer_tune.search_folder import read_history
 
 # FER2013 PrivateTest as Santoso & Kusuma report it (accuracy, macro P, R, F1; VGGNet: Khaireddin & Chen)
 PAPER_RESULTS: dict[str, tuple[str, float, float | None, float | None, float | None]] = {

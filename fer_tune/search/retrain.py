@@ -20,7 +20,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from fer_tune.training.config import TrainConfig, load_train_config, read_yaml, write_yaml, yaml_plain
+from fer_tune.training.config import TrainConfig, load_train_config
+from fer_tune.yaml_files import read_yaml, write_yaml, yaml_plain
 from fer_tune.data.fer2013 import FerData
 from fer_tune.training.engine import EpochResult, Trainer, stalled
 from fer_tune.errors import UserError
@@ -28,11 +29,13 @@ from fer_tune.manifest import read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import require_search_folder
-from fer_tune.search.run import SCORED_STATUSES
+from fer_tune.search_folder import SCORED_STATUSES
 from fer_tune.search.space import SearchSpace, load_search_space
 from fer_tune.training.transfer import load_base
-from fer_tune.search.runner import (STATE_FILE, CheckpointSchedule, Progress, TrialData, TuneJob, can_resume,
-                                  finished_trials, report_epoch, restored_state, run_history, run_trials)
+from fer_tune.search.in_trial import CheckpointSchedule, STATE_FILE, report_epoch, restored_state
+from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
+from fer_tune.search.trial_data import TrialData
+from fer_tune.search_folder import run_history
 
 PROTOCOLS = ("paper", "trainval")
 RETRAIN_EXPERIMENT = "retrain"

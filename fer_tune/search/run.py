@@ -19,7 +19,7 @@ import pandas as pd
 from ray.tune.search.optuna import OptunaSearch
 
 from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from fer_tune.training.config import write_yaml
+from fer_tune.yaml_files import write_yaml
 from fer_tune.data.fer2013 import FerData
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic
@@ -32,14 +32,14 @@ from fer_tune.search.space import Resources, SearchSpace, SpaceSampler, load_sea
 from fer_tune.training.single_run import run_training
 from fer_tune.search.trainable import search_trainable
 from fer_tune.training.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
-from fer_tune.search.runner import (BEST_FILE, STATE_FILE, Progress, TrialData, TuneJob, can_resume,
-                                  finished_trials, run_history, run_trials, trial_number)
+from fer_tune.search.in_trial import BEST_FILE, STATE_FILE
+from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials, trial_number
+from fer_tune.search.trial_data import TrialData
+from fer_tune.search_folder import run_history
+from fer_tune.search_folder import PATIENCE_STATUS, SearchFolder
 
 EXPERIMENT = "ray"
-OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
 STATUS_ATTR = "fer_tune_status"  # each Optuna trial's user attribute: how it ended
-PATIENCE_STATUS = "stopped: no better score within patience"  # the budget's early stopping
-SCORED_STATUSES = ("completed", "stopped by ASHA", PATIENCE_STATUS)  # trials.csv rows a retraining may pick
 
 
 @dataclass
@@ -384,7 +384,7 @@ def _optuna_and_asha(space: SearchSpace, name: str, folder: Path, seed: int) -> 
         mode=space.mode,
         seed=seed,
         study_name=name,
-        storage=optuna.storages.RDBStorage(study_storage(folder)),
+        storage=optuna.storages.RDBStorage(SearchFolder(folder).study_storage()),
     )
     scheduler = ASHAScheduler(time_attr="epoch", max_t=budget.max_epochs, grace_period=budget.grace_period,
                               reduction_factor=budget.reduction_factor)
@@ -412,7 +412,4 @@ class MarkedOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def study_storage(folder: Path) -> str:
-    """The Optuna storage URL of the search in ``folder`` (``optuna-dashboard`` opens it too)."""
-    return f"sqlite:///{(folder / OPTUNA_DB).resolve()}"
 

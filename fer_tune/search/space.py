@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from fer_tune.training.config import OPTIMIZERS, SCHEDULERS, TrainConfig, read_yaml, runs_own_schedule, with_own_schedule
+from fer_tune.training.config import OPTIMIZERS, SCHEDULERS, TrainConfig, runs_own_schedule, with_own_schedule
+from fer_tune.yaml_files import read_yaml
 from fer_tune.errors import UserError
 from fer_tune.models import MODELS, model_info
 

@@ -14,8 +14,8 @@ from typing import Any
 from fer_tune.training.checkpoint import model_payload
 from fer_tune.training.engine import Trainer, stalled
 from fer_tune.search.space import SearchSpace
-from fer_tune.search.runner import (BEST_FILE, STATE_FILE, CheckpointSchedule, TrialData, finite, report_epoch,
-                                  restored_state)
+from fer_tune.search.in_trial import BEST_FILE, CheckpointSchedule, STATE_FILE, finite, report_epoch, restored_state
+from fer_tune.search.trial_data import TrialData
 
 CRASH_ENV = "FER_TUNE_TEST_CRASH_ONCE_DIR"  # test-only: a trial process dies once at its 2nd epoch
 

@@ -10,7 +10,8 @@ from typing import Callable
 import pandas as pd
 
 from fer_tune.training.checkpoint import model_payload, save_checkpoint
-from fer_tune.training.config import TrainConfig, write_yaml
+from fer_tune.training.config import TrainConfig
+from fer_tune.yaml_files import write_yaml
 from fer_tune.data.fer2013 import FerData
 from fer_tune.training.engine import EpochResult, Trainer
 from fer_tune.errors import UserError

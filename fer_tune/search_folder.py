@@ -1,0 +1,76 @@
+"""What a search folder is: every file a search, its retraining and its report write there, named once
+(:class:`SearchFolder`), how a trial may end, and the readers of a run's per-epoch history. A bottom-layer
+module: the search writes these files, reporting and the retraining read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+PATIENCE_STATUS = "stopped: no better score within patience"  # the budget's early stopping
+SCORED_STATUSES = ("completed", "stopped by ASHA", PATIENCE_STATUS)  # trials.csv rows a retraining may pick
+
+
+@dataclass(frozen=True)
+class SearchFolder:
+    """The files of one search folder, by job."""
+
+    path: Path
+
+    MANIFEST = "manifest.yaml"
+    LOCK = ".lock"
+    TRIALS = "trials.csv"
+    BEST_CONFIG = "best_config.yaml"
+    BEST_MODEL = "best_model.pt"
+    OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
+    SEARCH_EXPERIMENT = "ray"  # Ray Tune's experiment of the search trials
+    BASE = "base"  # the base model a transfer search trained first
+    RETRAIN_EXPERIMENT = "retrain"
+    WINNERS_DIR = "winners"
+    RETRAIN_SETTINGS = "retrain.yaml"
+    RETRAIN_RUNS = "retrain_runs.csv"
+    SCORES = "scores.csv"
+    PREDICTIONS = "predictions.csv"
+    WINNERS = "winners.csv"
+    REPORT = "report.md"
+    ANALYSIS = "analysis.md"
+    IMPORTANCE_CSV = "importance.csv"
+    PLOTS = ("confusion_matrix.png", "learning_curves.png", "search.png", "importance.png", "slice.png",
+             "parallel_coordinate.png")
+
+    @classmethod
+    def outputs(cls) -> tuple[str, ...]:
+        """Every name fer-tune writes into a search folder (what it may replace or delete there)."""
+        names = [v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str)]
+        return (*names, *cls.PLOTS)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def study_storage(self) -> str:
+        """The Optuna storage URL of the search (``optuna-dashboard`` opens it too)."""
+        return f"sqlite:///{(self.path / self.OPTUNA_DB).resolve()}"
+
+
+def epoch_rows(history: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A run's per-epoch reports, each epoch once (per phase). A driver killed after an epoch's report
+    but before Ray recorded that epoch's checkpoint makes the resumed run repeat the epoch, and Tune's
+    logs (``progress.csv``, ``result.json``) may then hold it twice: the later row, the one the run
+    went on from, is kept."""
+    if history is None or "epoch" not in history:
+        return history
+    keys = [key for key in ("phase", "epoch") if key in history]
+    return history.drop_duplicates(keys, keep="last").reset_index(drop=True)
+
+
+def run_history(result) -> pd.DataFrame | None:
+    """The per-epoch history of a Tune ``Result`` (read from its logs), each epoch once."""
+    return epoch_rows(result.metrics_dataframe)
+
+
+def read_history(progress_csv: Path) -> pd.DataFrame:
+    """A run's ``progress.csv``, each epoch once."""
+    return epoch_rows(pd.read_csv(progress_csv))
