@@ -24,7 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fer_tune.data.fer2013 import COMPACT_SUFFIX, content_md5, load_fer, write_compact  # noqa: E402
+from fer_tune.data.compact import COMPACT_SUFFIX, write_compact
+from fer_tune.data.csv_layout import content_md5
+from fer_tune.data.fer2013 import load_fer
 from fer_tune.data.demo import DemoSpec, write_demo_csv  # noqa: E402
 from fer_tune.errors import UserError  # noqa: E402
 

@@ -7,6 +7,13 @@ it was checked on. ``tests/test_compat.py`` fails loudly on a version that chang
   :func:`ranger21_reference_step` is that method with the block moved into the loop and nothing else;
   it is the definition fer-tune's fused step (:mod:`fer_tune.training.fused_optim`) is tested against, and the
   step it falls back to where the fused one does not apply.
+- Ray 2.60: the driver prints every error its cluster publishes ("(raylet) A worker died ...") straight
+  to stdout through ``ray._private.worker.print_to_stdstream``, whatever ``log_to_driver`` says (no
+  public switch); :func:`ray_errors_to_logger` sends it to the 'ray' logger. :func:`ray_logs_folder`
+  reads the node's log folder from ``ray._private.worker._global_node``. One of Ray's chatty loggers
+  lives under ``ray._private`` (:data:`RAY_QUIET_LOGGERS`).
+- Ray 2.60's ``OptunaSearch`` exposes no study: :func:`optuna_trial_of` reads its ``_ot_trials`` and
+  ``_completed_trials``; :func:`intermediate_steps` reads Optuna 5.0's ``Trial._trial_id``.
 """
 
 from __future__ import annotations
@@ -14,9 +21,13 @@ from __future__ import annotations
 import functools
 import inspect
 import textwrap
+import logging
 from typing import Any, Callable
 
 RANGER21_CHECKED = ("0.1.0",)
+RAY_CHECKED = ("2.60.0",)
+OPTUNA_CHECKED = ("5.0.0",)
+RAY_QUIET_LOGGERS = ("ray", "ray.tune", "ray._private.authentication.authentication_token_setup")
 
 
 @functools.cache
@@ -39,3 +50,36 @@ def ranger21_reference_step() -> Callable:
     namespace: dict[str, Any] = {}
     exec(compile(source, module.__file__, "exec"), dict(vars(module)), namespace)
     return namespace["step"]
+
+
+def ray_errors_to_logger() -> None:
+    """Send the errors Ray's driver would print to stdout to the 'ray' logger instead (the raylet's
+    log file keeps the text; fer-tune's progress line reports a failed trial itself)."""
+    import ray._private.worker as ray_worker
+
+    if hasattr(ray_worker, "print_to_stdstream"):  # the name Ray's error listener prints through
+        ray_worker.print_to_stdstream = _log_ray_message
+
+
+def _log_ray_message(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+    logging.getLogger("ray").warning("(%s) %s", data.get("pid"), "\n".join(map(str, data.get("lines", []))))
+
+
+def ray_logs_folder() -> str:
+    """This node's Ray log folder (where the raylet says why a worker died)."""
+    import ray._private.worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    return node.get_logs_dir_path() if node is not None else "session_latest/logs of Ray's temp folder"
+
+
+def optuna_trial_of(searcher: Any, trial_id: str) -> Any | None:
+    """The Optuna trial Ray's ``OptunaSearch`` keeps for a Tune trial not yet told, else None."""
+    if trial_id in searcher._completed_trials:
+        return None
+    return searcher._ot_trials.get(trial_id)
+
+
+def intermediate_steps(trial: Any) -> set[int]:
+    """The steps an Optuna trial has reported intermediate values for."""
+    return set(trial.storage.get_trial(trial._trial_id).intermediate_values)

@@ -15,7 +15,7 @@ from typing import Callable
 import pandas as pd
 
 from fer_tune.reporting.analysis import analyze
-from fer_tune.data.fer2013 import FerData
+from fer_tune.data.fer_data import FerData
 from fer_tune.files import write_csv_atomic
 from fer_tune.reporting.report import headline_winner, write_report
 from fer_tune.search.retrain import RetrainOptions, run_retrain

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fer_tune.data.fer2013 import cache_path_for, load_fer
-from fer_tune.data.fer2013 import rows_with_copy_in
+from fer_tune.data.leakage import rows_with_copy_in
 from fer_tune.data.describe import describe
 from fer_tune.data.demo import DemoSpec, write_demo_csv
 from fer_tune.errors import UserError
@@ -127,7 +127,7 @@ def test_bad_row_count_mentions_how_many_more(tmp_path):
 
 
 def test_cache_is_used_and_rebuilt_when_csv_changes(tmp_path, monkeypatch):
-    import fer_tune.data.fer2013 as data_module
+    import fer_tune.data.csv_layout as data_module
 
     csv = write_demo_csv(tmp_path / "fer2013.csv", DemoSpec(20, 5, 5, seed=3))
     first = load_fer(csv)

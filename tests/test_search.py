@@ -44,7 +44,7 @@ def smoke_chain(ray_local, chain_csv, tmp_path_factory) -> SmokeChain:
     ASHA, the top 2 retrained over 2 seeds, scored once on PrivateTest, the report; the loader and the
     scoring step instrumented to see when the test split is read."""
     from fer_tune import pipeline
-    from fer_tune.data.fer2013 import FerData
+    from fer_tune.data.fer_data import FerData
 
     results = tmp_path_factory.mktemp("smoke")
     events: list[str] = []

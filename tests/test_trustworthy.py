@@ -15,7 +15,7 @@ from fer_tune.training.augment import AugmentConfig, BatchAugmenter
 from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.training.config import TrainConfig
 from fer_tune.yaml_files import write_yaml
-from fer_tune.data.fer2013 import FerData
+from fer_tune.data.fer_data import FerData
 from fer_tune.training.engine import Trainer
 from fer_tune.errors import UserError
 from fer_tune.metrics import score
@@ -326,7 +326,7 @@ def test_trainval_refit_repeats_the_selected_trajectory(tiny_data, scheduler):
 
 
 def test_leakage_free_subset_under_trainval_drops_copies_of_publictest():
-    from fer_tune.data.fer2013 import rows_seen_in_training
+    from fer_tune.data.leakage import rows_seen_in_training
 
     images = np.zeros((6, 48, 48), dtype=np.uint8)
     for i in range(6):

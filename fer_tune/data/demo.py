@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tune import EMOTIONS
-from fer_tune.data.fer2013 import IMAGE_SIZE, OFFICIAL_SPLITS
+from fer_tune.data.fer_data import IMAGE_SIZE, OFFICIAL_SPLITS
 from fer_tune.files import cache_dir
 
 # mouth curve (+ = smile), mouth opening, brow slope (+ = inner ends down), brow raise, eye opening

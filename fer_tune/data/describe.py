@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from fer_tune import EMOTIONS
-from fer_tune.data.fer2013 import CANONICAL_MD5, COMPACT_SUFFIX, content_md5, FerData, duplicate_groups, rows_with_copy_in
+from fer_tune.data.compact import COMPACT_SUFFIX
+from fer_tune.data.csv_layout import content_md5
+from fer_tune.data.fer_data import CANONICAL_MD5, FerData
+from fer_tune.data.leakage import duplicate_groups, rows_with_copy_in
 
 
 def describe(data: FerData) -> str:

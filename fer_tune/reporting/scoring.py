@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fer_tune.data.fer2013 import FerData, rows_seen_in_training
+from fer_tune.data.fer_data import FerData
+from fer_tune.data.leakage import rows_seen_in_training
 from fer_tune.files import write_csv_atomic
 from fer_tune.training.engine import pick_device
 from fer_tune.training.evaluate import evaluate_model, model_from_checkpoint

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+from fer_tune.compat import RAY_QUIET_LOGGERS, ray_errors_to_logger
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 
 
@@ -22,34 +23,12 @@ QUIET_ENV = {
 def _quiet_ray() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    for name in ("ray", "ray.tune", "ray._private.authentication.authentication_token_setup"):
+    for name in RAY_QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     # a failed trial: Tune logs its traceback here; fer-tune's progress callback says it in one line,
     # with the path of the trial's error.txt (where the traceback is kept)
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-    _ray_errors_to_its_logger()
-
-
-def _ray_errors_to_its_logger() -> None:
-    """Ray's driver prints every error its cluster publishes ("(raylet) A worker died or was killed
-    ...") straight to stdout, whatever ``log_to_driver`` says; fer-tune's progress line reports a
-    failed trial itself and the raylet's log file keeps the text, so those go to the 'ray' logger."""
-    import ray._private.worker as ray_worker
-
-    if hasattr(ray_worker, "print_to_stdstream"):  # the name Ray's error listener prints through
-        ray_worker.print_to_stdstream = _log_ray_message
-
-
-def ray_logs_folder() -> str:
-    """This node's Ray log folder (where the raylet says why a worker died)."""
-    import ray._private.worker as ray_worker
-
-    node = getattr(ray_worker, "_global_node", None)
-    return node.get_logs_dir_path() if node is not None else "session_latest/logs of Ray's temp folder"
-
-
-def _log_ray_message(data: dict[str, Any], ignore_prefix: bool = False) -> None:
-    logging.getLogger("ray").warning("(%s) %s", data.get("pid"), "\n".join(map(str, data.get("lines", []))))
+    ray_errors_to_logger()
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import pandas as pd
 from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.training.config import TrainConfig, load_train_config
 from fer_tune.yaml_files import read_yaml, write_yaml, yaml_plain
-from fer_tune.data.fer2013 import FerData
+from fer_tune.data.fer_data import FerData
 from fer_tune.training.engine import EpochResult, Trainer, stalled
 from fer_tune.errors import UserError
 from fer_tune.manifest import read_manifest

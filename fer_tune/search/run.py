@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.yaml_files import write_yaml
-from fer_tune.data.fer2013 import FerData
+from fer_tune.data.fer_data import FerData
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic
 from fer_tune.manifest import SearchManifest
@@ -37,6 +37,7 @@ from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trial
 from fer_tune.search.trial_data import TrialData
 from fer_tune.search_folder import run_history
 from fer_tune.search_folder import PATIENCE_STATUS, SearchFolder
+from fer_tune.compat import intermediate_steps, optuna_trial_of
 
 EXPERIMENT = "ray"
 STATUS_ATTR = "fer_tune_status"  # each Optuna trial's user attribute: how it ended
@@ -402,12 +403,11 @@ class MarkedOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        trial = self._ot_trials.get(trial_id)
-        if trial is not None and trial_id not in self._completed_trials:
+        trial = optuna_trial_of(self, trial_id)
+        if trial is not None:
             trial.set_user_attr(STATUS_ATTR, trial_status(result or {}, self.max_epochs, error or not result))
             value, step = (result or {}).get(self.metric), (result or {}).get("training_iteration")
-            if value is not None and step is not None and step not in trial.storage.get_trial(
-                    trial._trial_id).intermediate_values:
+            if value is not None and step is not None and step not in intermediate_steps(trial):
                 trial.report(value, step)  # Tune hands the last epoch to on_trial_complete only
         super().on_trial_complete(trial_id, result=result, error=error)
 

@@ -17,7 +17,8 @@ from fer_tune.clock import clock, stamp
 from fer_tune.training.config import TrainConfig
 from fer_tune.search.space import AUTO
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search.ray_setup import ray_logs_folder, ray_session
+from fer_tune.compat import ray_logs_folder
+from fer_tune.search.ray_setup import ray_session
 
 
 MAX_TRIALS_PER_GPU = 8

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fer_tune.training.config import TrainConfig
-from fer_tune.data.fer2013 import FerData
+from fer_tune.data.fer_data import FerData
 from fer_tune.models.vit import PretrainedViT
 from fer_tune.training.transfer import BaseWeights
 

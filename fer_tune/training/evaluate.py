@@ -13,7 +13,7 @@ import torch
 from fer_tune.training.augment import AugmentConfig, BatchAugmenter
 from fer_tune.training.checkpoint import load_checkpoint
 from fer_tune.training.config import TrainConfig
-from fer_tune.data.fer2013 import FerData
+from fer_tune.data.fer_data import FerData
 from fer_tune.training.engine import pick_device, predict_view_logits, ten_and_single
 from fer_tune.errors import UserError
 from fer_tune.metrics import Scores, score

@@ -12,7 +12,7 @@ import pandas as pd
 from fer_tune.training.checkpoint import model_payload, save_checkpoint
 from fer_tune.training.config import TrainConfig
 from fer_tune.yaml_files import write_yaml
-from fer_tune.data.fer2013 import FerData
+from fer_tune.data.fer_data import FerData
 from fer_tune.training.engine import EpochResult, Trainer
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic

@@ -1,0 +1,29 @@
+"""Everything fer-tune takes from a library's non-public side (``fer_tune/compat.py``) is still there:
+a test that fails loudly, naming what changed, on a version that moved it."""
+
+from __future__ import annotations
+
+import optuna
+import ray._private.worker as ray_worker
+from ray.tune.search.optuna import OptunaSearch
+
+from fer_tune import compat
+
+
+def test_ray_worker_still_prints_errors_through_print_to_stdstream():
+    assert hasattr(ray_worker, "print_to_stdstream"), "ray._private.worker.print_to_stdstream is gone: update compat"
+    assert hasattr(ray_worker, "_global_node"), "ray._private.worker._global_node is gone: update compat"
+
+
+def test_optuna_search_still_keeps_its_trials_where_compat_reads_them():
+    searcher = OptunaSearch(space=lambda trial: None, metric="val_acc", mode="max")
+    assert isinstance(searcher._ot_trials, dict) and hasattr(searcher, "_completed_trials"), \
+        "OptunaSearch no longer keeps _ot_trials / _completed_trials: update compat.optuna_trial_of"
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.report(0.5, 3)
+    assert compat.intermediate_steps(trial) == {3}
+
+
+def test_ranger21_step_is_still_the_source_the_fix_was_written_for():
+    assert callable(compat.ranger21_reference_step())
