@@ -19,8 +19,14 @@ import torch.nn.functional as F
 
 from fer_tune.models import create_model
 
-CASES = [("vgg", 0.0625, 320), ("vgg", 0.125, 320), ("vgg", 0.25, 320), ("vgg", 1.0, 160),
-         ("vgg_spinal", 0.125, 320), ("effnetv2s", 1.0, 32)]
+CASES = [
+    ("vgg", 0.0625, 320),
+    ("vgg", 0.125, 320),
+    ("vgg", 0.25, 320),
+    ("vgg", 1.0, 160),
+    ("vgg_spinal", 0.125, 320),
+    ("effnetv2s", 1.0, 32),
+]
 
 
 def step_seconds(model: str, width: float, batch: int, channels_last: bool, device: str, steps: int) -> float:

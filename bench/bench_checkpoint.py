@@ -19,9 +19,9 @@ import platform
 import numpy as np
 import torch
 
+from fer_tune.models import create_model
 from fer_tune.training.config import TrainConfig
 from fer_tune.training.engine import Trainer
-from fer_tune.models import create_model
 
 # (model, its base, freeze, width): the families of the paper, frozen where the paper transfers
 CASES = [
@@ -46,14 +46,28 @@ def tensor_bytes(value) -> int:
     return 0
 
 
-def measure(model: str, base: str | None, freeze: bool, width: float, optimizer: str,
-            device: str | None = None) -> tuple[int, int]:
+def measure(
+    model: str, base: str | None, freeze: bool, width: float, optimizer: str, device: str | None = None
+) -> tuple[int, int]:
     """(bytes before, bytes after) of one trial checkpoint."""
     extra = {"pretrained_path": "from_scratch"} if model.startswith("vit") else {}
-    base_state = create_model(base, width=width, **({"pretrained_path": "from_scratch"} if base and base.startswith("vit") else {})
-                              ).state_dict() if base else None
-    config = TrainConfig(model=model, width=width, freeze=freeze, optimizer=optimizer, batch_size=2, epochs=1,
-                         scheduler="none" if optimizer == "ranger21" else "cosine", **extra)
+    base_state = (
+        create_model(
+            base, width=width, **({"pretrained_path": "from_scratch"} if base and base.startswith("vit") else {})
+        ).state_dict()
+        if base
+        else None
+    )
+    config = TrainConfig(
+        model=model,
+        width=width,
+        freeze=freeze,
+        optimizer=optimizer,
+        batch_size=2,
+        epochs=1,
+        scheduler="none" if optimizer == "ranger21" else "cosine",
+        **extra,
+    )
     images = np.random.default_rng(0).integers(0, 256, (2, 48, 48), dtype=np.uint8)
     labels = np.array([0, 1])
     trainer = Trainer(config, (images, labels), (images, labels), base_state=base_state, device=device)
@@ -76,8 +90,11 @@ def main() -> None:
             continue
         for optimizer in ("ranger", "ranger21"):
             before, after = measure(model, base, freeze, width, optimizer)
-            print(f"| {model} | {'yes' if freeze else 'no'} | {optimizer} | {before / 1e6:.1f} | {after / 1e6:.1f} | "
-                  f"{before / after:.1f}x |", flush=True)
+            print(
+                f"| {model} | {'yes' if freeze else 'no'} | {optimizer} | {before / 1e6:.1f} | {after / 1e6:.1f} | "
+                f"{before / after:.1f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -20,22 +20,24 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from fer_tune.training.augment import AugmentConfig, BatchAugmenter
-from fer_tune.data.fer2013 import cache_path_for, load_fer
 from fer_tune.data.demo import DemoSpec, write_demo_csv
+from fer_tune.data.fer2013 import cache_path_for, load_fer
+from fer_tune.training.augment import AugmentConfig, BatchAugmenter
 
 
 def per_image_baseline() -> transforms.Compose:
     """The VGGNet recipe's training transforms as the public VGGNet code writes them (PIL, per image)."""
-    return transforms.Compose([
-        transforms.RandomApply([transforms.RandomResizedCrop(48, scale=(0.8, 1.2))], p=0.5),
-        transforms.RandomApply([transforms.RandomAffine(0, translate=(0.2, 0.2))], p=0.5),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomApply([transforms.RandomRotation(10)], p=0.5),
-        transforms.TenCrop(40),
-        transforms.Lambda(lambda crops: torch.stack([transforms.ToTensor()(crop) for crop in crops])),
-        transforms.Lambda(lambda tensors: torch.stack([transforms.RandomErasing()(t) for t in tensors])),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomApply([transforms.RandomResizedCrop(48, scale=(0.8, 1.2))], p=0.5),
+            transforms.RandomApply([transforms.RandomAffine(0, translate=(0.2, 0.2))], p=0.5),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.RandomRotation(10)], p=0.5),
+            transforms.TenCrop(40),
+            transforms.Lambda(lambda crops: torch.stack([transforms.ToTensor()(crop) for crop in crops])),
+            transforms.Lambda(lambda tensors: torch.stack([transforms.RandomErasing()(t) for t in tensors])),
+        ]
+    )
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -94,15 +96,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
-    print(f"machine: {platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, device {args.device}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, device {args.device}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         csv = args.csv or write_demo_csv(Path(tmp) / "fer2013.csv", DemoSpec(4101, 513, 513, seed=0))
         cold, cached = time_loading(csv)
         rows = len(load_fer(csv).labels)
-        print(f"load {csv.name} ({rows} rows): cold parse {cold:.2f} s, cached {cached:.3f} s "
-              f"({cold / cached:.0f}x)")
+        print(f"load {csv.name} ({rows} rows): cold parse {cold:.2f} s, cached {cached:.3f} s ({cold / cached:.0f}x)")
         images = load_fer(csv).role("train")[0][: args.images].copy()
 
     batched = time_batched(images, args.batch, args.device)

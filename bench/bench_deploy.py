@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_tune.training.checkpoint import model_payload, save_checkpoint
-from fer_tune.training.config import TrainConfig
 from fer_tune.data.demo import draw_faces
 from fer_tune.deploy.export import export_checkpoint
-from fer_tune.models import MODELS, create_model
 from fer_tune.deploy.predict import PredictOptions, run_predict
+from fer_tune.models import MODELS, create_model
+from fer_tune.training.checkpoint import model_payload, save_checkpoint
+from fer_tune.training.config import TrainConfig
 
 
 def write_checkpoint(folder: Path, model: str) -> Path:
@@ -52,10 +52,14 @@ def speed(folder: Path, model: str = "vgg_spinal", faces: int = 256) -> list[str
     rows = []
     for batch in (1, 64):
         for backend, path in (("PyTorch", checkpoint), ("ONNX Runtime", onnx_file)):
-            opts = PredictOptions(checkpoint=path, paths=[pictures], out=folder / "p.csv", batch_size=batch, device="cpu")
+            opts = PredictOptions(
+                checkpoint=path, paths=[pictures], out=folder / "p.csv", batch_size=batch, device="cpu"
+            )
             summary = run_predict(opts, log=lambda line: None)
-            rows.append(f"| {model} | {backend} | {batch} | {summary.faces} | {summary.faces_per_second:.1f} | "
-                        f"{summary.classifier_faces_per_second:.1f} |")
+            rows.append(
+                f"| {model} | {backend} | {batch} | {summary.faces} | {summary.faces_per_second:.1f} | "
+                f"{summary.classifier_faces_per_second:.1f} |"
+            )
     return rows
 
 
@@ -70,8 +74,10 @@ def sizes(folder: Path, with_vit: bool) -> list[str]:
         result = export_checkpoint(checkpoint, "onnx", log=lambda line: None)
         seconds = time.perf_counter() - started
         params = sum(t.numel() for t in torch.load(checkpoint, weights_only=True)["model"].values())
-        rows.append(f"| {model} | {params / 1e6:.1f} M | {result.bytes / 1e6:.1f} MB | "
-                    f"{os.path.getsize(checkpoint) / 1e6:.1f} MB | {seconds:.0f} s | {result.max_abs_diff:.1g} |")
+        rows.append(
+            f"| {model} | {params / 1e6:.1f} M | {result.bytes / 1e6:.1f} MB | "
+            f"{os.path.getsize(checkpoint) / 1e6:.1f} MB | {seconds:.0f} s | {result.max_abs_diff:.1g} |"
+        )
         for path in (checkpoint, result.path, result.card):
             path.unlink()
     return rows

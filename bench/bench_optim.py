@@ -29,17 +29,42 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fer_tune.compat import ranger21_reference_step  # noqa: E402
+from fer_tune.models import create_model  # noqa: E402
 from fer_tune.training.config import TrainConfig  # noqa: E402
 from fer_tune.training.engine import Trainer  # noqa: E402
-from fer_tune.models import create_model  # noqa: E402
 
 # views and other metadata-only operations launch no kernel
-METADATA_OPS = {"aten::view", "aten::reshape", "aten::permute", "aten::as_strided", "aten::split",
-                "aten::split_with_sizes", "aten::alias", "aten::detach", "aten::t", "aten::expand",
-                "aten::unsqueeze", "aten::squeeze", "aten::select", "aten::slice", "aten::narrow",
-                "aten::_unsafe_view", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::result_type",
-                "aten::lift_fresh", "aten::_reshape_alias", "aten::flatten", "aten::view_as", "aten::resolve_conj",
-                "aten::resolve_neg", "aten::is_nonzero", "aten::size", "aten::stride"}
+METADATA_OPS = {
+    "aten::view",
+    "aten::reshape",
+    "aten::permute",
+    "aten::as_strided",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::alias",
+    "aten::detach",
+    "aten::t",
+    "aten::expand",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::select",
+    "aten::slice",
+    "aten::narrow",
+    "aten::_unsafe_view",
+    "aten::empty",
+    "aten::empty_like",
+    "aten::empty_strided",
+    "aten::result_type",
+    "aten::lift_fresh",
+    "aten::_reshape_alias",
+    "aten::flatten",
+    "aten::view_as",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::is_nonzero",
+    "aten::size",
+    "aten::stride",
+}
 COPIES = {"aten::clone", "aten::copy_", "aten::contiguous", "aten::_to_copy"}
 HOST_READS = {"aten::item", "aten::_local_scalar_dense"}  # of CPU tensors (torch's own step counters): no launch
 
@@ -102,20 +127,28 @@ def optimizers():
 
     from fer_tune.training.fused_optim import FusedRanger, FusedRanger21
 
-    return [("SGD-Nesterov (torch, foreach)", lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True,
-                                                                          foreach=True)),
-            ("Adam (torch, foreach)", lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True)),
-            ("Ranger (pytorch-ranger)", lambda ps: Ranger(ps, lr=1e-3, weight_decay=1e-4)),
-            ("Ranger (fused)", lambda ps: FusedRanger(ps, lr=1e-3, weight_decay=1e-4)),
-            ("Ranger21 (ranger21, issue 53 fixed)", lambda ps: ReferenceRanger21(ps, **RANGER21)),
-            ("Ranger21 (fused, accelerator path)", lambda ps: _quiet(FusedRanger21, ps, **RANGER21, one_launch=True)),
-            ("Ranger21 (fused, CPU path)", lambda ps: _quiet(FusedRanger21, ps, **RANGER21, one_launch=False))]
+    return [
+        (
+            "SGD-Nesterov (torch, foreach)",
+            lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True, foreach=True),
+        ),
+        ("Adam (torch, foreach)", lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True)),
+        ("Ranger (pytorch-ranger)", lambda ps: Ranger(ps, lr=1e-3, weight_decay=1e-4)),
+        ("Ranger (fused)", lambda ps: FusedRanger(ps, lr=1e-3, weight_decay=1e-4)),
+        ("Ranger21 (ranger21, issue 53 fixed)", lambda ps: ReferenceRanger21(ps, **RANGER21)),
+        ("Ranger21 (fused, accelerator path)", lambda ps: _quiet(FusedRanger21, ps, **RANGER21, one_launch=True)),
+        ("Ranger21 (fused, CPU path)", lambda ps: _quiet(FusedRanger21, ps, **RANGER21, one_launch=False)),
+    ]
 
 
 def ops_table() -> list[str]:
     models = {"vgg_spinal": create_model("vgg_spinal"), "effnetv2s": create_model("effnetv2s")}
-    lines = ["| optimizer | " + " | ".join(f"{name} ({sum(1 for _ in m.parameters())} tensors)"
-                                          for name, m in models.items()) + " |", "|---|---|---|"]
+    lines = [
+        "| optimizer | "
+        + " | ".join(f"{name} ({sum(1 for _ in m.parameters())} tensors)" for name, m in models.items())
+        + " |",
+        "|---|---|---|",
+    ]
     import warnings
 
     for name, factory in optimizers():
@@ -132,14 +165,22 @@ def step_times(rounds: int, steps: int) -> list[str]:
     """Median seconds per training step, Ranger21 on VGGSpinalNet width 1/4: package step vs fused."""
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (64 * steps, 48, 48), dtype=np.uint8), rng.integers(0, 7, 64 * steps)
-    config = TrainConfig(model="vgg_spinal", width=0.25, batch_size=64, epochs=10, optimizer="ranger21",
-                         scheduler="none", lr=1e-3)
-    trainers = {"package step": Trainer(config, (images, labels), (images[:64], labels[:64])),
-                "fused step": Trainer(config, (images, labels), (images[:64], labels[:64]))}
+    config = TrainConfig(
+        model="vgg_spinal", width=0.25, batch_size=64, epochs=10, optimizer="ranger21", scheduler="none", lr=1e-3
+    )
+    trainers = {
+        "package step": Trainer(config, (images, labels), (images[:64], labels[:64])),
+        "fused step": Trainer(config, (images, labels), (images[:64], labels[:64])),
+    }
     trainers["package step"].optimizer = ReferenceRanger21(
-        [p for p in trainers["package step"].model.parameters() if p.requires_grad], lr=config.lr,
-        weight_decay=config.weight_decay, num_epochs=config.epochs, num_batches_per_epoch=steps,
-        normloss_factor=config.ranger21_norm_loss_factor, logging_active=False)
+        [p for p in trainers["package step"].model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        num_epochs=config.epochs,
+        num_batches_per_epoch=steps,
+        normloss_factor=config.ranger21_norm_loss_factor,
+        logging_active=False,
+    )
     times: dict[str, list[float]] = {name: [] for name in trainers}
     step_s: dict[str, list[float]] = {name: [] for name in trainers}
     for name, trainer in trainers.items():
@@ -152,12 +193,16 @@ def step_times(rounds: int, steps: int) -> list[str]:
             times[name].append((time.perf_counter() - started) / steps)
     med = {name: (statistics.median(times[name]), statistics.median(step_s[name])) for name in trainers}
     (package, package_opt), (fused, fused_opt) = med["package step"], med["fused step"]
-    return ["| optimizer | training step (s, median) | of which optimizer.step (s, median) |", "|---|---|---|",
-            f"| ranger21 package step | {package:.4f} | {package_opt:.4f} |",
-            f"| fer-tune fused step | {fused:.4f} | {fused_opt:.4f} |",
-            "", f"optimizer step: fused {package_opt / fused_opt:.2f}x faster; training step: fused {package / fused:.2f}x "
-            f"faster (forward and backward dominate, and this VM's speed drifts); {rounds} rounds of {steps} steps, "
-            f"alternating order, torch {torch.__version__}, {torch.get_num_threads()} threads"]
+    return [
+        "| optimizer | training step (s, median) | of which optimizer.step (s, median) |",
+        "|---|---|---|",
+        f"| ranger21 package step | {package:.4f} | {package_opt:.4f} |",
+        f"| fer-tune fused step | {fused:.4f} | {fused_opt:.4f} |",
+        "",
+        f"optimizer step: fused {package_opt / fused_opt:.2f}x faster; training step: fused {package / fused:.2f}x "
+        f"faster (forward and backward dominate, and this VM's speed drifts); {rounds} rounds of {steps} steps, "
+        f"alternating order, torch {torch.__version__}, {torch.get_num_threads()} threads",
+    ]
 
 
 def _timed(step, into: list[float]):
@@ -166,6 +211,7 @@ def _timed(step, into: list[float]):
         out = step(closure)
         into.append(time.perf_counter() - started)
         return out
+
     return timed
 
 

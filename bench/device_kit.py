@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fer_tune.data.compact import COMPACT_SUFFIX, write_compact
-from fer_tune.data.csv_layout import content_md5
-from fer_tune.data.fer2013 import load_fer
+from fer_tune.data.compact import COMPACT_SUFFIX, write_compact  # noqa: E402
+from fer_tune.data.csv_layout import content_md5  # noqa: E402
 from fer_tune.data.demo import DemoSpec, write_demo_csv  # noqa: E402
+from fer_tune.data.fer2013 import load_fer  # noqa: E402
 from fer_tune.errors import UserError  # noqa: E402
 
 SHARED_FER2013 = ROOT.parent / "shared" / "data" / "fer2013.csv.xz"
@@ -47,10 +47,9 @@ def copy_packages(site: Path) -> list[str]:
     for name in PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
-            raise UserError(f"{name} is not installed here; run pip install -e \".[dev]\" first")
+            raise UserError(f'{name} is not installed here; run pip install -e ".[dev]" first')
         source = Path(next(iter(spec.submodule_search_locations)))
-        shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                        dirs_exist_ok=True)
+        shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
     return list(PACKAGES)
 
 
@@ -64,8 +63,10 @@ def pack_data(source: str, data_dir: Path) -> Path:
         data, md5 = load_fer(source, use_cache=False), content_md5(Path(source))
     missing = [name for name in SPLITS if name not in data.split_names]
     if missing:
-        raise UserError(f"{source}: has no {', '.join(missing)} split; the device check needs FER2013's "
-                        "Training and PublicTest (the Kaggle fer2013.csv)")
+        raise UserError(
+            f"{source}: has no {', '.join(missing)} split; the device check needs FER2013's "
+            "Training and PublicTest (the Kaggle fer2013.csv)"
+        )
     target = data_dir / DATA_NAME
     write_compact(data, target, SPLITS, md5)
     return target
@@ -88,33 +89,42 @@ def build_kit(kit: Path, source: str) -> tuple[list[str], Path, int]:
     data_file = pack_data(source, kit / "data")
     size = folder_bytes(kit)
     if size > MAX_BYTES:
-        raise UserError(f"{kit}: the kit is {size / 2**20:.1f} MiB, over its {MAX_BYTES / 2**20:.0f} MiB bound, so it "
-                        "would not travel to the device")
+        raise UserError(
+            f"{kit}: the kit is {size / 2**20:.1f} MiB, over its {MAX_BYTES / 2**20:.0f} MiB bound, so it "
+            "would not travel to the device"
+        )
     return packages, data_file, size
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="an ignored folder of the checkout, e.g. device_kit")
-    parser.add_argument("--data", default=None,
-                        help=f"a FER2013 file, or 'demo'; default: {SHARED_FER2013} when present, else demo")
+    parser.add_argument(
+        "--data", default=None, help=f"a FER2013 file, or 'demo'; default: {SHARED_FER2013} when present, else demo"
+    )
     args = parser.parse_args(argv)
     source = args.data or (str(SHARED_FER2013) if SHARED_FER2013.is_file() else "demo")
     kit = args.dir.resolve()
     try:
         if not kit.is_relative_to(ROOT) or not ignored_by_git(kit):
-            raise UserError(f"{args.dir}: the kit goes in a folder of this checkout that git ignores (e.g. "
-                            "device_kit/, listed in .gitignore), so that it travels with `carry` and is never committed")
+            raise UserError(
+                f"{args.dir}: the kit goes in a folder of this checkout that git ignores (e.g. "
+                "device_kit/, listed in .gitignore), so that it travels with `carry` and is never committed"
+            )
         packages, data_file, size = build_kit(kit, source)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rel = kit.relative_to(ROOT)
-    print(f"kit {rel}: {', '.join(packages)} in {rel}/site, {data_file.name} ({data_file.stat().st_size / 2**20:.1f} "
-          f"MiB) from {source}; {size / 2**20:.1f} MiB in all (bound {MAX_BYTES / 2**20:.0f} MiB)")
+    print(
+        f"kit {rel}: {', '.join(packages)} in {rel}/site, {data_file.name} ({data_file.stat().st_size / 2**20:.1f} "
+        f"MiB) from {source}; {size / 2**20:.1f} MiB in all (bound {MAX_BYTES / 2**20:.0f} MiB)"
+    )
     print(f"take along (carry): {rel}")
-    print(f"run there: PYTHONPATH={rel}/site:. python bench/gpu_check.py --data {rel}/data/{data_file.name} "
-          "--out $OUT/gpu_check")
+    print(
+        f"run there: PYTHONPATH={rel}/site:. python bench/gpu_check.py --data {rel}/data/{data_file.name} "
+        "--out $OUT/gpu_check"
+    )
     return 0
 
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import textwrap
 import logging
-from typing import Any, Callable
+import textwrap
+from collections.abc import Callable
+from typing import Any
 
 RANGER21_CHECKED = ("0.1.0",)
 RAY_CHECKED = ("2.60.0",)
@@ -41,9 +42,11 @@ def ranger21_reference_step() -> Callable:
     block_end = source.find("        # innner loop, params\n")
     anchor = "            inner_grad = p.grad\n"
     if min(block_start, block_end, source.find(anchor)) < 0 or block_end < block_start:
-        raise RuntimeError(f"ranger21: Ranger21.step is not the source of ranger21 {', '.join(RANGER21_CHECKED)} "
-                           "this fix was written for; check whether the installed version already applies weight "
-                           "decay per parameter")
+        raise RuntimeError(
+            f"ranger21: Ranger21.step is not the source of ranger21 {', '.join(RANGER21_CHECKED)} "
+            "this fix was written for; check whether the installed version already applies weight "
+            "decay per parameter"
+        )
     block = source[block_start:block_end]
     source = source[:block_start] + source[block_end:]
     source = source.replace(anchor, anchor + textwrap.indent(block, "    "), 1)

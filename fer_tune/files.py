@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
-
 
 FILE_MODE = 0o644  # a new result file: readable by others, as open() would make it (a temporary file is 0600)
 

@@ -11,8 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fer_tune.yaml_files import read_yaml, write_yaml
 from fer_tune.errors import UserError
+from fer_tune.yaml_files import read_yaml, write_yaml
 
 MANIFEST = "manifest.yaml"
 KIND = "fer-tune search"
@@ -52,8 +52,11 @@ class SearchManifest:
 
     def write(self, folder: Path) -> Path:
         """``folder/manifest.yaml``, atomically."""
-        return write_yaml(folder / MANIFEST, dataclasses.asdict(self),
-                          header="# written by fer-tune's search: what this folder holds; do not edit\n")
+        return write_yaml(
+            folder / MANIFEST,
+            dataclasses.asdict(self),
+            header="# written by fer-tune's search: what this folder holds; do not edit\n",
+        )
 
 
 def read_manifest(folder: Path) -> SearchManifest | None:

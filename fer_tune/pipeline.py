@@ -8,23 +8,22 @@ reads the test split (PrivateTest); everything before it sees Training and Publi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from fer_tune.reporting.analysis import analyze
 from fer_tune.data.fer_data import FerData
 from fer_tune.files import write_csv_atomic
+from fer_tune.reporting.analysis import analyze
 from fer_tune.reporting.report import headline_winner, write_report
-from fer_tune.search.retrain import RetrainOptions, run_retrain
 from fer_tune.reporting.scoring import score_runs, write_scores
+from fer_tune.search.retrain import RetrainOptions, run_retrain
 from fer_tune.search.run import SearchOptions, run_search
 
 
-def search_to_report(space_name: str, data: FerData, search: SearchOptions, retrain: RetrainOptions | None
-                     ) -> Path:
+def search_to_report(space_name: str, data: FerData, search: SearchOptions, retrain: RetrainOptions | None) -> Path:
     """Search, then (unless ``retrain`` is None) retrain, score and report; returns the search folder.
     The Ray the search starts (after every check, and after a base trained first) serves the retraining too."""
     import ray
@@ -48,13 +47,21 @@ def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions, log: C
     log(f"scoring {len(runs)} retrained runs once on the test split")
     scored = score_runs(runs, data, opts.device)
     write_scores(scored, folder)
-    report = write_report(folder, winners[0].config["model"], runs, scored, {w.rank: w.config for w in winners},
-                          winners[0].config.get("base_checkpoint"))
+    report = write_report(
+        folder,
+        winners[0].config["model"],
+        runs,
+        scored,
+        {w.rank: w.config for w in winners},
+        winners[0].config.get("base_checkpoint"),
+    )
     winners_table = pd.read_csv(folder / "winners.csv")
     best = winners_table[winners_table.winner == headline_winner(winners_table)].iloc[0]
-    log(f"{scored.test_split}: headline winner {int(best.winner)} (chosen on validation: best mean PublicTest "
+    log(
+        f"{scored.test_split}: headline winner {int(best.winner)} (chosen on validation: best mean PublicTest "
         f"accuracy in retraining, {best.val_acc_mean:.4f}) accuracy {best.accuracy_mean:.4f} "
         f"+- {best.accuracy_std:.4f} (95% CI {best.accuracy_ci_low:.4f}-{best.accuracy_ci_high:.4f}), "
-        f"F1 of macro P and R {best.f1_of_macro_pr_mean:.4f}, macro F1 {best.macro_f1_mean:.4f}")
+        f"F1 of macro P and R {best.f1_of_macro_pr_mean:.4f}, macro F1 {best.macro_f1_mean:.4f}"
+    )
     log(f"report: {report}")
     return report

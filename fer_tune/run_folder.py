@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from fer_tune.errors import UserError
 from fer_tune.manifest import MANIFEST
@@ -44,7 +44,9 @@ def make_run_folder(path: Path) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"{path}: results folder is not writable ({exc.strerror}); choose another with --results") from None
+        raise UserError(
+            f"{path}: results folder is not writable ({exc.strerror}); choose another with --results"
+        ) from None
     return path
 
 
@@ -56,8 +58,10 @@ def is_search_folder(folder: Path) -> bool:
 def require_search_folder(folder: Path, who: str = "the retraining") -> Path:
     """``folder`` if a fer-tune search made it; else a :class:`UserError` (nothing is written there)."""
     if not is_search_folder(folder):
-        raise UserError(f"{folder}: not a folder fer-tune's search made (no {MANIFEST}), so {who} "
-                        "will not write (or delete) there; run --search again with this version of fer-tune")
+        raise UserError(
+            f"{folder}: not a folder fer-tune's search made (no {MANIFEST}), so {who} "
+            "will not write (or delete) there; run --search again with this version of fer-tune"
+        )
     return folder
 
 

@@ -38,8 +38,14 @@ class SearchFolder:
     REPORT = "report.md"
     ANALYSIS = "analysis.md"
     IMPORTANCE_CSV = "importance.csv"
-    PLOTS = ("confusion_matrix.png", "learning_curves.png", "search.png", "importance.png", "slice.png",
-             "parallel_coordinate.png")
+    PLOTS = (
+        "confusion_matrix.png",
+        "learning_curves.png",
+        "search.png",
+        "importance.png",
+        "slice.png",
+        "parallel_coordinate.png",
+    )
 
     @classmethod
     def outputs(cls) -> tuple[str, ...]:

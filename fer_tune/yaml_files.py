@@ -22,8 +22,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
-                raise UserError(f"{self.name}: key {key!r} appears twice (lines {seen[key]} and {line}); "
-                                "keep one")
+                raise UserError(f"{self.name}: key {key!r} appears twice (lines {seen[key]} and {line}); keep one")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 

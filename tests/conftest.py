@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer_tune.data.fer2013 import load_fer
 from fer_tune.data.demo import DemoSpec, write_demo_csv
+from fer_tune.data.fer2013 import load_fer
 
 torch.set_num_threads(2)
 
@@ -32,8 +32,10 @@ def real_csv() -> Path:
     """The real FER2013 file; the test is skipped, saying why, when it is not here."""
     path = real_fer2013()
     if path is None:
-        pytest.skip(f"real FER2013 not found (FER2013_CSV={os.environ.get('FER2013_CSV', 'unset')}, and no "
-                    f"fer2013.csv(.xz) in {SHARED_DATA})")
+        pytest.skip(
+            f"real FER2013 not found (FER2013_CSV={os.environ.get('FER2013_CSV', 'unset')}, and no "
+            f"fer2013.csv(.xz) in {SHARED_DATA})"
+        )
     return path
 
 
@@ -98,7 +100,11 @@ def tiny_vit_folder(tmp_path) -> Path:
 
     from fer_tune.models.vit import VIT_L32
 
-    small = ViTModel(ViTConfig(**{**VIT_L32, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-                                  "intermediate_size": 64}), add_pooling_layer=False)
+    small = ViTModel(
+        ViTConfig(
+            **{**VIT_L32, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+        ),
+        add_pooling_layer=False,
+    )
     small.save_pretrained(tmp_path / "vit-tiny")
     return tmp_path / "vit-tiny"

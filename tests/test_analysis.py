@@ -8,30 +8,55 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from fer_tune.reporting.analysis import analyze
 from fer_tune.manifest import SearchManifest
-from fer_tune.reporting.report import _top_knob
+from fer_tune.reporting.analysis import analyze
+from fer_tune.reporting.leaderboard import _top_knob
 from fer_tune.search_folder import SearchFolder
 
 
 def _built_search(folder: Path, scores: list[float]) -> None:
     """A search folder with an Optuna study of ``len(scores)`` finished trials over lr and optimizer."""
     folder.mkdir()
-    SearchManifest(name="built", space="search_spaces/vgg.yaml", model="vgg", base=None, metric="val_acc",
-                   mode="max", smoke=False, seed=0, budget={"max_epochs": 3}).write(folder)
+    SearchManifest(
+        name="built",
+        space="search_spaces/vgg.yaml",
+        model="vgg",
+        base=None,
+        metric="val_acc",
+        mode="max",
+        smoke=False,
+        seed=0,
+        budget={"max_epochs": 3},
+    ).write(folder)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="built", storage=SearchFolder(folder).study_storage(), direction="maximize")
     rng = np.random.default_rng(0)
     lrs = 10 ** rng.uniform(-4, -1, len(scores))
     optimizers = ["adam", "sgd_nesterov"] * (len(scores) // 2)
-    distributions = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
-                     "optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd_nesterov"])}
+    distributions = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd_nesterov"]),
+    }
     for lr, optimizer, score in zip(lrs, optimizers, scores):
-        study.add_trial(optuna.trial.create_trial(params={"lr": lr, "optimizer": optimizer},
-                                                  distributions=distributions, value=score))
-    pd.DataFrame({"trial": range(1, len(scores) + 1), "optimizer": optimizers, "lr": lrs, "best_val_acc": scores,
-                  "status": "completed", "epochs_run": 3, "wall_time_s": 1.0, "gpu_hours": 0.0,
-                  "cpu_hours": 0.001, "epochs_saved_by_patience": 0}).to_csv(folder / "trials.csv", index=False)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": lr, "optimizer": optimizer}, distributions=distributions, value=score
+            )
+        )
+    pd.DataFrame(
+        {
+            "trial": range(1, len(scores) + 1),
+            "optimizer": optimizers,
+            "lr": lrs,
+            "best_val_acc": scores,
+            "status": "completed",
+            "epochs_run": 3,
+            "wall_time_s": 1.0,
+            "gpu_hours": 0.0,
+            "cpu_hours": 0.001,
+            "epochs_saved_by_patience": 0,
+        }
+    ).to_csv(folder / "trials.csv", index=False)
 
 
 def test_importances_name_the_knob_that_moves_the_score(tmp_path):
@@ -61,8 +86,15 @@ def test_factor_tables_take_the_best_by_the_search_mode():
     """A search that minimises val_loss: a factor's best score is its lowest loss, listed first."""
     from fer_tune.reporting.analysis import factor_table
 
-    trials = pd.DataFrame({"optimizer": ["adam", "adam", "sgd_nesterov"], "best_val_loss": [0.9, 1.4, 1.1],
-                           "epochs_run": 3, "gpu_hours": 0.0, "cpu_hours": 0.1})
+    trials = pd.DataFrame(
+        {
+            "optimizer": ["adam", "adam", "sgd_nesterov"],
+            "best_val_loss": [0.9, 1.4, 1.1],
+            "epochs_run": 3,
+            "gpu_hours": 0.0,
+            "cpu_hours": 0.1,
+        }
+    )
     table = factor_table(trials, "optimizer", "best_val_loss", "min")
     assert table.index.tolist() == ["adam", "sgd_nesterov"] and table.loc["adam", "best"] == 0.9
     assert factor_table(trials, "optimizer", "best_val_loss", "max").loc["adam", "best"] == 1.4

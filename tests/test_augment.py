@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from fer_tune.training.augment import AugmentConfig, BatchAugmenter, center_crop, random_affine, random_erasing, ten_crop
+from fer_tune.training.augment import (
+    AugmentConfig,
+    BatchAugmenter,
+    center_crop,
+    random_affine,
+    random_erasing,
+    ten_crop,
+)
 
 OFF = dict(p_rescale=0, p_shift=0, p_rotate=0, p_flip=0, p_erase=0)
 

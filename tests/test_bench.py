@@ -69,34 +69,53 @@ def test_kit_data_reads_like_any_layout_and_keeps_no_test_split(kit):
     assert data.split_names == ("Training", "PublicTest") and set(data.roles) == {"train", "val"}
     assert data.images.dtype.name == "uint8" and data.images.shape[1:] == (48, 48)
     assert len(data.role("train")[0]) == 280 and "compact form of demo.csv" in data.notes[0]
-    described = subprocess.run([sys.executable, "launch.py", "data", str(data_file)], cwd=ROOT, capture_output=True,
-                               text=True, timeout=120)
+    described = subprocess.run(
+        [sys.executable, "launch.py", "data", str(data_file)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert described.returncode == 0 and "| Training |" in described.stdout and "PrivateTest" not in described.stdout
 
 
 def test_kit_refuses_a_folder_git_does_not_ignore(tmp_path):
-    done = subprocess.run([sys.executable, "bench/device_kit.py", "fer_tune", "--data", "demo"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "bench/device_kit.py", "fer_tune", "--data", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.startswith("error: fer_tune: the kit goes in a folder")
 
 
 @pytest.mark.slow
 def test_gpu_check_tiny_runs_as_on_the_device_and_writes_every_section(kit, tmp_path):
     env = _device_env(kit, tmp_path)
-    probe = "import ranger21, pytorch_ranger; print(ranger21.__file__)\ntry:\n import ray\nexcept ImportError: print('no ray')"
+    probe = (
+        "import ranger21, pytorch_ranger\nprint(ranger21.__file__)\n"
+        + "try:\n import ray\nexcept ImportError:\n print('no ray')"
+    )
     seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert seen.stdout.startswith(str(kit / "site")) and "no ray" in seen.stdout  # the environment is the device's
     (data_file,) = (kit / "data").iterdir()
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny", "--data", str(data_file), "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--tiny", "--data", str(data_file), "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     assert not [n for n in report["notes"] if "failed" in n], report["notes"]
     assert report["tiny"] and report["device"] == "cpu" and str(data_file) in report["data"]
     rows = {(r["model"], r["optimizer"]) for r in report["throughput"]}
-    assert rows == {("vgg", "sgd_nesterov"), ("vgg_spinal", "sgd_nesterov"), ("vgg_spinal", "ranger"),
-                    ("vgg_spinal", "ranger21")}
+    assert rows == {
+        ("vgg", "sgd_nesterov"),
+        ("vgg_spinal", "sgd_nesterov"),
+        ("vgg_spinal", "ranger"),
+        ("vgg_spinal", "ranger21"),
+    }
     assert all(r["images_per_s"] > 0 and r["epoch_s"] > 0 for r in report["throughput"])
     assert report["augmentation"]["ratio"] > 0 and report["share_probe"]["batch"] == 8
     assert [r["trials"] for r in report["packing"]] == [1, 2] and report["packing"][0]["vs_one_trial"] == 1.0
@@ -108,8 +127,12 @@ def test_gpu_check_tiny_runs_as_on_the_device_and_writes_every_section(kit, tmp_
 @pytest.mark.slow
 def test_gpu_check_killed_after_its_first_section_keeps_that_section(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "bench/gpu_check.py", "--tiny", "--out", str(out)], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [sys.executable, "bench/gpu_check.py", "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     try:
         while not (out / "gpu_check.json").is_file() and time.monotonic() < deadline and run.poll() is None:

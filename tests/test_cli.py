@@ -16,8 +16,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_train_writes_config_metrics_and_checkpoints(tiny_csv, tmp_path, capsys):
-    rc = main(["train", "--model", "vgg", "--width", "0.125", "--epochs", "2", "--batch-size", "32",
-               "--data", str(tiny_csv), "--results", str(tmp_path), "--name", "run"])
+    rc = main(
+        [
+            "train",
+            "--model",
+            "vgg",
+            "--width",
+            "0.125",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--data",
+            str(tiny_csv),
+            "--results",
+            str(tmp_path),
+            "--name",
+            "run",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "epoch   1/2" in out and "epoch   2/2" in out
@@ -34,11 +51,45 @@ def test_train_writes_config_metrics_and_checkpoints(tiny_csv, tmp_path, capsys)
 
 
 def test_transfer_train_reports_what_was_loaded(tiny_csv, tmp_path, capsys):
-    main(["train", "--model", "vgg", "--width", "0.125", "--epochs", "1", "--data", str(tiny_csv),
-          "--results", str(tmp_path), "--name", "base"])
-    rc = main(["train", "--model", "vgg_spinal", "--width", "0.125", "--epochs", "1", "--data", str(tiny_csv),
-               "--results", str(tmp_path), "--name", "spinal", "--freeze", "--optimizer", "ranger21",
-               "--base-checkpoint", str(tmp_path / "train" / "base" / "best.pt")])
+    main(
+        [
+            "train",
+            "--model",
+            "vgg",
+            "--width",
+            "0.125",
+            "--epochs",
+            "1",
+            "--data",
+            str(tiny_csv),
+            "--results",
+            str(tmp_path),
+            "--name",
+            "base",
+        ]
+    )
+    rc = main(
+        [
+            "train",
+            "--model",
+            "vgg_spinal",
+            "--width",
+            "0.125",
+            "--epochs",
+            "1",
+            "--data",
+            str(tiny_csv),
+            "--results",
+            str(tmp_path),
+            "--name",
+            "spinal",
+            "--freeze",
+            "--optimizer",
+            "ranger21",
+            "--base-checkpoint",
+            str(tmp_path / "train" / "base" / "best.pt"),
+        ]
+    )
     assert rc == 0
     assert "transfer: loaded" in capsys.readouterr().out
 
@@ -46,8 +97,20 @@ def test_transfer_train_reports_what_was_loaded(tiny_csv, tmp_path, capsys):
 def test_config_round_trip_and_smoke(tiny_csv, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("model: vgg_spinal\noptimizer: ranger21\nscheduler: none\nlr: 1e-3\nfreeze: true\n")
-    rc = main(["train", "--config", str(config), "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path),
-               "--name", "s"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--smoke",
+            "--data",
+            str(tiny_csv),
+            "--results",
+            str(tmp_path),
+            "--name",
+            "s",
+        ]
+    )
     assert rc == 0
     saved = yaml.safe_load((tmp_path / "train" / "s" / "config.yaml").read_text())
     assert saved["model"] == "vgg_spinal" and saved["lr"] == 1e-3 and saved["epochs"] == 2
@@ -92,18 +155,30 @@ def test_launch_py_exits_non_zero_without_traceback(tmp_path):
 def test_list_and_help(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("vgg", "vgg_spinal", "vgg_progressive_spinal", "effnetv2s", "effnetv2s_spinal", "vit_l32",
-                 "vit_l32_spinal"):
+    for name in (
+        "vgg",
+        "vgg_spinal",
+        "vgg_progressive_spinal",
+        "effnetv2s",
+        "effnetv2s_spinal",
+        "vit_l32",
+        "vit_l32_spinal",
+    ):
         assert name in out
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--gpus-per-trial" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("option,field,section,bad", [("--trials", "num_trials", "budget", "0"),
-                                                      ("--max-epochs", "max_epochs", "budget", "0"),
-                                                      ("--cpus-per-trial", "cpus_per_trial", "resources", "0"),
-                                                      ("--gpus-per-trial", "gpus_per_trial", "resources", "1.5")])
+@pytest.mark.parametrize(
+    "option,field,section,bad",
+    [
+        ("--trials", "num_trials", "budget", "0"),
+        ("--max-epochs", "max_epochs", "budget", "0"),
+        ("--cpus-per-trial", "cpus_per_trial", "resources", "0"),
+        ("--gpus-per-trial", "gpus_per_trial", "resources", "1.5"),
+    ],
+)
 def test_an_option_and_its_yaml_setting_share_one_rule(tmp_path, capsys, option, field, section, bad):
     """`--trials 0` and `budget: {num_trials: 0}` are refused with the same words (one rule, in
     search_space.RANGES), before anything starts."""

@@ -24,14 +24,16 @@ def test_search_spreads_trials_over_two_nodes(chain_data, tmp_path):
         ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
         cluster.wait_for_nodes()
         space = tmp_path / "two_nodes.yaml"
-        space.write_text(textwrap.dedent("""
+        space.write_text(
+            textwrap.dedent("""
             model: vgg
             budget: {max_epochs: 1, grace_period: 1, reduction_factor: 2, num_trials: 2, max_concurrent: 2}
             resources: {gpus_per_trial: 1, cpus_per_trial: 1}   # no GPU in this cluster: asks for 0
             fixed: {width: 0.0625, batch_size: 64}
             space:
               lr: {loguniform: [1.0e-3, 1.0e-2]}
-        """))
+        """)
+        )
         outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
         nodes = set(outcome.trials.node)
         assert len(outcome.trials) == 2 and (outcome.trials.status == "completed").all()

@@ -17,8 +17,9 @@ def test_ray_worker_still_prints_errors_through_print_to_stdstream():
 
 def test_optuna_search_still_keeps_its_trials_where_compat_reads_them():
     searcher = OptunaSearch(space=lambda trial: None, metric="val_acc", mode="max")
-    assert isinstance(searcher._ot_trials, dict) and hasattr(searcher, "_completed_trials"), \
+    assert isinstance(searcher._ot_trials, dict) and hasattr(searcher, "_completed_trials"), (
         "OptunaSearch no longer keeps _ot_trials / _completed_trials: update compat.optuna_trial_of"
+    )
     study = optuna.create_study()
     trial = study.ask()
     trial.report(0.5, 3)

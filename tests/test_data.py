@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fer_tune.data.demo import DemoSpec, write_demo_csv
+from fer_tune.data.describe import describe
 from fer_tune.data.fer2013 import cache_path_for, load_fer
 from fer_tune.data.leakage import rows_with_copy_in
-from fer_tune.data.describe import describe
-from fer_tune.data.demo import DemoSpec, write_demo_csv
 from fer_tune.errors import UserError
 
 ROW = " ".join(["0"] * 2304)
@@ -25,8 +25,9 @@ def _write(tmp_path: Path, text: str, name: str = "fer2013.csv") -> Path:
 
 
 def _good_lines() -> list[str]:
-    return ["emotion,pixels,Usage"] + [f"{k % 7},{ROW},{u}" for k, u in
-                                       enumerate(["Training"] * 7 + ["PublicTest"] * 2 + ["PrivateTest"] * 2)]
+    return ["emotion,pixels,Usage"] + [
+        f"{k % 7},{ROW},{u}" for k, u in enumerate(["Training"] * 7 + ["PublicTest"] * 2 + ["PrivateTest"] * 2)
+    ]
 
 
 def test_reads_demo_csv_into_uint8_splits(tiny_csv):
@@ -48,8 +49,9 @@ def test_pixels_parsed_in_row_major_order(tmp_path):
 
 
 def test_icml_variant_with_leading_spaces(tmp_path):
-    lines = ["emotion, Usage, pixels"] + [f"{k % 7}, {u}, {ROW}" for k, u in
-                                           enumerate(["Training"] * 7 + ["PublicTest", "PrivateTest"])]
+    lines = ["emotion, Usage, pixels"] + [
+        f"{k % 7}, {u}, {ROW}" for k, u in enumerate(["Training"] * 7 + ["PublicTest", "PrivateTest"])
+    ]
     data = load_fer(_write(tmp_path, "\n".join(lines) + "\n", "icml_face_data.csv"), use_cache=False)
     assert data.split_sizes() == {"Training": 7, "PublicTest": 1, "PrivateTest": 1}
 
@@ -87,16 +89,19 @@ def test_image_folder_layout_merges_test(tmp_path):
     "mutate, message",
     [
         (lambda L: ["emotion,pixels"] + L[1:], "emotion,pixels"),  # header without Usage but rows with it
-        (lambda L: ["emotion,pixels,Usage,extra"] + [l + ",x" for l in L[1:]], "unexpected column"),
+        (lambda L: ["emotion,pixels,Usage,extra"] + [row + ",x" for row in L[1:]], "unexpected column"),
         (lambda L: ["feeling,pixels,Usage"] + L[1:], "missing column"),
-        (lambda L: L[:3] + ["1," + " ".join(["0"] * 2303) + ",Training"] + L[4:], "line 4 .*2303 values, expected 2304"),
+        (
+            lambda L: L[:3] + ["1," + " ".join(["0"] * 2303) + ",Training"] + L[4:],
+            "line 4 .*2303 values, expected 2304",
+        ),
         (lambda L: L[:3] + ["1," + " ".join(["0"] * 2305) + ",Training"] + L[4:], "line 4 .*2305 values"),
         (lambda L: L[:2] + ["1,abc " + " ".join(["0"] * 2303) + ",Training"] + L[3:], "line 3 .*'abc'.*not an integer"),
         (lambda L: L[:2] + ["1,256 " + " ".join(["0"] * 2303) + ",Training"] + L[3:], "line 3 .*256 is outside 0..255"),
         (lambda L: L[:2] + ["1,-1 " + " ".join(["0"] * 2303) + ",Training"] + L[3:], "line 3 .*-1"),
         (lambda L: L[:2] + ["7," + ROW + ",Training"] + L[3:], "line 3 .*emotion '7' is not a label 0..6"),
         (lambda L: L[:2] + ["1," + ROW + ",Validation"] + L[3:], "line 3 .*Usage 'Validation'"),
-        (lambda L: [l for l in L if "PrivateTest" not in l], "split PrivateTest has no rows"),
+        (lambda L: [row for row in L if "PrivateTest" not in row], "split PrivateTest has no rows"),
         (lambda L: L[:1], "header but no rows"),
     ],
 )
@@ -170,13 +175,20 @@ def test_demo_data_is_deterministic(tmp_path):
 def test_describe_counts_duplicates_and_leakage(tmp_path):
     distinct = lambda v: " ".join([str(v)] * 2304)
     lines = ["emotion,pixels,Usage"] + [f"{k},{distinct(k + 1)},Training" for k in range(7)]
-    lines += [f"0,{distinct(1)},PublicTest", f"2,{distinct(100)},PublicTest", f"5,{distinct(1)},PrivateTest",
-              f"3,{distinct(0)},PrivateTest"]
+    lines += [
+        f"0,{distinct(1)},PublicTest",
+        f"2,{distinct(100)},PublicTest",
+        f"5,{distinct(1)},PrivateTest",
+        f"3,{distinct(0)},PrivateTest",
+    ]
     data = load_fer(_write(tmp_path, "\n".join(lines) + "\n"), use_cache=False)
     text = describe(data)
     assert "NOT the canonical" in text
     assert "| Training | 1 | 1 | 1 | 1 | 1 | 1 | 1 | 7 |" in text
-    assert "exact duplicate groups: 1 covering 3 rows; 1 groups span more than one split, 1 carry conflicting labels" in text
+    assert (
+        "exact duplicate groups: 1 covering 3 rows; 1 groups span more than one split, 1 carry conflicting labels"
+        in text
+    )
     assert "PublicTest rows whose exact pixels also appear in Training: 1 of 2" in text
     assert "all-black images: 1" in text
     assert rows_with_copy_in(data, "PrivateTest").tolist() == [True, False]

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from fer_tune import EMOTIONS
-from fer_tune.training.checkpoint import model_payload, save_checkpoint
 from fer_tune.cli import main
-from fer_tune.training.config import TrainConfig
 from fer_tune.data.demo import draw_faces
 from fer_tune.models import create_model
+from fer_tune.training.checkpoint import model_payload, save_checkpoint
+from fer_tune.training.config import TrainConfig
 
 cv2 = pytest.importorskip("cv2", reason="the deploy extra (opencv-python-headless) is not installed")
 
@@ -68,14 +68,34 @@ def test_predict_writes_a_row_per_face_and_per_unreadable_file(tmp_path, capsys,
 
     monkeypatch.setattr(fer_tune.deploy.predict, "PROGRESS_EVERY_S", 0.0)  # a progress line after every picture
 
-    rc = main(["predict", "--checkpoint", str(_checkpoint(tmp_path)), str(folder), "--out", str(out),
-               "--annotate", str(annotate), "--every", "2", "--batch-size", "3"])
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(_checkpoint(tmp_path)),
+            str(folder),
+            "--out",
+            str(out),
+            "--annotate",
+            str(annotate),
+            "--every",
+            "2",
+            "--batch-size",
+            "3",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     table = pd.read_csv(out)
     by_file = {Path(f).name: rows for f, rows in table.groupby("file")}
-    assert set(by_file) == {*(f"face{i}.png" for i in range(7)), "empty_room.png", "notes.txt", "broken.jpg",
-                            "broken.mp4", "clip.avi"}
+    assert set(by_file) == {
+        *(f"face{i}.png" for i in range(7)),
+        "empty_room.png",
+        "notes.txt",
+        "broken.jpg",
+        "broken.mp4",
+        "clip.avi",
+    }
     faces = table[table["error"].isna()]
     assert len(faces) == 7 and set(faces["found_by"]) == {"whole image"}
     assert (faces[["x", "y", "w", "h"]].to_numpy() == [0, 0, 48, 48]).all()
@@ -99,8 +119,8 @@ def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data, capsys):
     probabilities: one set of evaluation views, ten-crop and single; and so does the checkpoint's ONNX
     export run by predict in ONNX Runtime."""
     from fer_tune.training.augment import AugmentConfig, BatchAugmenter
-    from fer_tune.training.engine import predict_logits
     from fer_tune.training.evaluate import model_from_checkpoint
+    from fer_tune.training.views import predict_logits
 
     images, _ = tiny_data.role("val")
     folder = tmp_path / "faces"
@@ -122,7 +142,10 @@ def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data, capsys):
     onnx_file = checkpoint.with_suffix(".onnx")
     assert main(["predict", "--checkpoint", str(onnx_file), str(folder), "--out", str(tmp_path / "onnx.csv")]) == 0
     ten, onnx = (pd.read_csv(tmp_path / f"{n}.csv").sort_values("file") for n in ("ten", "onnx"))
-    assert np.abs(onnx[[f"p_{e}" for e in EMOTIONS]].to_numpy() - ten[[f"p_{e}" for e in EMOTIONS]].to_numpy()).max() < 1e-5
+    assert (
+        np.abs(onnx[[f"p_{e}" for e in EMOTIONS]].to_numpy() - ten[[f"p_{e}" for e in EMOTIONS]].to_numpy()).max()
+        < 1e-5
+    )
     assert main(["predict", "--checkpoint", str(onnx_file), str(folder), "--crops", "single"]) == 2
     assert "was exported with ten-crop views" in _one_error_line(capsys)
 
@@ -165,8 +188,9 @@ def test_predict_finds_real_faces_pasted_into_a_photo(tmp_path, real_csv, capsys
     assert "faces/s" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["foreign checkpoint", "foreign onnx", "missing path", "foreign out",
-                                  "foreign annotate", "batch size 0"])
+@pytest.mark.parametrize(
+    "case", ["foreign checkpoint", "foreign onnx", "missing path", "foreign out", "foreign annotate", "batch size 0"]
+)
 def test_predict_refuses_bad_input_before_anything(tmp_path, capsys, case):
     """One error line, exit 2, and nothing written, for each mistake."""
     face = tmp_path / "face.png"
@@ -174,19 +198,26 @@ def test_predict_refuses_bad_input_before_anything(tmp_path, capsys, case):
     checkpoint = _checkpoint(tmp_path)
     out = tmp_path / "out.csv"
     argv = ["predict", "--checkpoint", str(checkpoint), str(face), "--out", str(out)]
-    expect = {"foreign checkpoint": "not a fer-tune checkpoint", "foreign onnx": "not an ONNX model fer-tune exported",
-              "missing path": "no such file or folder",
-              "foreign out": "not a predictions CSV fer-tune wrote", "foreign annotate": "did not make holds files",
-              "batch size 0": "--batch-size 0 is not allowed"}[case]
+    expect = {
+        "foreign checkpoint": "not a fer-tune checkpoint",
+        "foreign onnx": "not an ONNX model fer-tune exported",
+        "missing path": "no such file or folder",
+        "foreign out": "not a predictions CSV fer-tune wrote",
+        "foreign annotate": "did not make holds files",
+        "batch size 0": "--batch-size 0 is not allowed",
+    }[case]
     if case == "foreign checkpoint":
         torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
         argv[2] = str(tmp_path / "other.pt")
     elif case == "foreign onnx":
         import onnx
 
-        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "other",
-                                       [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "other",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
         onnx.save(onnx.helper.make_model(graph), tmp_path / "other.onnx")
         argv[2] = str(tmp_path / "other.onnx")
     elif case == "missing path":
@@ -208,8 +239,15 @@ def test_predict_refuses_bad_input_before_anything(tmp_path, capsys, case):
 # ------------------------------------------------------------ export
 
 
-@pytest.mark.parametrize("model,fmt,crops", [("vgg_progressive_spinal", "onnx", "ten"), ("vgg", "pt2", "ten"),
-                                             ("effnetv2s", "onnx", "single"), ("vit_l32_spinal", "onnx", "ten")])
+@pytest.mark.parametrize(
+    "model,fmt,crops",
+    [
+        ("vgg_progressive_spinal", "onnx", "ten"),
+        ("vgg", "pt2", "ten"),
+        ("effnetv2s", "onnx", "single"),
+        ("vit_l32_spinal", "onnx", "ten"),
+    ],
+)
 def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, monkeypatch, model, fmt, crops, tiny_vit_folder):
     """Each family exports (ViT with a one-layer stand-in for size: the same code path, the upscale to
     224 inside the graph; EfficientNetV2-S at a quarter of its depth and channels: the same kinds of
@@ -217,10 +255,16 @@ def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, monkeypatch,
     import timm
 
     create = timm.create_model
-    monkeypatch.setattr(timm, "create_model", lambda name, **kw: create(name, channel_multiplier=0.25,
-                                                                        depth_multiplier=0.25, **kw))
-    options = ({"width": 0.125} if model.startswith("vgg") else
-               {"pretrained_path": str(tiny_vit_folder)} if model.startswith("vit") else {})
+    monkeypatch.setattr(
+        timm, "create_model", lambda name, **kw: create(name, channel_multiplier=0.25, depth_multiplier=0.25, **kw)
+    )
+    options = (
+        {"width": 0.125}
+        if model.startswith("vgg")
+        else {"pretrained_path": str(tiny_vit_folder)}
+        if model.startswith("vit")
+        else {}
+    )
     scale = 200.0 if model == "effnetv2s" else 20.0  # the small stand-in's untrained logits are smaller
     checkpoint = _checkpoint(tmp_path, model, logit_scale=scale, **options)
     assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--crops", crops]) == 0
@@ -230,7 +274,11 @@ def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, monkeypatch,
     import yaml
 
     card = yaml.safe_load(Path(f"{out}.yaml").read_text())
-    assert card["model"] == model and card["bytes"] == out.stat().st_size and card["parity"]["max_abs_logit_difference"] <= 1e-3
+    assert (
+        card["model"] == model
+        and card["bytes"] == out.stat().st_size
+        and card["parity"]["max_abs_logit_difference"] <= 1e-3
+    )
     assert card["parity"]["max_abs_logit"] > 0.1  # the check compared logits of a real size
     assert card["views"].startswith("10 (ten-crop" if crops == "ten" and model != "vit_l32_spinal" else "1 (")
     faces = _demo_faces(5, seed=3)[:, None].astype(np.float32)
@@ -258,7 +306,7 @@ def test_export_that_does_not_match_pytorch_writes_nothing(tmp_path, capsys, mon
 
     checkpoint = _checkpoint(tmp_path, "vgg", width=0.125)
     real = export._onnx
-    monkeypatch.setattr(export, "_onnx", lambda *a: (lambda x, run=real(*a): run(x) + 0.01))
+    monkeypatch.setattr(export, "_onnx", lambda *a: lambda x, run=real(*a): run(x) + 0.01)  # noqa: B008
     assert main(["export", "--checkpoint", str(checkpoint)]) == 1
     assert "differ from PyTorch's by up to 0.01" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vgg.pt"]

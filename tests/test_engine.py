@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from fer_tune.training.config import TrainConfig
 from fer_tune.data.fer2013 import load_fer
+from fer_tune.training.config import TrainConfig
 from fer_tune.training.engine import Trainer
 
 SMALL = dict(model="vgg", width=0.125, batch_size=32)
@@ -99,13 +99,19 @@ def test_cuda_backend_switches_follow_the_config():
     touches none of them."""
     import torch
 
-    from fer_tune.training.engine import backend_settings
+    from fer_tune.training.device import backend_settings
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert backend_settings(TrainConfig(**NARROW), cuda) == {"cudnn_benchmark": True, "tf32": False,
-                                                             "cudnn_deterministic": False}
+    assert backend_settings(TrainConfig(**NARROW), cuda) == {
+        "cudnn_benchmark": True,
+        "tf32": False,
+        "cudnn_deterministic": False,
+    }
     assert backend_settings(TrainConfig(**NARROW, amp=False), cuda)["tf32"] is True
     assert backend_settings(TrainConfig(**NARROW, amp=False, deterministic=True), cuda) == {
-        "cudnn_benchmark": False, "tf32": False, "cudnn_deterministic": True}
+        "cudnn_benchmark": False,
+        "tf32": False,
+        "cudnn_deterministic": True,
+    }
     assert not any(backend_settings(TrainConfig(**NARROW, amp=False), cpu).values())
     assert TrainConfig(**NARROW, deterministic=True).to_dict()["deterministic"] is True  # saved with the run

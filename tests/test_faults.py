@@ -18,11 +18,11 @@ import pytest
 import ray
 
 import fer_tune.reporting.report
-from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.cli import main
-from fer_tune.yaml_files import read_yaml
 from fer_tune.errors import UserError
 from fer_tune.search.run import search_lock
+from fer_tune.training.checkpoint import save_checkpoint
+from fer_tune.yaml_files import read_yaml
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,9 +35,15 @@ def _space(tmp_path: Path, name: str, body: str) -> Path:
 
 
 def _launch(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-u", str(ROOT / "launch.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})}, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-u", str(ROOT / "launch.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
 
 
 def _read_until(proc: subprocess.Popen, pattern: str, seen: list[str], seconds: float = 240) -> re.Match | None:
@@ -85,16 +91,41 @@ def test_second_search_with_the_same_name_is_refused(tiny_csv, tmp_path, capsys)
 
 def test_base_checkpoint_of_another_architecture_is_refused_before_anything(tiny_csv, tmp_path, capsys):
     other = save_checkpoint(tmp_path / "eff.pt", {"model": {}, "config": {"model": "effnetv2s"}})
-    rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path / "r"),
-               "--base-checkpoint", str(other)])
+    rc = main(
+        [
+            "--search",
+            "vgg_spinal",
+            "--smoke",
+            "--data",
+            str(tiny_csv),
+            "--results",
+            str(tmp_path / "r"),
+            "--base-checkpoint",
+            str(other),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "eff.pt: this checkpoint is a 'effnetv2s' model, but 'vgg_spinal' transfers from 'vgg'" in err
     assert not (tmp_path / "r").exists()
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"PK\x03\x04 truncated")
-    assert main(["--search", "vgg_spinal", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path / "r"),
-                 "--base-checkpoint", str(broken)]) == 2
+    assert (
+        main(
+            [
+                "--search",
+                "vgg_spinal",
+                "--smoke",
+                "--data",
+                str(tiny_csv),
+                "--results",
+                str(tmp_path / "r"),
+                "--base-checkpoint",
+                str(broken),
+            ]
+        )
+        == 2
+    )
     assert "broken.pt: not a readable checkpoint" in capsys.readouterr().err
 
 
@@ -130,9 +161,9 @@ def test_ray_starts_without_a_public_dashboard(monkeypatch):
 
 
 def test_nothing_touches_the_network_when_building_and_training(tiny_data, monkeypatch):
+    from fer_tune.models import create_model
     from fer_tune.training.config import TrainConfig
     from fer_tune.training.engine import Trainer
-    from fer_tune.models import create_model
 
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
@@ -144,13 +175,15 @@ def test_nothing_touches_the_network_when_building_and_training(tiny_data, monke
     from fer_tune.models.vit import FerViT
 
     FerViT("spinal", num_hidden_layers=1)
-    history = Trainer(TrainConfig(model="vgg", width=0.125, epochs=1, batch_size=64), tiny_data.role("train"),
-                      tiny_data.role("val")).fit()
+    history = Trainer(
+        TrainConfig(model="vgg", width=0.125, epochs=1, batch_size=64), tiny_data.role("train"), tiny_data.role("val")
+    ).fit()
     assert [r.epoch for r in history] == [1] and not history[0].diverged
 
 
-def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local, chain_csv, tmp_path, capsys,
-                                                                       monkeypatch):
+def test_dying_worker_killed_driver_and_killed_retraining_all_continue(
+    ray_local, chain_csv, tmp_path, capsys, monkeypatch
+):
     """One search through three faults: a trial's worker dies (Ray retries it from its last epoch); the
     driver is SIGKILLed during the search, with the Ray it started; then a driver that joined a running
     Ray (as on a cluster) is SIGKILLed during the retraining. Each time the same command continues from
@@ -172,8 +205,10 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(ray_local
     assert not any(text in line for line in out for text in ray_text), "".join(out)
     finished_id, finished_acc = done.group(1), float(done.group(2))
 
-    second, out = _launch(["--search", str(space), *common],
-                          env={"RAY_ADDRESS": ray.get_runtime_context().gcs_address}), []  # the suite's Ray
+    second, out = (
+        _launch(["--search", str(space), *common], env={"RAY_ADDRESS": ray.get_runtime_context().gcs_address}),
+        [],
+    )  # the suite's Ray
     retrained = _read_until(second, r"\] retraining killme (\w+) epoch 2/2: val_acc", out)
     _kill(second)
     assert retrained, "the retraining did not finish a run in time: " + "".join(out[-20:])

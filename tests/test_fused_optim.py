@@ -17,21 +17,23 @@ from pytorch_ranger import Ranger
 from ranger21 import Ranger21
 
 from fer_tune.compat import ranger21_reference_step
-from fer_tune.training.fused_optim import FusedRanger, FusedRanger21
 from fer_tune.models import create_model
+from fer_tune.training.fused_optim import FusedRanger, FusedRanger21
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from bench_optim import count_step_ops  # noqa: E402
 
-RANGER21_OPTIONS = dict(lr=3e-3, weight_decay=1e-2, num_epochs=5, num_batches_per_epoch=10, normloss_factor=1e-3,
-                        logging_active=False)  # 50 steps: warm-up (11), lookahead (every 5), warm-down (from 36)
+RANGER21_OPTIONS = dict(
+    lr=3e-3, weight_decay=1e-2, num_epochs=5, num_batches_per_epoch=10, normloss_factor=1e-3, logging_active=False
+)  # 50 steps: warm-up (11), lookahead (every 5), warm-down (from 36)
 
 
 def _small_effnet():
     import timm
 
-    return timm.create_model("efficientnetv2_rw_s", channel_multiplier=0.25, depth_multiplier=0.25, in_chans=1,
-                             num_classes=7)
+    return timm.create_model(
+        "efficientnetv2_rw_s", channel_multiplier=0.25, depth_multiplier=0.25, in_chans=1, num_classes=7
+    )
 
 
 def _model(family: str, tiny_vit_folder: Path) -> torch.nn.Module:
@@ -39,8 +41,10 @@ def _model(family: str, tiny_vit_folder: Path) -> torch.nn.Module:
         return create_model("vgg_spinal", width=0.0625).to(memory_format=torch.channels_last)
     if family == "effnetv2s":
         return _small_effnet()
-    return create_model("vit_l32_spinal", pretrained=__import__("fer_tune.models.vit", fromlist=["x"])
-                        .resolve_pretrained(str(tiny_vit_folder)))  # 3-d position embedding and class token
+    return create_model(
+        "vit_l32_spinal",
+        pretrained=__import__("fer_tune.models.vit", fromlist=["x"]).resolve_pretrained(str(tiny_vit_folder)),
+    )  # 3-d position embedding and class token
 
 
 class ReferenceRanger21(Ranger21):
@@ -92,8 +96,9 @@ def test_fused_ranger21_gives_the_reference_parameters_after_50_steps(family, re
     _run(fused, fused_opt, range(50))
     assert ref_opt.warmup_complete and fused_opt.warmup_complete and fused_opt.current_lr < RANGER21_OPTIONS["lr"]
     _assert_same(fused, reference)
-    assert any(float((a - b).abs().max()) > 0 for a, b in zip(fused.parameters(), _model(family, tiny_vit_folder)
-                                                                .parameters()))  # it trained
+    assert any(
+        float((a - b).abs().max()) > 0 for a, b in zip(fused.parameters(), _model(family, tiny_vit_folder).parameters())
+    )  # it trained
 
 
 @pytest.mark.parametrize("family", ["vgg_spinal", "effnetv2s", "vit"])
@@ -116,9 +121,18 @@ def test_a_checkpoint_of_the_package_step_resumes_in_the_fused_one(reductions, t
     ref_opt = _quiet(ReferenceRanger21, reference.parameters(), **RANGER21_OPTIONS)
     _run(reference, ref_opt, range(23))
     saved = copy.deepcopy(ref_opt.state_dict())
-    saved["ranger21_counters"] = {k: getattr(ref_opt, k) for k in ("lookahead_step", "current_iter", "epoch_count",
-                                                                   "warmup_complete", "warmup_curr_pct", "current_lr",
-                                                                   "param_size")}
+    saved["ranger21_counters"] = {
+        k: getattr(ref_opt, k)
+        for k in (
+            "lookahead_step",
+            "current_iter",
+            "epoch_count",
+            "warmup_complete",
+            "warmup_curr_pct",
+            "current_lr",
+            "param_size",
+        )
+    }
     fused = copy.deepcopy(reference)
     fused_opt = _quiet(FusedRanger21, fused.parameters(), **RANGER21_OPTIONS, **reductions)
     fused_opt.load_state_dict(saved)
@@ -142,8 +156,11 @@ def test_a_fused_step_is_a_few_dozen_operations_whatever_the_model(family, name,
         if name == "ranger":
             optimizer = (Ranger if kind == "package" else FusedRanger)(model.parameters(), lr=1e-3)
         else:
-            optimizer = (_quiet(ReferenceRanger21, model.parameters(), **RANGER21_OPTIONS) if kind == "package" else
-                         _quiet(FusedRanger21, model.parameters(), **RANGER21_OPTIONS, one_launch=True))
+            optimizer = (
+                _quiet(ReferenceRanger21, model.parameters(), **RANGER21_OPTIONS)
+                if kind == "package"
+                else _quiet(FusedRanger21, model.parameters(), **RANGER21_OPTIONS, one_launch=True)
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             counts[kind] = count_step_ops(model, optimizer)
@@ -153,8 +170,14 @@ def test_a_fused_step_is_a_few_dozen_operations_whatever_the_model(family, name,
 class DeviceReads(torch.overrides.TorchFunctionMode):
     """Counts the reads of a tensor's value by the host (``item``, ``bool``, ``float``, ``int``, ``tolist``)."""
 
-    READS = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
-             torch.Tensor.tolist, torch.Tensor.numpy}
+    READS = {
+        torch.Tensor.item,
+        torch.Tensor.__bool__,
+        torch.Tensor.__float__,
+        torch.Tensor.__int__,
+        torch.Tensor.tolist,
+        torch.Tensor.numpy,
+    }
 
     def __init__(self, host_counters: set[int]):
         super().__init__()
@@ -172,8 +195,15 @@ def test_training_steps_read_nothing_back_but_the_loss_check(name, chain_data):
     from fer_tune.training.config import TrainConfig
     from fer_tune.training.engine import Trainer
 
-    config = TrainConfig(model="vgg_spinal", width=0.0625, batch_size=2, epochs=1, optimizer=name,
-                         scheduler="none" if name == "ranger21" else "cosine", lr=1e-3)
+    config = TrainConfig(
+        model="vgg_spinal",
+        width=0.0625,
+        batch_size=2,
+        epochs=1,
+        optimizer=name,
+        scheduler="none" if name == "ranger21" else "cosine",
+        lr=1e-3,
+    )
     trainer = Trainer(config, chain_data.role("train"), chain_data.role("val"))
     trainer.loss_check_every = 16  # what an accelerator runs
     if name == "ranger21":
@@ -188,8 +218,8 @@ def test_training_steps_read_nothing_back_but_the_loss_check(name, chain_data):
 
 
 def test_a_pnm_momentum_the_package_ignores_is_refused():
-    from fer_tune.training.config import TrainConfig
     from fer_tune.errors import UserError
+    from fer_tune.training.config import TrainConfig
 
     with pytest.raises(UserError, match="ranger21_pnm_momentum = 2.0 is not allowed; use 1"):
         TrainConfig(model="vgg", optimizer="ranger21", scheduler="none", ranger21_pnm_momentum=2.0)

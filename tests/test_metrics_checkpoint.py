@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.errors import UserError
 from fer_tune.metrics import score
+from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_scores_on_a_hand_made_case():

@@ -22,8 +22,15 @@ def _linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
 
 
 def test_registry_lists_the_seven_models_and_rejects_unknown():
-    assert list(MODELS) == ["vgg", "vgg_spinal", "vgg_progressive_spinal", "effnetv2s", "effnetv2s_spinal",
-                            "vit_l32", "vit_l32_spinal"]
+    assert list(MODELS) == [
+        "vgg",
+        "vgg_spinal",
+        "vgg_progressive_spinal",
+        "effnetv2s",
+        "effnetv2s_spinal",
+        "vit_l32",
+        "vit_l32_spinal",
+    ]
     with pytest.raises(UserError, match="unknown model 'resnet'.*vgg_spinal"):
         create_model("resnet")
 
@@ -43,8 +50,10 @@ def test_spinal_head_widths():
     head = create_model("vgg_spinal").classifier
     assert isinstance(head, SpinalHead)
     assert _linear_shapes(head) == [(1024, 512), (1536, 512), (1536, 512), (1536, 512), (2048, 7)]
-    assert all(isinstance(layer[0], nn.Dropout) and layer[0].p == 0.5 for layer in
-               (head.layer1, head.layer2, head.layer3, head.layer4))
+    assert all(
+        isinstance(layer[0], nn.Dropout) and layer[0].p == 0.5
+        for layer in (head.layer1, head.layer2, head.layer3, head.layer4)
+    )
     assert isinstance(head.layer1[2], nn.BatchNorm1d)
 
 
@@ -61,15 +70,23 @@ def test_effnet_features_and_spinal_widths():
     assert model.backbone.conv_stem.in_channels == 1
     assert any(isinstance(m, nn.Mish) for m in model.modules())
     swish = create_model("effnetv2s", activation="swish")
-    assert any(isinstance(m, nn.SiLU) for m in swish.modules()) and not any(isinstance(m, nn.Mish) for m in swish.modules())
+    assert any(isinstance(m, nn.SiLU) for m in swish.modules()) and not any(
+        isinstance(m, nn.Mish) for m in swish.modules()
+    )
     assert _linear_shapes(swish.backbone.classifier) == [(1792, 7)]
 
 
 def test_vit_l32_config_and_spinal_widths():
     model = create_model("vit_l32_spinal")
     cfg = model.backbone.config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
-            cfg.patch_size, cfg.image_size) == (1024, 24, 16, 4096, 32, 224)
+    assert (
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        cfg.patch_size,
+        cfg.image_size,
+    ) == (1024, 24, 16, 4096, 32, 224)
     assert _linear_shapes(model.classifier) == [(512, 512), (1024, 512), (1024, 512), (1024, 512), (2048, 7)]
     assert 300e6 < _count(model.backbone) < 310e6
 
@@ -107,8 +124,12 @@ def test_vit_pretrained_from_local_folder_only(tmp_path):
 
     from fer_tune.models.vit import VIT_L32
 
-    small = ViTModel(ViTConfig(**{**VIT_L32, "num_hidden_layers": 1, "hidden_size": 64, "num_attention_heads": 4,
-                                  "intermediate_size": 128}), add_pooling_layer=False)
+    small = ViTModel(
+        ViTConfig(
+            **{**VIT_L32, "num_hidden_layers": 1, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
+        ),
+        add_pooling_layer=False,
+    )
     small.save_pretrained(tmp_path / "vit")
     model = create_model("vit_l32", pretrained_path=str(tmp_path / "vit"))
     w = model.backbone.embeddings.patch_embeddings.projection.weight

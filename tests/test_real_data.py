@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fer_tune.training.config import TrainConfig
 from fer_tune.data.fer2013 import load_fer
+from fer_tune.training.config import TrainConfig
 from fer_tune.training.engine import Trainer
 
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.cli import main
-from fer_tune.training.config import TrainConfig
 from fer_tune.data.demo import DemoSpec, write_demo_csv
 from fer_tune.manifest import SearchManifest
 from fer_tune.run_folder import clear_search_outputs
+from fer_tune.training.checkpoint import save_checkpoint
+from fer_tune.training.config import TrainConfig
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -42,9 +42,11 @@ BAD_NAMES = ["..", "../sibling", "a/b", "/tmp/elsewhere", ".", ".hidden", "x" * 
 @pytest.mark.parametrize("command", ["search", "retrain", "train"])
 def test_a_run_name_is_one_plain_folder_name(tiny_csv, tmp_path, capsys, name, command):
     results = tmp_path / "results"
-    argv = {"search": ["--search", "vgg", "--smoke", "--name", name],
-            "retrain": ["--retrain", name, "--smoke"],
-            "train": ["train", "--smoke", "--name", name]}[command]
+    argv = {
+        "search": ["--search", "vgg", "--smoke", "--name", name],
+        "retrain": ["--retrain", name, "--smoke"],
+        "train": ["train", "--smoke", "--name", name],
+    }[command]
     _refused(argv + ["--data", str(tiny_csv), "--results", str(results)], capsys, "one plain folder name", results)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -53,8 +55,20 @@ def test_fresh_refuses_a_folder_fer_tune_did_not_make(tiny_csv, tmp_path, capsys
     folder = tmp_path / "results" / "mine"
     folder.mkdir(parents=True)
     (folder / "thesis.tex").write_text("years of work")
-    rc = main(["--search", "vgg", "--smoke", "--name", "mine", "--fresh", "--data", str(tiny_csv),
-               "--results", str(tmp_path / "results")])
+    rc = main(
+        [
+            "--search",
+            "vgg",
+            "--smoke",
+            "--name",
+            "mine",
+            "--fresh",
+            "--data",
+            str(tiny_csv),
+            "--results",
+            str(tmp_path / "results"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "not made by a fer-tune search" in err and err.count("\n") == 1
     assert (folder / "thesis.tex").read_text() == "years of work"
@@ -64,8 +78,9 @@ def test_fresh_refuses_a_folder_fer_tune_did_not_make(tiny_csv, tmp_path, capsys
 def test_fresh_deletes_only_what_fer_tune_wrote(tmp_path):
     folder = tmp_path / "vgg"
     (folder / "ray" / "trial_001").mkdir(parents=True)
-    SearchManifest(name="vgg", space="vgg", model="vgg", base=None, metric="val_acc", mode="max", smoke=False,
-                   seed=0, budget={}).write(folder)
+    SearchManifest(
+        name="vgg", space="vgg", model="vgg", base=None, metric="val_acc", mode="max", smoke=False, seed=0, budget={}
+    ).write(folder)
     for name in ("trials.csv", "report.md", "best_model.pt", "optuna.db", "analysis.md", "notes.txt"):
         (folder / name).write_text("x")
     (folder / "my-analysis").mkdir()
@@ -77,19 +92,47 @@ def test_fresh_deletes_only_what_fer_tune_wrote(tmp_path):
 
 
 def test_a_search_that_fails_before_its_first_epoch_leaves_no_folder(tiny_csv, tmp_path, capsys):
-    empty_base = save_checkpoint(tmp_path / "base.pt", {"config": TrainConfig(model="vgg").to_dict(),
-                                                        "model": {"unrelated.weight": torch.zeros(1)}})
+    empty_base = save_checkpoint(
+        tmp_path / "base.pt",
+        {"config": TrainConfig(model="vgg").to_dict(), "model": {"unrelated.weight": torch.zeros(1)}},
+    )
     results = tmp_path / "results"
-    rc = main(["--search", "vgg_spinal", "--smoke", "--no-retrain", "--base-checkpoint", str(empty_base),
-               "--data", str(tiny_csv), "--results", str(results)])
+    rc = main(
+        [
+            "--search",
+            "vgg_spinal",
+            "--smoke",
+            "--no-retrain",
+            "--base-checkpoint",
+            str(empty_base),
+            "--data",
+            str(tiny_csv),
+            "--results",
+            str(results),
+        ]
+    )
     assert rc == 2 and "no tensor of the base checkpoint matches" in capsys.readouterr().err
     assert not (results / "vgg_spinal-smoke").exists()
 
 
 def test_a_training_run_that_fails_before_its_first_epoch_leaves_no_folder(tiny_csv, tmp_path, capsys):
     results = tmp_path / "results"
-    rc = main(["train", "--smoke", "--model", "vit_l32", "--pretrained", str(tmp_path / "no-such-vit"),
-               "--name", "vit", "--data", str(tiny_csv), "--results", str(results)])
+    rc = main(
+        [
+            "train",
+            "--smoke",
+            "--model",
+            "vit_l32",
+            "--pretrained",
+            str(tmp_path / "no-such-vit"),
+            "--name",
+            "vit",
+            "--data",
+            str(tiny_csv),
+            "--results",
+            str(results),
+        ]
+    )
     assert rc == 2 and "no pretrained ViT here" in capsys.readouterr().err
     assert not (results / "train" / "vit").exists()
 
@@ -98,24 +141,50 @@ def test_a_training_run_that_fails_before_its_first_epoch_leaves_no_folder(tiny_
 
 
 SEARCH_OPTIONS = [
-    ("--trials", "0"), ("--trials", "-1"), ("--trials", "x"), ("--trials", "1.5"), ("--max-epochs", "0"),
-    ("--gpus-per-trial", "-1"), ("--gpus-per-trial", "nan"), ("--gpus-per-trial", "1.5"),
-    ("--cpus-per-trial", "0"), ("--cpus-per-trial", "inf"), ("--seed", "-1"), ("--seed", str(2**32)),
-    ("--top-k", "0"), ("--seeds", "0"), ("--seeds", "-3"),
+    ("--trials", "0"),
+    ("--trials", "-1"),
+    ("--trials", "x"),
+    ("--trials", "1.5"),
+    ("--max-epochs", "0"),
+    ("--gpus-per-trial", "-1"),
+    ("--gpus-per-trial", "nan"),
+    ("--gpus-per-trial", "1.5"),
+    ("--cpus-per-trial", "0"),
+    ("--cpus-per-trial", "inf"),
+    ("--seed", "-1"),
+    ("--seed", str(2**32)),
+    ("--top-k", "0"),
+    ("--seeds", "0"),
+    ("--seeds", "-3"),
 ]
 
 
 @pytest.mark.parametrize("option,value", SEARCH_OPTIONS)
 def test_every_search_option_is_checked(tiny_csv, tmp_path, capsys, option, value):
     results = tmp_path / "results"
-    _refused(["--search", "vgg", "--smoke", option, value, "--data", str(tiny_csv), "--results", str(results)],
-             capsys, option, results)
+    _refused(
+        ["--search", "vgg", "--smoke", option, value, "--data", str(tiny_csv), "--results", str(results)],
+        capsys,
+        option,
+        results,
+    )
 
 
 TRAIN_OPTIONS = [
-    ("--lr", "0"), ("--lr", "-1"), ("--lr", "nan"), ("--lr", "inf"), ("--momentum", "1.5"), ("--momentum", "-0.1"),
-    ("--weight-decay", "-1"), ("--weight-decay", "nan"), ("--batch-size", "0"), ("--width", "0"),
-    ("--width", "inf"), ("--epochs", "0"), ("--seed", "-1"), ("--epochs", "two"),
+    ("--lr", "0"),
+    ("--lr", "-1"),
+    ("--lr", "nan"),
+    ("--lr", "inf"),
+    ("--momentum", "1.5"),
+    ("--momentum", "-0.1"),
+    ("--weight-decay", "-1"),
+    ("--weight-decay", "nan"),
+    ("--batch-size", "0"),
+    ("--width", "0"),
+    ("--width", "inf"),
+    ("--epochs", "0"),
+    ("--seed", "-1"),
+    ("--epochs", "two"),
 ]
 
 
@@ -123,8 +192,12 @@ TRAIN_OPTIONS = [
 def test_every_train_option_is_checked(tiny_csv, tmp_path, capsys, option, value):
     results = tmp_path / "results"
     name = option.lstrip("-").replace("-", "_")
-    _refused(["train", "--smoke", option, value, "--data", str(tiny_csv), "--results", str(results)],
-             capsys, name if value != "two" else "--epochs", results)
+    _refused(
+        ["train", "--smoke", option, value, "--data", str(tiny_csv), "--results", str(results)],
+        capsys,
+        name if value != "two" else "--epochs",
+        results,
+    )
 
 
 YAML_CASES = [
@@ -155,17 +228,24 @@ YAML_CASES = [
 
 @pytest.mark.parametrize("body,expect", YAML_CASES)
 def test_every_number_of_a_search_space_is_checked(tiny_csv, tmp_path, capsys, body, expect):
-    base = {"model": "model: vgg", "budget": "budget: {max_epochs: 4, grace_period: 1}",
-            "smoke": "smoke: {budget: {max_epochs: 4}}"}
+    base = {
+        "model": "model: vgg",
+        "budget": "budget: {max_epochs: 4, grace_period: 1}",
+        "smoke": "smoke: {budget: {max_epochs: 4}}",
+    }
     for key in list(base):
         if body.startswith(f"{key}:"):
             base.pop(key)
     path = tmp_path / "space.yaml"
-    path.write_text(body + "\n" + "\n".join(base.values()) + "\nspace: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
-                    if not body.startswith("space:") else body + "\n" + "\n".join(base.values()) + "\n")
+    path.write_text(
+        body + "\n" + "\n".join(base.values()) + "\nspace: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
+        if not body.startswith("space:")
+        else body + "\n" + "\n".join(base.values()) + "\n"
+    )
     results = tmp_path / "results"
-    _refused(["--search", str(path), "--smoke", "--data", str(tiny_csv), "--results", str(results)], capsys,
-             expect, results)
+    _refused(
+        ["--search", str(path), "--smoke", "--data", str(tiny_csv), "--results", str(results)], capsys, expect, results
+    )
 
 
 # ------------------------------------------------------------ 3. inputs that are not what they seem
@@ -176,22 +256,35 @@ def test_csv_with_a_duplicated_column_is_refused(tmp_path, capsys):
     lines = csv.read_text().splitlines()
     lines[0] = "emotion,pixels,emotion"
     csv.write_text("\n".join(lines) + "\n")
-    _refused(["--search", "vgg", "--smoke", "--data", str(csv), "--results", str(tmp_path / "r")], capsys,
-             "column 'emotion' appears more than once", tmp_path / "r")
+    _refused(
+        ["--search", "vgg", "--smoke", "--data", str(csv), "--results", str(tmp_path / "r")],
+        capsys,
+        "column 'emotion' appears more than once",
+        tmp_path / "r",
+    )
 
 
 def test_a_training_split_left_empty_is_refused_before_training(tmp_path, capsys):
     rows = ["emotion,pixels"] + [f"{k}," + " ".join(["7"] * 2304) for k in range(7)]  # one row per class
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
-    _refused(["train", "--smoke", "--data", str(tmp_path / "train.csv"), "--results", str(tmp_path / "r")], capsys,
-             "the train split (Training) has no rows", tmp_path / "r")
+    _refused(
+        ["train", "--smoke", "--data", str(tmp_path / "train.csv"), "--results", str(tmp_path / "r")],
+        capsys,
+        "the train split (Training) has no rows",
+        tmp_path / "r",
+    )
 
 
-@pytest.mark.parametrize("device,expect", [("cuda", "CUDA device(s)"), ("tpu9", "not a device name"),
-                                           ("mps", "cpu or cuda")])
+@pytest.mark.parametrize(
+    "device,expect", [("cuda", "CUDA device(s)"), ("tpu9", "not a device name"), ("mps", "cpu or cuda")]
+)
 def test_a_device_that_is_not_there(tiny_csv, tmp_path, capsys, device, expect):
-    _refused(["train", "--smoke", "--device", device, "--data", str(tiny_csv), "--results", str(tmp_path / "r")],
-             capsys, expect, tmp_path / "r")
+    _refused(
+        ["train", "--smoke", "--device", device, "--data", str(tiny_csv), "--results", str(tmp_path / "r")],
+        capsys,
+        expect,
+        tmp_path / "r",
+    )
 
 
 def test_image_folder_reports_entries_it_does_not_read(tmp_path):
@@ -216,14 +309,23 @@ def test_image_folder_reports_entries_it_does_not_read(tmp_path):
 def test_evaluate_out_naming_a_file_is_refused(tmp_path, tiny_csv, capsys):
     target = tmp_path / "confusion.png"
     target.write_text("mine")
-    _refused(["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(tiny_csv), "--out", str(target)],
-             capsys, "is a file", tmp_path / "nothing")
+    _refused(
+        ["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(tiny_csv), "--out", str(target)],
+        capsys,
+        "is a file",
+        tmp_path / "nothing",
+    )
     assert target.read_text() == "mine"
 
 
-@pytest.mark.parametrize("content,expect", [("", "not a readable winners table"),
-                                            ("winner,accuracy_mean\n", "column 'accuracy_std' is missing"),
-                                            ('"unclosed\n1,2\n', "not a readable winners table")])
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        ("", "not a readable winners table"),
+        ("winner,accuracy_mean\n", "column 'accuracy_std' is missing"),
+        ('"unclosed\n1,2\n', "not a readable winners table"),
+    ],
+)
 def test_report_meets_an_empty_or_corrupt_winners_table(tmp_path, capsys, content, expect):
     (tmp_path / "vgg").mkdir()
     (tmp_path / "vgg" / "winners.csv").write_text(content)
@@ -268,8 +370,9 @@ def test_analyze_refuses_folders_it_cannot_read_in_one_line(tmp_path, capsys):
     assert main(["--analyze", "mine", "--results", str(tmp_path)]) == 2
     assert "so the analysis will not write (or delete) there" in capsys.readouterr().err
     old = tmp_path / "old"
-    SearchManifest(name="old", space="vgg", model="vgg", base=None, metric="val_acc", mode="max", smoke=False,
-                   seed=0, budget={}).write(old)
+    SearchManifest(
+        name="old", space="vgg", model="vgg", base=None, metric="val_acc", mode="max", smoke=False, seed=0, budget={}
+    ).write(old)
     assert main(["--analyze", "old", "--results", str(tmp_path)]) == 2
     assert "no optuna.db (the search ran with an older fer-tune" in capsys.readouterr().err
     assert sorted(p.name for p in old.iterdir()) == ["manifest.yaml"]  # nothing written

@@ -16,7 +16,8 @@ import yaml
 from fer_tune.cli import main
 from fer_tune.errors import UserError
 from fer_tune.search.run import SearchOptions, run_search
-from fer_tune.search.space import available_spaces, load_search_space, paper_point
+from fer_tune.search.space import paper_point
+from fer_tune.search.space_file import available_spaces, load_search_space
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +62,19 @@ def smoke_chain(ray_local, chain_csv, tmp_path_factory) -> SmokeChain:
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
         patch.setattr(FerData, "split", spy_split)
         patch.setattr(pipeline, "score_runs", spy_score)
-        rc = main(["--search", "vgg_spinal", "--smoke", "--data", str(chain_csv), "--results", str(results),
-                   "--max-epochs", "2"])  # the README's first command, with shorter trials for the suite
+        rc = main(
+            [
+                "--search",
+                "vgg_spinal",
+                "--smoke",
+                "--data",
+                str(chain_csv),
+                "--results",
+                str(results),
+                "--max-epochs",
+                "2",
+            ]
+        )  # the README's first command, with shorter trials for the suite
     return SmokeChain(rc, out.getvalue(), results, results / "vgg_spinal-smoke", events)
 
 
@@ -73,10 +85,16 @@ def test_smoke_console_shows_fer_tune_lines_only(smoke_chain):
     assert out.count("tensorboard --logdir") == 1 and f"tensorboard --logdir {folder}   (every trial" in out
     assert f"results: {folder}" in out and f"report: {folder / 'report.md'}" in out
     # one progress format for the search and the retraining: clock, elapsed, time left, trial, epoch
-    assert re.search(r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left <=\d:\d\d:\d\d\] search vgg_spinal-smoke \w+ epoch \d/2: "
-                     r"val_acc \d\.\d{4} \|", out)
-    assert re.search(r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left ~\d:\d\d:\d\d\] retraining vgg_spinal-smoke \w+ epoch \d/2: "
-                     r"val_acc \d\.\d{4} \|", out)
+    assert re.search(
+        r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left <=\d:\d\d:\d\d\] search vgg_spinal-smoke \w+ epoch \d/2: "
+        r"val_acc \d\.\d{4} \|",
+        out,
+    )
+    assert re.search(
+        r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left ~\d:\d\d:\d\d\] retraining vgg_spinal-smoke \w+ epoch \d/2: "
+        r"val_acc \d\.\d{4} \|",
+        out,
+    )
 
 
 def test_smoke_reads_privatetest_only_after_scoring_starts(smoke_chain):
@@ -115,14 +133,29 @@ def test_smoke_trials_keep_one_lean_checkpoint_with_their_best_weights(smoke_cha
         assert row.freeze == (len(best["model"]) < 86)  # 56 base + 30 head tensors in the whole model
     kept = load_checkpoint(folder / "best_model.pt")
     top = table.loc[table.best_val_acc.idxmax()]
-    assert len(kept["model"]) == 86 and (kept["epoch"], kept["val_acc"]) == (top.best_epoch, pytest.approx(top.best_val_acc))
+    assert len(kept["model"]) == 86 and (kept["epoch"], kept["val_acc"]) == (
+        top.best_epoch,
+        pytest.approx(top.best_val_acc),
+    )
 
 
 def test_smoke_trials_table_starts_with_the_paper_trial(smoke_chain):
     table = pd.read_csv(smoke_chain.folder / "trials.csv")
     assert len(table) == 4 and table.trial.tolist() == [1, 2, 3, 4]
-    assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze", "epochs_run", "best_val_acc",
-            "last_val_acc", "status", "stopped_early_by_asha", "wall_time_s", "gpu_hours"} <= set(table.columns)
+    assert {
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "freeze",
+        "epochs_run",
+        "best_val_acc",
+        "last_val_acc",
+        "status",
+        "stopped_early_by_asha",
+        "wall_time_s",
+        "gpu_hours",
+    } <= set(table.columns)
     assert (table.step_time_s > 0).all() and table.peak_memory_gb.isna().all()  # peak memory: CUDA only
     first = table.iloc[0]
     paper = paper_point(load_search_space("vgg_spinal"))  # Table 10: Ranger21, lr 1e-3, wd 5e-4, frozen
@@ -144,7 +177,8 @@ def test_smoke_tensorboard_has_every_trials_curves_and_hparams(smoke_chain):
         reader.Reload()
         assert len(reader.Scalars("ray/tune/val_acc")) == row.epochs_run
         start = plugin_data_pb2.HParamsPluginData.FromString(
-            reader.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+            reader.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        ).session_start_info
         assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze"} <= set(start.hparams)
         assert start.hparams["lr"].number_value == pytest.approx(row.lr)
     assert len(list(smoke_chain.folder.glob("retrain/trial_*/events.out.tfevents.*"))) == 4  # 2 winners x 2 seeds
@@ -156,8 +190,22 @@ def test_smoke_best_config_trains_again(smoke_chain, chain_csv, tmp_path):
     assert best["model"] == "vgg_spinal" and best["base_checkpoint"].endswith("best.pt")
     assert all(isinstance(v, (str, int, float, bool, type(None))) for v in best.values())
     assert (folder / "best_model.pt").is_file()
-    rc = main(["train", "--config", str(folder / "best_config.yaml"), "--smoke", "--data", str(chain_csv),
-               "--results", str(tmp_path), "--name", "again", "--epochs", "1"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(folder / "best_config.yaml"),
+            "--smoke",
+            "--data",
+            str(chain_csv),
+            "--results",
+            str(tmp_path),
+            "--name",
+            "again",
+            "--epochs",
+            "1",
+        ]
+    )
     assert rc == 0 and (tmp_path / "train" / "again" / "best.pt").is_file()
 
 
@@ -190,7 +238,8 @@ def test_smoke_report_figures_are_recomputed_from_the_predictions(smoke_chain):
         assert again.accuracy == pytest.approx(run.accuracy) and again.macro_f1 == pytest.approx(run.macro_f1)
         clean = mine[~mine.in_training]
         assert score(clean.label.to_numpy(), clean.prediction.to_numpy()).accuracy == pytest.approx(
-            run.leak_free_accuracy)
+            run.leak_free_accuracy
+        )
     for row in pd.read_csv(folder / "winners.csv").itertuples():
         mean = scores[scores.winner == row.winner].accuracy.mean()
         assert row.accuracy_mean == pytest.approx(mean)
@@ -267,12 +316,14 @@ def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
     assert f"- {trials.epochs_run.sum()} trial-epochs run of 8 had every trial run its 2 epochs" in text
     for row in trials.itertuples():  # compute per trial
         assert f"| {row.trial} | {row.status} | {row.epochs_run} | {row.gpu_hours:.4f} |" in text
-    for picture in ("importance.png", "slice.png", "parallel_coordinate.png")[0 if _scores_differ(folder) else 1:]:
+    for picture in ("importance.png", "slice.png", "parallel_coordinate.png")[0 if _scores_differ(folder) else 1 :]:
         assert (folder / picture).stat().st_size > 5000
 
 
 def test_asha_stops_weak_trials_early(ray_local, chain_data, tmp_path):
-    space = _space_file(tmp_path, """
+    space = _space_file(
+        tmp_path,
+        """
         model: vgg
         metric: val_loss
         budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, num_trials: 4, max_concurrent: 1}
@@ -282,7 +333,8 @@ def test_asha_stops_weak_trials_early(ray_local, chain_data, tmp_path):
           optimizer: {choice: [adam]}
           lr: {choice: [1.0e-7, 0.02, 0.05]}   # 1e-7 keeps val_loss at ln 7; 0.02+ overshoots in epoch 1
         paper_trial: {optimizer: adam, lr: 1.0e-7}
-    """)
+    """,
+    )
     outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
     table = outcome.trials
     assert len(table) == 4
@@ -293,8 +345,9 @@ def test_asha_stops_weak_trials_early(ray_local, chain_data, tmp_path):
 
 def test_every_shipped_space_loads_and_validates():
     names = available_spaces()
-    assert names == sorted(["vgg", "vgg_spinal", "vgg_progressive_spinal", "effnetv2s", "effnetv2s_spinal",
-                            "vit_l32", "vit_l32_spinal"])
+    assert names == sorted(
+        ["vgg", "vgg_spinal", "vgg_progressive_spinal", "effnetv2s", "effnetv2s_spinal", "vit_l32", "vit_l32_spinal"]
+    )
     for name in names:
         space = load_search_space(name)
         assert space.model == name and space.paper_trial
@@ -308,8 +361,14 @@ def test_every_shipped_space_loads_and_validates():
         ("model: vgg\nspace: {lr: {loguniform: [1e-3\n", r"line \d+ column \d+: YAML syntax error"),
         ("model: vgg\nbudgett: {max_epochs: 3}\n", "unknown key budgett; allowed: description, model"),
         ("model: vgg\nbudget: {max_epoch: 3}\n", "unknown key budget.max_epoch"),
-        ("model: vgg\nspace: {lr: {loguniform: [0.1, 0.001]}}\n", "space.lr.loguniform: low 0.1 is not below high 0.001"),
-        ("model: vgg\nspace: {optimizer: {choice: [sgd_nesterov, lion]}}\n", "space.optimizer has 'lion'; allowed: sgd_nesterov"),
+        (
+            "model: vgg\nspace: {lr: {loguniform: [0.1, 0.001]}}\n",
+            "space.lr.loguniform: low 0.1 is not below high 0.001",
+        ),
+        (
+            "model: vgg\nspace: {optimizer: {choice: [sgd_nesterov, lion]}}\n",
+            "space.optimizer has 'lion'; allowed: sgd_nesterov",
+        ),
         ("model: resnet\n", "model = 'resnet' is unknown; allowed: vgg"),
         ("model: vgg\nspace: {learning_rate: {choice: [1]}}\n", "unknown key space.learning_rate"),
         ("model: vgg\nspace: {lr: {normal: [1, 2]}}\n", "space.lr must be one of"),
@@ -336,13 +395,15 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chai
     lr 1e-7 leaves the predictions as they are, so the validation accuracy never improves after epoch 1:
     with patience 1 the trial ends after epoch 2 of 6, and its retraining likewise, each saying so.
     The space's fine-tune stage then trains the kept weights on at lr 1e-5, kept and scored apart."""
-    from fer_tune.training.checkpoint import load_checkpoint
     from fer_tune.reporting.report import write_report
-    from fer_tune.search.retrain import RetrainOptions, run_retrain
     from fer_tune.reporting.scoring import score_runs
+    from fer_tune.search.retrain import RetrainOptions, run_retrain
     from fer_tune.search_folder import PATIENCE_STATUS
+    from fer_tune.training.checkpoint import load_checkpoint
 
-    space = _space_file(tmp_path, """
+    space = _space_file(
+        tmp_path,
+        """
         model: vgg
         budget: {max_epochs: 6, grace_period: 6, reduction_factor: 2, num_trials: 2, max_concurrent: 2, patience: 1}
         resources: {gpus_per_trial: 0, cpus_per_trial: 1}
@@ -351,7 +412,8 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chai
           lr: {choice: [1.0e-7, 1.0e+6]}   # the seeded sampler draws 1e+6 for trial 2
         paper_trial: {lr: 1.0e-7}
         finetune: {epochs: 1, lr: 1.0e-5}
-    """)
+    """,
+    )
     outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
     table = outcome.trials.set_index("lr")
     assert table.loc[1e6, "status"] == "diverged at epoch 1"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from fer_tune.training.config import OPTIMIZERS, TrainConfig
 from fer_tune.errors import UserError
 from fer_tune.models import create_model
+from fer_tune.training.config import OPTIMIZERS, TrainConfig
 from fer_tune.training.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
 from fer_tune.training.transfer import train_mode, transfer_weights
 
@@ -53,7 +53,7 @@ def test_every_optimizer_scheduler_pair_steps(optimizer, scheduler):
     opt = build_optimizer(config, model.parameters(), batches_per_epoch=2)
     sched = build_scheduler(config, opt)
     before = [p.detach().clone() for p in model.parameters()]
-    for epoch in range(3):
+    for _epoch in range(3):
         for _ in range(2):
             loss = nn.functional.cross_entropy(model(torch.rand(5, 4)), torch.tensor([0, 1, 2, 0, 1]))
             opt.zero_grad()
@@ -70,8 +70,14 @@ def test_every_optimizer_scheduler_pair_steps(optimizer, scheduler):
 
 
 def test_ranger21_runs_its_own_schedule_quietly(capsys):
-    config = TrainConfig(optimizer="ranger21", scheduler="none", lr=0.01, epochs=4, ranger21_warmdown_start=0.5,
-                         ranger21_warmdown_min_lr=1e-4)
+    config = TrainConfig(
+        optimizer="ranger21",
+        scheduler="none",
+        lr=0.01,
+        epochs=4,
+        ranger21_warmdown_start=0.5,
+        ranger21_warmdown_min_lr=1e-4,
+    )
     model = nn.Linear(4, 3)
     opt = build_optimizer(config, model.parameters(), batches_per_epoch=5)
     lrs = []
@@ -116,8 +122,8 @@ def test_a_saved_state_leaves_the_frozen_base_out_and_resumes_exactly(tiny_data)
 
 
 def test_checkpoint_schedule_writes_at_the_end_every_n_epochs_every_t_seconds_or_when_cheap_enough():
-    from fer_tune.search.space import Budget
     from fer_tune.search.in_trial import CheckpointSchedule
+    from fer_tune.search.space import Budget
 
     auto = CheckpointSchedule()
     assert auto.due(1, 10.0, final=False)  # nothing measured yet

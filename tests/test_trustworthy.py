@@ -11,19 +11,20 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_tune.training.augment import AugmentConfig, BatchAugmenter
-from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
-from fer_tune.training.config import TrainConfig
-from fer_tune.yaml_files import write_yaml
 from fer_tune.data.fer_data import FerData
-from fer_tune.training.engine import Trainer
 from fer_tune.errors import UserError
 from fer_tune.metrics import score
 from fer_tune.models import create_model
-from fer_tune.training.optim import build_optimizer
-from fer_tune.search.retrain import _phases
+from fer_tune.search.retrain_trial import _phases
+from fer_tune.search.space import paper_point
+from fer_tune.search.space_file import available_spaces, load_search_space
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search.space import available_spaces, load_search_space, paper_point
+from fer_tune.training.augment import AugmentConfig, BatchAugmenter
+from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
+from fer_tune.training.config import TrainConfig
+from fer_tune.training.engine import Trainer
+from fer_tune.training.optim import build_optimizer
+from fer_tune.yaml_files import write_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,34 +37,81 @@ def _constructed_search(folder: Path) -> tuple[pd.DataFrame, object, dict]:
     from fer_tune.reporting.scoring import ScoredRuns, summarise
 
     folder.mkdir()
-    pd.DataFrame({"trial": [1, 2], "trial_id": ["a", "b"], "trial_path": [str(folder / "t1"), str(folder / "t2")],
-                  "epochs_run": [3, 3], "cpu_hours": [0.1, 0.1], "gpu_hours": [0.0, 0.0]}).to_csv(
-        folder / "trials.csv", index=False)
+    pd.DataFrame(
+        {
+            "trial": [1, 2],
+            "trial_id": ["a", "b"],
+            "trial_path": [str(folder / "t1"), str(folder / "t2")],
+            "epochs_run": [3, 3],
+            "cpu_hours": [0.1, 0.1],
+            "gpu_hours": [0.0, 0.0],
+        }
+    ).to_csv(folder / "trials.csv", index=False)
     write_yaml(folder / "best_config.yaml", TrainConfig(model="vgg_spinal").to_dict())
     from fer_tune.manifest import SearchManifest
 
-    SearchManifest(name=folder.name, space="search_spaces/vgg_spinal.yaml", model="vgg_spinal", base="vgg",
-                   metric="val_acc", mode="max", smoke=False, seed=0, budget={}).write(folder)
+    SearchManifest(
+        name=folder.name,
+        space="search_spaces/vgg_spinal.yaml",
+        model="vgg_spinal",
+        base="vgg",
+        metric="val_acc",
+        mode="max",
+        smoke=False,
+        seed=0,
+        budget={},
+    ).write(folder)
     labels = np.arange(70) % 7
     runs, per_run, predictions = [], [], []
     for winner, val_acc, test_acc in ((1, 0.80, 0.60), (2, 0.70, 0.90)):
         for seed in (0, 1):
             history = folder / f"h{winner}{seed}.csv"
             pd.DataFrame({"phase": ["select"] * 2, "val_acc": [0.5, val_acc]}).to_csv(history, index=False)
-            runs.append({"winner": winner, "seed": seed, "protocol": "paper", "trial": "ab"[winner - 1],
-                         "search_score": 0.8 if winner == 1 else 0.75, "val_acc": val_acc, "wall_time_s": 1.0,
-                         "gpus": 0.0, "cpus": 1.0, "history": str(history)})
+            runs.append(
+                {
+                    "winner": winner,
+                    "seed": seed,
+                    "protocol": "paper",
+                    "trial": "ab"[winner - 1],
+                    "search_score": 0.8 if winner == 1 else 0.75,
+                    "val_acc": val_acc,
+                    "wall_time_s": 1.0,
+                    "gpus": 0.0,
+                    "cpus": 1.0,
+                    "history": str(history),
+                }
+            )
             pred = labels.copy()
             wrong = int(round((1 - test_acc) * len(labels)))
             pred[:wrong] = (pred[:wrong] + 1) % 7
             s = score(labels, pred)
-            per_run.append({"winner": winner, "seed": seed, "protocol": "paper", "accuracy": s.accuracy,
-                            "single_crop_accuracy": s.accuracy, "macro_precision": s.macro_precision,
-                            "macro_recall": s.macro_recall, "macro_f1": s.macro_f1,
-                            "f1_of_macro_pr": s.f1_of_macro_pr, "leak_free_accuracy": s.accuracy,
-                            "leak_free_macro_f1": s.macro_f1})
-            predictions.append(pd.DataFrame({"winner": winner, "seed": seed, "row": np.arange(70), "label": labels,
-                                             "prediction": pred, "in_training": False}))
+            per_run.append(
+                {
+                    "winner": winner,
+                    "seed": seed,
+                    "protocol": "paper",
+                    "accuracy": s.accuracy,
+                    "single_crop_accuracy": s.accuracy,
+                    "macro_precision": s.macro_precision,
+                    "macro_recall": s.macro_recall,
+                    "macro_f1": s.macro_f1,
+                    "f1_of_macro_pr": s.f1_of_macro_pr,
+                    "leak_free_accuracy": s.accuracy,
+                    "leak_free_macro_f1": s.macro_f1,
+                }
+            )
+            predictions.append(
+                pd.DataFrame(
+                    {
+                        "winner": winner,
+                        "seed": seed,
+                        "row": np.arange(70),
+                        "label": labels,
+                        "prediction": pred,
+                        "in_training": False,
+                    }
+                )
+            )
     per_run_frame, preds = pd.DataFrame(per_run), pd.concat(predictions, ignore_index=True)
     confusion = {w: np.eye(7, dtype=int).tolist() for w in (1, 2)}
     scored = ScoredRuns(per_run_frame, summarise(per_run_frame, preds), preds, "PrivateTest", 0, confusion)
@@ -73,7 +121,7 @@ def _constructed_search(folder: Path) -> tuple[pd.DataFrame, object, dict]:
 
 def test_headline_is_the_validation_best_winner_not_the_test_best(tmp_path, monkeypatch):
     from fer_tune import pipeline
-    from fer_tune.reporting.report import write_leaderboard
+    from fer_tune.reporting.leaderboard import write_leaderboard
     from fer_tune.search.retrain import RetrainOptions
 
     folder = tmp_path / "vgg_spinal"
@@ -110,10 +158,18 @@ def test_macro_f1_is_reported_both_ways():
 
 def _shrinkage(weight_decay: float) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
-                                torch.nn.Linear(8, 3))
-    config = TrainConfig(optimizer="ranger21", scheduler="none", lr=1e-2, weight_decay=weight_decay,
-                         ranger21_warmup=False, ranger21_norm_loss_factor=0.0, epochs=1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+    )
+    config = TrainConfig(
+        optimizer="ranger21",
+        scheduler="none",
+        lr=1e-2,
+        weight_decay=weight_decay,
+        ranger21_warmup=False,
+        ranger21_norm_loss_factor=0.0,
+        epochs=1,
+    )
     optimizer = build_optimizer(config, model.parameters(), batches_per_epoch=10)
     generator = torch.Generator().manual_seed(1)
     for _ in range(5):
@@ -160,9 +216,18 @@ def _knob_cases() -> list[tuple[str, str, dict, dict]]:
             if param.name in ("lr", "weight_decay"):
                 for optimizer in sorted(set(optimizers) - {o for k, o in walked if k == param.name}):
                     walked.add((param.name, optimizer))
-                    base = {**point, "optimizer": optimizer, **({"lr": lr_high} if param.name == "weight_decay" else {})}
-                    cases.append((name, f"{param.name} under {optimizer}",
-                                  *[{**base, param.name: v} for v in _two_values(param)]))
+                    base = {
+                        **point,
+                        "optimizer": optimizer,
+                        **({"lr": lr_high} if param.name == "weight_decay" else {}),
+                    }
+                    cases.append(
+                        (
+                            name,
+                            f"{param.name} under {optimizer}",
+                            *[{**base, param.name: v} for v in _two_values(param)],
+                        )
+                    )
     return cases
 
 
@@ -227,9 +292,10 @@ def test_every_sampled_knob_of_every_space_changes_training(knob_data):
 def test_vit_search_without_pretrained_weights_stops_before_anything(tmp_path, capsys):
     from fer_tune.cli import main
 
-    for args, expect in ((["--search", "vit_l32", "--smoke"], "pass --pretrained DIR"),
-                         (["--search", "vit_l32", "--smoke", "--pretrained", str(tmp_path / "nope")],
-                          "no pretrained ViT here")):
+    for args, expect in (
+        (["--search", "vit_l32", "--smoke"], "pass --pretrained DIR"),
+        (["--search", "vit_l32", "--smoke", "--pretrained", str(tmp_path / "nope")], "no pretrained ViT here"),
+    ):
         assert main([*args, "--results", str(tmp_path / "r")]) == 2
         captured = capsys.readouterr()
         assert captured.err.startswith("error: ") and expect in captured.err and "Traceback" not in captured.err
@@ -252,10 +318,13 @@ def test_pretrained_vit_reaches_the_trial_through_the_search_space(tmp_path, tin
     shipped = resolve_pretrained(config.pretrained_path)
     elsewhere = config.replace(pretrained_path=str(tmp_path / "not-on-this-node"))
     images = np.zeros((8, 48, 48), dtype=np.uint8)
-    trainer = Trainer(elsewhere.replace(batch_size=4), (images, np.arange(8) % 7), (images, np.arange(8) % 7),
-                      pretrained=shipped)
-    assert torch.equal(trainer.model.backbone.embeddings.patch_embeddings.projection.weight,
-                       shipped.state["embeddings.patch_embeddings.projection.weight"])
+    trainer = Trainer(
+        elsewhere.replace(batch_size=4), (images, np.arange(8) % 7), (images, np.arange(8) % 7), pretrained=shipped
+    )
+    assert torch.equal(
+        trainer.model.backbone.embeddings.patch_embeddings.projection.weight,
+        shipped.state["embeddings.patch_embeddings.projection.weight"],
+    )
 
 
 def test_transfer_refuses_a_base_of_another_width():
@@ -273,8 +342,10 @@ def test_search_takes_width_and_activation_from_the_base(tmp_path):
     from fer_tune.training.transfer import load_base
 
     swish = create_model("effnetv2s", activation="swish")
-    path = save_checkpoint(tmp_path / "base.pt", {"config": TrainConfig(model="effnetv2s", activation="swish").to_dict(),
-                                                  "model": swish.state_dict()})
+    path = save_checkpoint(
+        tmp_path / "base.pt",
+        {"config": TrainConfig(model="effnetv2s", activation="swish").to_dict(), "model": swish.state_dict()},
+    )
     space = load_search_space("effnetv2s_spinal")
     assert space.fixed["activation"] == "mish"
     lines: list[str] = []
@@ -288,8 +359,13 @@ def test_search_takes_width_and_activation_from_the_base(tmp_path):
 def test_train_refuses_a_base_of_another_activation(tmp_path):
     from fer_tune.training.single_run import load_base_state
 
-    path = save_checkpoint(tmp_path / "base.pt", {"config": TrainConfig(model="vgg", width=0.25).to_dict(),
-                                                  "model": create_model("vgg", width=0.25).state_dict()})
+    path = save_checkpoint(
+        tmp_path / "base.pt",
+        {
+            "config": TrainConfig(model="vgg", width=0.25).to_dict(),
+            "model": create_model("vgg", width=0.25).state_dict(),
+        },
+    )
     with pytest.raises(UserError, match="width 0.25"):
         load_base_state(TrainConfig(model="vgg_spinal", width=0.125, base_checkpoint=str(path)))
     assert load_base_state(TrainConfig(model="vgg_spinal", width=0.25, base_checkpoint=str(path)))
@@ -300,8 +376,17 @@ def test_train_refuses_a_base_of_another_activation(tmp_path):
 
 @pytest.mark.parametrize("scheduler", ["plateau", "cosine"])
 def test_trainval_refit_repeats_the_selected_trajectory(tiny_data, scheduler):
-    config = TrainConfig(model="vgg", width=0.0625, batch_size=64, epochs=3, optimizer="sgd_nesterov", lr=0.05,
-                         scheduler=scheduler, plateau_patience=0, plateau_factor=0.5)
+    config = TrainConfig(
+        model="vgg",
+        width=0.0625,
+        batch_size=64,
+        epochs=3,
+        optimizer="sgd_nesterov",
+        lr=0.05,
+        scheduler=scheduler,
+        plateau_patience=0,
+        plateau_factor=0.5,
+    )
     (train_x, train_y), (val_x, val_y) = tiny_data.role("train"), tiny_data.role("val")
     train, val = (train_x[:128], train_y[:128]), (val_x[:32], val_y[:32])  # the trajectory, not learning
     data = TrialData(train[0], train[1], val[0], val[1])
@@ -333,9 +418,14 @@ def test_leakage_free_subset_under_trainval_drops_copies_of_publictest():
         images[i, 0, 0] = i
     images[4] = images[0]  # a test image copied from Training
     images[5] = images[2]  # a test image copied from PublicTest
-    data = FerData(images, np.zeros(6, dtype=np.int64), np.array([0, 0, 1, 1, 2, 2], dtype=np.int8),
-                   ("Training", "PublicTest", "PrivateTest"),
-                   {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}, "constructed")
+    data = FerData(
+        images,
+        np.zeros(6, dtype=np.int64),
+        np.array([0, 0, 1, 1, 2, 2], dtype=np.int8),
+        ("Training", "PublicTest", "PrivateTest"),
+        {"train": "Training", "val": "PublicTest", "test": "PrivateTest"},
+        "constructed",
+    )
     assert rows_seen_in_training(data, "paper").tolist() == [True, False]
     assert rows_seen_in_training(data, "trainval").tolist() == [True, True]
 
@@ -344,8 +434,9 @@ def test_ranger21_nan_ends_the_run_as_diverged(tiny_data):
     """On an accelerator the loss is checked only every 16th batch, so Ranger21 can meet NaN gradients
     under a finite loss and raise "hit nan for variance_normalized"; that is a divergence, not an error
     Ray retries. Here the gradients are made NaN while the loss stays finite."""
-    config = TrainConfig(model="vgg", width=0.0625, batch_size=16, epochs=2, optimizer="ranger21",
-                         scheduler="none", lr=1e-3)
+    config = TrainConfig(
+        model="vgg", width=0.0625, batch_size=16, epochs=2, optimizer="ranger21", scheduler="none", lr=1e-3
+    )
     trainer = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
     next(trainer.model.parameters()).register_hook(lambda grad: grad * float("nan"))
     result = trainer.step_epoch()
@@ -353,8 +444,9 @@ def test_ranger21_nan_ends_the_run_as_diverged(tiny_data):
 
 
 def test_ranger21_resumes_exactly(chain_data, tmp_path):
-    config = TrainConfig(model="vgg", width=0.0625, batch_size=32, epochs=2, optimizer="ranger21",
-                         scheduler="none", lr=1e-3)
+    config = TrainConfig(
+        model="vgg", width=0.0625, batch_size=32, epochs=2, optimizer="ranger21", scheduler="none", lr=1e-3
+    )
     train, val = chain_data.role("train"), chain_data.role("val")
     straight = Trainer(config, train, val)
     straight.fit()
@@ -373,8 +465,9 @@ def test_vit_validation_computes_its_single_view_once(tiny_vit_folder):
 
     images = np.zeros((4, 48, 48), dtype=np.uint8)
     config = TrainConfig(model="vit_l32", optimizer="adam", scheduler="none", lr=1e-4, batch_size=4, epochs=1)
-    trainer = Trainer(config, (images, np.arange(4)), (images, np.arange(4)),
-                      pretrained=resolve_pretrained(str(tiny_vit_folder)))
+    trainer = Trainer(
+        config, (images, np.arange(4)), (images, np.arange(4)), pretrained=resolve_pretrained(str(tiny_vit_folder))
+    )
     calls = []
     original = trainer.predict_view_logits
     trainer.predict_view_logits = lambda *a, **k: calls.append(a) or original(*a, **k)
@@ -402,7 +495,9 @@ def test_single_crop_validation_is_the_centre_of_the_ten_views_computed_once(tin
 def test_finetune_stage_is_validated_in_the_search_space(tmp_path):
     space = load_search_space("vgg_progressive_spinal")
     assert space.finetune == {"epochs": 20, "lr": 1e-5} and space.for_smoke().finetune["epochs"] == 1
-    text = Path(space.path).read_text().replace("  lr: 1.0e-5               # and", "  rate: 1.0e-5               # and")
+    text = (
+        Path(space.path).read_text().replace("  lr: 1.0e-5               # and", "  rate: 1.0e-5               # and")
+    )
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(UserError, match="unknown key finetune.rate"):
         load_search_space(str(tmp_path / "bad.yaml"))

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from fer_tune.search import runner as tune_runner
 from fer_tune.errors import UserError
-from fer_tune.search.space import load_search_space
+from fer_tune.search import runner as tune_runner
 from fer_tune.search.runner import Progress, TuneJob, trial_resources, trials_per_gpu
+from fer_tune.search.space_file import load_search_space
 from fer_tune.search_folder import read_history
 
 
@@ -54,8 +54,11 @@ def test_auto_is_accepted_in_the_yaml_and_on_the_command_line(tmp_path, capsys):
 def test_progress_line_shows_elapsed_time_left_and_the_best():
     progress = Progress("search demo", "val_acc", "max", trials=2, epochs_per_trial=2, log=print)
     first = progress.line("a", 1, 0.5, {"running": 2})
-    assert re.match(r"\[\d\d:\d\d:\d\d 0:00:\d\d left ~\d:\d\d:\d\d\] search demo a epoch 1/2: val_acc 0.5000 \| "
-                    r"2 running \| best 0.5000 \(a\)$", first)
+    assert re.match(
+        r"\[\d\d:\d\d:\d\d 0:00:\d\d left ~\d:\d\d:\d\d\] search demo a epoch 1/2: val_acc 0.5000 \| "
+        r"2 running \| best 0.5000 \(a\)$",
+        first,
+    )
     progress.line("b", 1, 0.7, {"running": 2})
     assert progress.line("a", 2, 0.6, {"running": 1, "done": 1}).endswith("best 0.7000 (b)")
 
@@ -67,7 +70,11 @@ def test_a_repeated_epoch_counts_once_in_a_runs_history(tmp_path):
     log.write_text("epoch,phase,val_acc\n1,select,0.1\n2,select,0.2\n2,select,0.25\n1,refit,0.3\n2,refit,0.4\n")
     history = read_history(log)
     assert history[["epoch", "phase", "val_acc"]].values.tolist() == [
-        [1, "select", 0.1], [2, "select", 0.25], [1, "refit", 0.3], [2, "refit", 0.4]]
+        [1, "select", 0.1],
+        [2, "select", 0.25],
+        [1, "refit", 0.3],
+        [2, "refit", 0.4],
+    ]
 
 
 def test_a_repeated_epoch_counts_once_in_the_trials_table():
@@ -77,11 +84,16 @@ def test_a_repeated_epoch_counts_once_in_the_trials_table():
 
     import pandas as pd
 
-    from fer_tune.search.run import trials_table
+    from fer_tune.search.outputs import trials_table
 
     space = load_search_space("vgg")
     logs = pd.DataFrame({"epoch": [1, 2, 2], "val_acc": [0.2, 0.3, 0.3], "epoch_time": [10.0, 10.0, 10.0]})
-    result = SimpleNamespace(metrics_dataframe=logs, metrics={"epoch": 2, "val_acc": 0.3, "trial_id": "abc"},
-                             config={p.name: None for p in space.params}, path="/r/ray/trial_000_abc", error=None)
+    result = SimpleNamespace(
+        metrics_dataframe=logs,
+        metrics={"epoch": 2, "val_acc": 0.3, "trial_id": "abc"},
+        config={p.name: None for p in space.params},
+        path="/r/ray/trial_000_abc",
+        error=None,
+    )
     row = trials_table([result], space, max_epochs=2, gpus=1.0, cpus=2.0).iloc[0]
     assert (row.epochs_run, row.best_epoch, row.wall_time_s, row.gpu_hours) == (2, 2, 20.0, round(20 / 3600, 5))

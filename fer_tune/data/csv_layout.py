@@ -11,9 +11,16 @@ import numpy as np
 import pandas as pd
 
 from fer_tune import EMOTIONS
+from fer_tune.data.fer_data import (
+    _PIXELS_PATTERN,
+    HELD_OUT_FRACTION,
+    HELD_OUT_VALIDATION,
+    IMAGE_SIZE,
+    NUM_PIXELS,
+    OFFICIAL_SPLITS,
+    FerData,
+)
 from fer_tune.errors import UserError
-from fer_tune.data.fer_data import OFFICIAL_SPLITS, FerData, HELD_OUT_FRACTION, HELD_OUT_VALIDATION, IMAGE_SIZE, NUM_PIXELS, _PIXELS_PATTERN
-
 
 
 def _read_csv_layout(path: Path) -> FerData:
@@ -86,7 +93,9 @@ def _read_csv_frame(path: Path) -> pd.DataFrame:
             head = f.read(4096)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise UserError(f"{path}: cannot be read ({reason}); check the path, its permissions and its compression") from None
+        raise UserError(
+            f"{path}: cannot be read ({reason}); check the path, its permissions and its compression"
+        ) from None
     if not head.strip():
         raise UserError(f"{path}: the file is empty; give the FER2013 CSV (header emotion,pixels,Usage)")
     if b"\x00" in head:
@@ -101,8 +110,10 @@ def _read_csv_frame(path: Path) -> pd.DataFrame:
     frame.columns = [str(c).strip() for c in frame.iloc[0]]
     repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
     if repeated:
-        raise UserError(f"{path}: column {repeated[0]!r} appears more than once in the header; "
-                        "a FER2013 CSV has the header emotion,pixels,Usage")
+        raise UserError(
+            f"{path}: column {repeated[0]!r} appears more than once in the header; "
+            "a FER2013 CSV has the header emotion,pixels,Usage"
+        )
     return frame.iloc[1:].reset_index(drop=True)
 
 
@@ -117,8 +128,9 @@ def _parse_pixels(path: Path, pixels: pd.Series) -> np.ndarray:
     text = pixels.str.strip()
     digits_and_spaces = text.str.fullmatch(_PIXELS_PATTERN).to_numpy(dtype=bool)
     if not digits_and_spaces.all():
-        raise UserError(_bad_rows_message(path, np.flatnonzero(~digits_and_spaces),
-                                          lambda i: _pixel_problem(text.iloc[i])))
+        raise UserError(
+            _bad_rows_message(path, np.flatnonzero(~digits_and_spaces), lambda i: _pixel_problem(text.iloc[i]))
+        )
     joined = "\n".join(text.tolist())
     wrong_count = np.flatnonzero(_spaces_per_row(text, joined) != NUM_PIXELS - 1)  # values per row = spaces + 1
     if len(wrong_count):
@@ -180,15 +192,14 @@ def _parse_usage(path: Path, column: pd.Series) -> np.ndarray:
     bad = np.flatnonzero(codes < 0)
     if len(bad):
         raise UserError(
-            _bad_rows_message(
-                path, bad, lambda i: f"Usage {text.iloc[i]!r} is not one of {', '.join(OFFICIAL_SPLITS)}"
-            )
+            _bad_rows_message(path, bad, lambda i: f"Usage {text.iloc[i]!r} is not one of {', '.join(OFFICIAL_SPLITS)}")
         )
     counts = np.bincount(codes, minlength=len(OFFICIAL_SPLITS))
     empty = [name for name, c in zip(OFFICIAL_SPLITS, counts) if c == 0]
     if empty:
         raise UserError(
-            f"{path}: split {', '.join(empty)} has no rows; a FER2013 CSV needs Training, PublicTest and PrivateTest rows"
+            f"{path}: split {', '.join(empty)} has no rows; "
+            "a FER2013 CSV needs Training, PublicTest and PrivateTest rows"
         )
     return codes
 

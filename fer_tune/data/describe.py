@@ -36,8 +36,12 @@ def describe(data: FerData) -> str:
     flat = data.images.reshape(len(data.images), -1)
     blank = flat.max(axis=1) == 0
     flat_std = flat.std(axis=1) < 5
-    lines.append(f"all-black images: {int(blank.sum())} "
-                 + "(" + ", ".join(f"{n} {int(blank[data.usage == c].sum())}" for c, n in enumerate(data.split_names)) + ")")
+    lines.append(
+        f"all-black images: {int(blank.sum())} "
+        + "("
+        + ", ".join(f"{n} {int(blank[data.usage == c].sum())}" for c, n in enumerate(data.split_names))
+        + ")"
+    )
     lines.append(f"near-uniform images (pixel std < 5): {int(flat_std.sum())}")
 
     group = duplicate_groups(data.images)
@@ -61,5 +65,7 @@ def describe(data: FerData) -> str:
         for name in data.split_names:
             if name != "Training":
                 leaked = rows_with_copy_in(data, name, group=group)
-                lines.append(f"{name} rows whose exact pixels also appear in Training: {int(leaked.sum())} of {len(leaked)}")
+                lines.append(
+                    f"{name} rows whose exact pixels also appear in Training: {int(leaked.sum())} of {len(leaked)}"
+                )
     return "\n".join(lines) + "\n"

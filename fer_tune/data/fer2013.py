@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_tune.data.compact import COMPACT_SUFFIX, read_compact
+from fer_tune.data.csv_layout import _read_csv_layout
+from fer_tune.data.fer_data import CACHE_VERSION, FerData
+from fer_tune.data.image_folder import _read_image_folder
 from fer_tune.errors import UserError
 from fer_tune.files import cache_dir
-from fer_tune.data.image_folder import _read_image_folder
-from fer_tune.data.fer_data import CACHE_VERSION, FerData
-from fer_tune.data.csv_layout import _read_csv_layout
-from fer_tune.data.compact import COMPACT_SUFFIX, read_compact
-
 
 
 def load_fer(path: str | os.PathLike, *, use_cache: bool = True) -> FerData:

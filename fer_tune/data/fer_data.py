@@ -20,7 +20,6 @@ import numpy as np
 
 from fer_tune.errors import UserError
 
-
 OFFICIAL_SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 CANONICAL_MD5 = "f8428a1edbd21e88f42c73edd2a14f95"
 IMAGE_SIZE = 48
@@ -51,9 +50,7 @@ class FerData:
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels of one split, by its name (e.g. ``PublicTest``)."""
         if name not in self.split_names:
-            raise UserError(
-                f"{self.source}: no split named {name!r}; this data has {', '.join(self.split_names)}"
-            )
+            raise UserError(f"{self.source}: no split named {name!r}; this data has {', '.join(self.split_names)}")
         mask = self.usage == self.split_names.index(name)
         return self.images[mask], self.labels[mask]
 

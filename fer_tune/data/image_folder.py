@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from fer_tune import EMOTIONS
-from fer_tune.errors import UserError
-from fer_tune.data.fer_data import FerData, HELD_OUT_FRACTION, HELD_OUT_VALIDATION, IMAGE_SIZE, _IMAGE_SUFFIXES
 from fer_tune.data.csv_layout import _with_held_out_validation
-
+from fer_tune.data.fer_data import _IMAGE_SUFFIXES, HELD_OUT_FRACTION, HELD_OUT_VALIDATION, IMAGE_SIZE, FerData
+from fer_tune.errors import UserError
 
 
 def _read_image_folder(root: Path) -> FerData:
@@ -26,9 +25,14 @@ def _read_image_folder(root: Path) -> FerData:
     )
     if skipped:
         names = ", ".join(str(Path(p).relative_to(root)) for p in skipped[:3])
-        data = replace(data, notes=data.notes + (
-            f"not read: {len(skipped)} entries that are not images directly in <split>/<emotion>/ "
-            f"(e.g. {names}); move them there or remove them",))
+        data = replace(
+            data,
+            notes=data.notes
+            + (
+                f"not read: {len(skipped)} entries that are not images directly in <split>/<emotion>/ "
+                f"(e.g. {names}); move them there or remove them",
+            ),
+        )
     return data
 
 
@@ -39,7 +43,9 @@ def _read_image_split(folder: Path, skipped: list[str]) -> tuple[np.ndarray, np.
     skipped.extend(str(p) for p in sorted(folder.iterdir()) if not p.is_dir())
     unknown = [d.name for d in folder.iterdir() if d.is_dir() and d.name.lower() not in EMOTIONS]
     if unknown:
-        raise UserError(f"{folder}: unknown emotion folder(s) {', '.join(sorted(unknown))}; allowed: {', '.join(EMOTIONS)}")
+        raise UserError(
+            f"{folder}: unknown emotion folder(s) {', '.join(sorted(unknown))}; allowed: {', '.join(EMOTIONS)}"
+        )
     images, labels = [], []
     for label, emotion in enumerate(EMOTIONS):
         candidates = [d for d in folder.iterdir() if d.is_dir() and d.name.lower() == emotion]

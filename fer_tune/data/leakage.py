@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from fer_tune.data.fer_data import FerData
-
 
 
 def duplicate_groups(images: np.ndarray) -> np.ndarray:

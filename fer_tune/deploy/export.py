@@ -14,9 +14,9 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,10 +24,10 @@ import yaml
 from torch import nn
 
 from fer_tune import EMOTIONS, __version__
-from fer_tune.yaml_files import yaml_plain
+from fer_tune.deploy.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier, load_face_classifier
 from fer_tune.errors import DEPLOY_INSTALL, UserError
 from fer_tune.files import write_atomic, write_text_atomic
-from fer_tune.deploy.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier, load_face_classifier
+from fer_tune.yaml_files import yaml_plain
 
 FORMATS = ("onnx", "pt2")
 PARITY_LIMIT = 1e-3
@@ -77,8 +77,10 @@ def check_out(out: Path) -> None:
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; --out names the file to write")
     if out.exists() and not card_path(out).is_file():
-        raise UserError(f"--out {out}: exists and fer-tune did not export it (no {card_path(out).name} beside it); "
-                        "fer-tune never overwrites other files: choose another --out")
+        raise UserError(
+            f"--out {out}: exists and fer-tune did not export it (no {card_path(out).name} beside it); "
+            "fer-tune never overwrites other files: choose another --out"
+        )
 
 
 def parity_faces(data_path: str | None) -> tuple[np.ndarray, str]:
@@ -98,20 +100,31 @@ def _batch_dim() -> dict[str, dict[int, object]]:
     return {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
 
 
-def _onnx(graph: nn.Module, sample: torch.Tensor, tmp: Path, metadata: dict[str, str]
-          ) -> Callable[[np.ndarray], np.ndarray]:
+def _onnx(
+    graph: nn.Module, sample: torch.Tensor, tmp: Path, metadata: dict[str, str]
+) -> Callable[[np.ndarray], np.ndarray]:
     """Write the ONNX file (one file: weights inside); return a function running it in ONNX Runtime."""
     import onnxruntime as ort
 
-    program = torch.onnx.export(graph, (sample,), input_names=["images"], output_names=["logits", "probabilities"],
-                                dynamic_shapes=_batch_dim(), opset_version=ONNX_OPSET, dynamo=True, verbose=False)
+    program = torch.onnx.export(
+        graph,
+        (sample,),
+        input_names=["images"],
+        output_names=["logits", "probabilities"],
+        dynamic_shapes=_batch_dim(),
+        opset_version=ONNX_OPSET,
+        dynamo=True,
+        verbose=False,
+    )
     program.model.metadata_props.update(metadata)  # what predict needs to run the file on its own
     program.save(str(tmp), external_data=False)
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     return lambda x: session.run(["logits"], {"images": x})[0]
 
 
-def _pt2(graph: nn.Module, sample: torch.Tensor, tmp: Path, metadata: dict[str, str]) -> Callable[[np.ndarray], np.ndarray]:
+def _pt2(
+    graph: nn.Module, sample: torch.Tensor, tmp: Path, metadata: dict[str, str]
+) -> Callable[[np.ndarray], np.ndarray]:
     """Write the torch.export program; return a function running the program read back from the file."""
     program = torch.export.export(graph, (sample,), dynamic_shapes=_batch_dim())
     with open(tmp, "wb") as f:
@@ -121,8 +134,9 @@ def _pt2(graph: nn.Module, sample: torch.Tensor, tmp: Path, metadata: dict[str, 
     return lambda x: loaded(torch.from_numpy(x))[0].detach().numpy()
 
 
-def parity(run: Callable[[np.ndarray], np.ndarray], classifier: FaceClassifier,
-           faces: np.ndarray) -> tuple[float, float]:
+def parity(
+    run: Callable[[np.ndarray], np.ndarray], classifier: FaceClassifier, faces: np.ndarray
+) -> tuple[float, float]:
     """(largest |exported - PyTorch| over every logit of the batch and of its first face alone, largest
     |logit|: the scale the difference is measured against)."""
     x = faces[:, None].astype(np.float32)
@@ -132,8 +146,14 @@ def parity(run: Callable[[np.ndarray], np.ndarray], classifier: FaceClassifier,
     return max(worst, float(np.abs(run(x[:1]) - expected[:1]).max())), float(np.abs(expected).max())
 
 
-def export_checkpoint(checkpoint: Path, fmt: str = "onnx", out: Path | None = None, crops: str = "ten",
-                      data_path: str | None = None, log: Callable[[str], None] = print) -> ExportResult:
+def export_checkpoint(
+    checkpoint: Path,
+    fmt: str = "onnx",
+    out: Path | None = None,
+    crops: str = "ten",
+    data_path: str | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
     """Export ``checkpoint`` as ``fmt`` to ``out``, check parity, write the card; the file appears only
     when the check passed (a :class:`ParityError` otherwise)."""
     if fmt not in FORMATS:
@@ -149,8 +169,11 @@ def export_checkpoint(checkpoint: Path, fmt: str = "onnx", out: Path | None = No
     graph = _WithProbabilities(classifier).eval()
     sample = torch.from_numpy(faces[:2, None].astype(np.float32))
     writer = _onnx if fmt == "onnx" else _pt2
-    metadata = {ONNX_METADATA["model"]: config.model, ONNX_METADATA["crops"]: crops,
-                ONNX_METADATA["views"]: str(classifier.view_count)}
+    metadata = {
+        ONNX_METADATA["model"]: config.model,
+        ONNX_METADATA["crops"]: crops,
+        ONNX_METADATA["views"]: str(classifier.view_count),
+    }
     measured: dict[str, float] = {}
 
     def write(tmp: Path) -> None:
@@ -158,23 +181,50 @@ def export_checkpoint(checkpoint: Path, fmt: str = "onnx", out: Path | None = No
             run = writer(graph, sample, tmp, metadata)
         measured["diff"], measured["scale"] = parity(run, classifier, faces)
         if not measured["diff"] <= PARITY_LIMIT:
-            raise ParityError(f"{fmt} export of {checkpoint}: the exported model's logits differ from PyTorch's by up "
-                              f"to {measured['diff']:.3g} (limit {PARITY_LIMIT:g}) on {about}; nothing was written")
+            raise ParityError(
+                f"{fmt} export of {checkpoint}: the exported model's logits differ from PyTorch's by up "
+                f"to {measured['diff']:.3g} (limit {PARITY_LIMIT:g}) on {about}; nothing was written"
+            )
 
     write_atomic(out, write)
     size = os.path.getsize(out)
-    card = write_text_atomic(card_path(out), yaml.safe_dump(yaml_plain({
-        "made_by": f"fer-tune {__version__}", "exported": datetime.datetime.now().isoformat(timespec="seconds"),
-        "format": fmt, "file": out.name, "bytes": size, "checkpoint": str(checkpoint), "model": config.model,
-        "input": {"name": "images", "shape": ["batch", 1, 48, 48], "dtype": "float32",
-                  "values": f"grayscale pixel values {INPUT_RANGE} (scaled to 0..1 inside the graph)"},
-        "outputs": {"logits": ["batch", 7], "probabilities": ["batch", 7], "classes": list(EMOTIONS)},
-        "views": f"{classifier.view_count} ({crops}-crop{', logits averaged' if classifier.view_count > 1 else ''})",
-        "parity": {"faces": about, "max_abs_logit_difference": measured["diff"], "limit": PARITY_LIMIT,
-                   "max_abs_logit": measured["scale"], "batches": [len(faces), 1]},
-        "train_config": config.to_dict(),
-    }), sort_keys=False))
-    log(f"export: {out} ({size / 1e6:.1f} MB, {fmt}); parity with PyTorch on {about}, batch sizes {len(faces)} and 1: "
-        f"max |logit difference| {measured['diff']:.2g} (limit {PARITY_LIMIT:g}; logits up to {measured['scale']:.3g})")
+    card = write_text_atomic(
+        card_path(out),
+        yaml.safe_dump(
+            yaml_plain(
+                {
+                    "made_by": f"fer-tune {__version__}",
+                    "exported": datetime.datetime.now().isoformat(timespec="seconds"),
+                    "format": fmt,
+                    "file": out.name,
+                    "bytes": size,
+                    "checkpoint": str(checkpoint),
+                    "model": config.model,
+                    "input": {
+                        "name": "images",
+                        "shape": ["batch", 1, 48, 48],
+                        "dtype": "float32",
+                        "values": f"grayscale pixel values {INPUT_RANGE} (scaled to 0..1 inside the graph)",
+                    },
+                    "outputs": {"logits": ["batch", 7], "probabilities": ["batch", 7], "classes": list(EMOTIONS)},
+                    "views": f"{classifier.view_count} ({crops}-crop"
+                    f"{', logits averaged' if classifier.view_count > 1 else ''})",
+                    "parity": {
+                        "faces": about,
+                        "max_abs_logit_difference": measured["diff"],
+                        "limit": PARITY_LIMIT,
+                        "max_abs_logit": measured["scale"],
+                        "batches": [len(faces), 1],
+                    },
+                    "train_config": config.to_dict(),
+                }
+            ),
+            sort_keys=False,
+        ),
+    )
+    log(
+        f"export: {out} ({size / 1e6:.1f} MB, {fmt}); parity with PyTorch on {about}, batch sizes {len(faces)} and 1: "
+        f"max |logit difference| {measured['diff']:.2g} (limit {PARITY_LIMIT:g}; logits up to {measured['scale']:.3g})"
+    )
     log(f"export: card {card}")
     return ExportResult(out, card, size, measured["diff"], about)

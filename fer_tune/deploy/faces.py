@@ -12,9 +12,9 @@ PublicTest faces), so the box is cropped as it is. An image whose sides are both
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -36,8 +36,10 @@ def opencv():
     except ImportError:
         raise UserError(f"face detection needs OpenCV, which is not installed; run {DEPLOY_INSTALL}") from None
     if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
-        raise UserError(f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 dropped them); run {DEPLOY_INSTALL}, "
-                        "which installs opencv-python-headless < 5")
+        raise UserError(
+            f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 dropped them); run {DEPLOY_INSTALL}, "
+            "which installs opencv-python-headless < 5"
+        )
     return cv2
 
 
@@ -74,8 +76,9 @@ class FaceFinder:
 
     def boxes(self, gray: np.ndarray) -> list[Box]:
         """The faces in a grayscale image, largest first."""
-        found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                              minSize=(self.min_face, self.min_face))
+        found = self.cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(self.min_face, self.min_face)
+        )
         return sorted((Box(*map(int, b)) for b in found), key=lambda b: -b.w * b.h)
 
 
@@ -107,9 +110,13 @@ def files_under(paths: list[Path], skip: Path | None = None) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file()
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                            and not (skip and p.resolve().is_relative_to(skip)))
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and not (skip and p.resolve().is_relative_to(skip))
+            )
         else:
             found.append(path)
     return found

@@ -9,19 +9,19 @@ exported in ONNX Runtime.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from fer_tune.training.augment import AugmentConfig, eval_inputs
-from fer_tune.training.config import TrainConfig
-from fer_tune.training.engine import mean_view_logits
 from fer_tune.errors import DEPLOY_INSTALL, UserError
 from fer_tune.models import model_info
+from fer_tune.training.augment import AugmentConfig, eval_inputs
+from fer_tune.training.config import TrainConfig
+from fer_tune.training.views import mean_view_logits
 
 CROPS = ("ten", "single")
 INPUT_RANGE = "0..255"  # what the classifier (and its ONNX graph) takes: raw grayscale pixel values
@@ -47,8 +47,9 @@ class FaceClassifier(nn.Module):
         return mean_view_logits(self.model, eval_inputs(images / 255.0, self.views, self.crops))
 
 
-def load_face_classifier(checkpoint: str | Path, device: torch.device, crops: str = "ten"
-                         ) -> tuple[FaceClassifier, TrainConfig]:
+def load_face_classifier(
+    checkpoint: str | Path, device: torch.device, crops: str = "ten"
+) -> tuple[FaceClassifier, TrainConfig]:
     """The classifier a fer-tune checkpoint holds (a :class:`~fer_tune.errors.UserError` for anything
     else), on ``device``, in evaluation mode."""
     from fer_tune.training.evaluate import model_from_checkpoint
@@ -75,7 +76,7 @@ def open_face_model(path: Path, device: str | None = None, crops: str | None = N
     are inside the graph); anything else is a :class:`~fer_tune.errors.UserError`."""
     if path.suffix.lower() == ".onnx":
         return _onnx_face_model(path, crops)
-    from fer_tune.training.engine import pick_device
+    from fer_tune.training.device import pick_device
 
     dev = pick_device(device)
     classifier, config = load_face_classifier(path, dev, crops or "ten")
@@ -101,11 +102,15 @@ def _onnx_face_model(path: Path, crops: str | None) -> FaceModel:
         raise UserError(f"{path}: not an ONNX model ONNX Runtime can read ({str(exc).splitlines()[0][:160]})") from None
     meta = session.get_modelmeta().custom_metadata_map
     if ONNX_METADATA["model"] not in meta:
-        raise UserError(f"{path}: not an ONNX model fer-tune exported (no {ONNX_METADATA['model']} metadata); export "
-                        "one with `launch.py export`")
+        raise UserError(
+            f"{path}: not an ONNX model fer-tune exported (no {ONNX_METADATA['model']} metadata); export "
+            "one with `launch.py export`"
+        )
     if crops is not None and crops != meta[ONNX_METADATA["crops"]]:
-        raise UserError(f"--crops {crops}: {path} was exported with {meta[ONNX_METADATA['crops']]}-crop views inside "
-                        f"its graph; export it again with --crops {crops}, or leave --crops out")
+        raise UserError(
+            f"--crops {crops}: {path} was exported with {meta[ONNX_METADATA['crops']]}-crop views inside "
+            f"its graph; export it again with --crops {crops}, or leave --crops out"
+        )
 
     def run(faces: np.ndarray) -> np.ndarray:
         return session.run(["probabilities"], {"images": faces[:, None].astype(np.float32)})[0]

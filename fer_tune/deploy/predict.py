@@ -9,19 +9,29 @@ the reason; with ``--annotate DIR`` a copy of each image with its boxes and labe
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from fer_tune import EMOTIONS
 from fer_tune.clock import clock, stamp
-from fer_tune.errors import UserError
-from fer_tune.deploy.faces import Box, FaceFinder, Frame, face_crop, files_under, frames_of, is_face_crop, opencv, whole_image
-from fer_tune.files import write_atomic, write_csv_atomic
+from fer_tune.deploy.faces import (
+    Box,
+    FaceFinder,
+    Frame,
+    face_crop,
+    files_under,
+    frames_of,
+    is_face_crop,
+    opencv,
+    whole_image,
+)
 from fer_tune.deploy.inference import open_face_model
+from fer_tune.errors import UserError
+from fer_tune.files import write_atomic, write_csv_atomic
 
 COLUMNS = ["file", "frame", "face", "x", "y", "w", "h", "found_by", "label", *(f"p_{e}" for e in EMOTIONS), "error"]
 ANNOTATION_MARK = ".fer-tune-annotations"  # in an --annotate folder fer-tune made
@@ -76,15 +86,19 @@ def check_outputs(opts: PredictOptions) -> None:
         with open(out, encoding="utf-8", errors="replace") as f:
             head = f.readline().strip()
         if head != ",".join(COLUMNS):
-            raise UserError(f"--out {out}: exists and is not a predictions CSV fer-tune wrote; fer-tune never "
-                            "overwrites other files: choose another --out")
+            raise UserError(
+                f"--out {out}: exists and is not a predictions CSV fer-tune wrote; fer-tune never "
+                "overwrites other files: choose another --out"
+            )
     folder = opts.annotate
     if folder is not None:
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--annotate {folder}: is a file; --annotate names a folder for the annotated copies")
         if folder.is_dir() and any(folder.iterdir()) and not (folder / ANNOTATION_MARK).exists():
-            raise UserError(f"--annotate {folder}: a folder fer-tune did not make holds files; fer-tune writes only "
-                            "into new, empty or its own annotation folders: choose another")
+            raise UserError(
+                f"--annotate {folder}: a folder fer-tune did not make holds files; fer-tune writes only "
+                "into new, empty or its own annotation folders: choose another"
+            )
 
 
 @dataclass
@@ -165,7 +179,9 @@ class _Predictor:
             x, y, w, h = row["x"], row["y"], row["w"], row["h"]
             cv2.rectangle(picture, (x, y), (x + w, y + h), (0, 200, 0), thick)
             text = f"{row['label']} {row['p_' + row['label']]:.2f}"
-            cv2.putText(picture, text, (x, max(y - 4 * thick, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 200, 0), thick)
+            cv2.putText(
+                picture, text, (x, max(y - 4 * thick, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 200, 0), thick
+            )
         name = f"{path.stem}.png"
         n = 1
         while name in self.annotated_names:
@@ -188,8 +204,10 @@ def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> Pre
     if opts.annotate is not None:
         opts.annotate.mkdir(parents=True, exist_ok=True)
         (opts.annotate / ANNOTATION_MARK).touch()
-    log(f"predict: {len(files)} file(s) with {run.model.model} from {opts.checkpoint} "
-        f"({run.model.views} view(s) per face, {run.model.about})")
+    log(
+        f"predict: {len(files)} file(s) with {run.model.model} from {opts.checkpoint} "
+        f"({run.model.views} view(s) per face, {run.model.about})"
+    )
     started = time.monotonic()
     last = started
     for done, path in enumerate(files):
@@ -204,9 +222,11 @@ def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> Pre
     summary.seconds = time.monotonic() - started
     table = pd.DataFrame(run.rows, columns=COLUMNS).astype({c: "Int64" for c in ("frame", "face", "x", "y", "w", "h")})
     summary.csv = write_csv_atomic(table, opts.out)
-    log(f"predict: {summary.faces} face(s) in {summary.pictures} picture(s) from {summary.files} file(s) in "
+    log(
+        f"predict: {summary.faces} face(s) in {summary.pictures} picture(s) from {summary.files} file(s) in "
         f"{summary.seconds:.1f} s: {summary.faces_per_second:.1f} faces/s end to end (reading, detection, "
-        f"classification), {summary.classifier_faces_per_second:.1f} faces/s for the classifier alone")
+        f"classification), {summary.classifier_faces_per_second:.1f} faces/s for the classifier alone"
+    )
     if summary.problems:
         log(f"predict: {summary.problems} file(s) or frame(s) gave no face; the CSV's error column says why")
     log(f"predictions: {summary.csv}" + (f"; annotated copies: {opts.annotate}" if opts.annotate else ""))
@@ -219,7 +239,9 @@ def _progress_line(started: float, done: int, total: int, frame: Frame, summary:
     where = ""
     if frame.frame is not None:
         within = min(frame.frame / frame.frames_in_file, 1.0) if frame.frames_in_file else 0.0
-        where = f" ({frame.file.name} frame {frame.frame}" + (f"/{frame.frames_in_file})" if frame.frames_in_file else ")")
+        where = f" ({frame.file.name} frame {frame.frame}" + (
+            f"/{frame.frames_in_file})" if frame.frames_in_file else ")"
+        )
     fraction = (done + within) / total
     elapsed = time.monotonic() - started
     left = f"left ~{clock(elapsed / fraction * (1 - fraction))}" if fraction > 0 else "left ?"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 from torch import nn
 
@@ -33,20 +33,62 @@ def _entry(name, builder, recipe, base, options, description) -> tuple[str, Mode
 MODELS: Mapping[str, ModelInfo] = MappingProxyType(
     dict(
         [
-            _entry("vgg", lambda **kw: FerVGG("mlp", **kw), "vgg", None, ("width",),
-                   "VGGNet (Khaireddin & Chen), 4 conv blocks + MLP, ~29.9 M parameters"),
-            _entry("vgg_spinal", lambda **kw: FerVGG("spinal", **kw), "vgg", "vgg", ("width",),
-                   "VGGNet conv blocks + SpinalNet head"),
-            _entry("vgg_progressive_spinal", lambda **kw: FerVGG("progressive_spinal", **kw), "vgg", "vgg",
-                   ("width",), "VGGNet conv blocks + ProgressiveSpinalNet head"),
-            _entry("effnetv2s", lambda **kw: FerEfficientNetV2("linear", **kw), "effnet", None, ("activation",),
-                   "EfficientNetV2-S (timm efficientnetv2_rw_s, 1792 features), grayscale, from scratch"),
-            _entry("effnetv2s_spinal", lambda **kw: FerEfficientNetV2("spinal", **kw), "effnet", "effnetv2s",
-                   ("activation",), "EfficientNetV2-S + SpinalNet head"),
-            _entry("vit_l32", lambda **kw: FerViT("linear", **kw), "vit", None, ("pretrained_path", "pretrained"),
-                   "ViT-L/32 (transformers ViTConfig), 224x224, 3 channels"),
-            _entry("vit_l32_spinal", lambda **kw: FerViT("spinal", **kw), "vit", "vit_l32", ("pretrained_path", "pretrained"),
-                   "ViT-L/32 + SpinalNet head"),
+            _entry(
+                "vgg",
+                lambda **kw: FerVGG("mlp", **kw),
+                "vgg",
+                None,
+                ("width",),
+                "VGGNet (Khaireddin & Chen), 4 conv blocks + MLP, ~29.9 M parameters",
+            ),
+            _entry(
+                "vgg_spinal",
+                lambda **kw: FerVGG("spinal", **kw),
+                "vgg",
+                "vgg",
+                ("width",),
+                "VGGNet conv blocks + SpinalNet head",
+            ),
+            _entry(
+                "vgg_progressive_spinal",
+                lambda **kw: FerVGG("progressive_spinal", **kw),
+                "vgg",
+                "vgg",
+                ("width",),
+                "VGGNet conv blocks + ProgressiveSpinalNet head",
+            ),
+            _entry(
+                "effnetv2s",
+                lambda **kw: FerEfficientNetV2("linear", **kw),
+                "effnet",
+                None,
+                ("activation",),
+                "EfficientNetV2-S (timm efficientnetv2_rw_s, 1792 features), grayscale, from scratch",
+            ),
+            _entry(
+                "effnetv2s_spinal",
+                lambda **kw: FerEfficientNetV2("spinal", **kw),
+                "effnet",
+                "effnetv2s",
+                ("activation",),
+                "EfficientNetV2-S + SpinalNet head",
+            ),
+            _entry(
+                "vit_l32",
+                lambda **kw: FerViT("linear", **kw),
+                "vit",
+                None,
+                ("pretrained_path", "pretrained"),
+                "ViT-L/32 (transformers ViTConfig), 224x224, 3 channels",
+            ),
+            _entry(
+                "vit_l32_spinal",
+                lambda **kw: FerViT("spinal", **kw),
+                "vit",
+                "vit_l32",
+                ("pretrained_path", "pretrained"),
+                "ViT-L/32 + SpinalNet head",
+            ),
         ]
     )
 )

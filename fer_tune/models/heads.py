@@ -47,9 +47,7 @@ class ProgressiveSpinalHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int = 7, width: int = 512, dropout: float = 0.5):
         super().__init__()
         self.input_dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            spinal_layer(in_features + k * width, width, dropout) for k in range(4)
-        )
+        self.layers = nn.ModuleList(spinal_layer(in_features + k * width, width, dropout) for k in range(4))
         self.out = nn.Linear(in_features + 4 * width, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

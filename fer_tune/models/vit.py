@@ -75,8 +75,14 @@ def build_vit(pretrained: PretrainedViT | None = None, **overrides) -> nn.Module
 class FerViT(nn.Module):
     """ViT encoder -> [CLS] token -> a linear classifier or a SpinalNet head."""
 
-    def __init__(self, head: str = "linear", num_classes: int = 7, pretrained: PretrainedViT | None = None,
-                 pretrained_path: str | None = None, **overrides):
+    def __init__(
+        self,
+        head: str = "linear",
+        num_classes: int = 7,
+        pretrained: PretrainedViT | None = None,
+        pretrained_path: str | None = None,
+        **overrides,
+    ):
         super().__init__()
         self.backbone = build_vit(pretrained or resolve_pretrained(pretrained_path), **overrides)
         hidden = self.backbone.config.hidden_size

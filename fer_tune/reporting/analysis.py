@@ -10,8 +10,8 @@ Each Optuna trial carries how it ended (user attribute ``fer_tune_status``).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -32,8 +32,10 @@ def load_study(folder: Path, name: str):
     import optuna
 
     if not (folder / SearchFolder.OPTUNA_DB).is_file():
-        raise UserError(f"{folder}: no {SearchFolder.OPTUNA_DB} (the search ran with an older fer-tune, or has not started); "
-                        f"run the search again with --fresh to keep its Optuna study")
+        raise UserError(
+            f"{folder}: no {SearchFolder.OPTUNA_DB} (the search ran with an older fer-tune, or has not started); "
+            f"run the search again with --fresh to keep its Optuna study"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=name, storage=SearchFolder(folder).study_storage())
 
@@ -48,7 +50,10 @@ def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
         told = f"every trial scored {values.pop():.4f}" if values else "no trial finished with a score"
         return {}, [f"not computed: importances explain differences between trial scores, and {told}"]
     found, notes = {}, []
-    for method, evaluator in (("fANOVA", FanovaImportanceEvaluator(seed=0)), ("PED-ANOVA", PedAnovaImportanceEvaluator())):
+    for method, evaluator in (
+        ("fANOVA", FanovaImportanceEvaluator(seed=0)),
+        ("PED-ANOVA", PedAnovaImportanceEvaluator()),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -62,8 +67,13 @@ def factor_table(trials: pd.DataFrame, factor: str, score: str, mode: str = "max
     """Per value of ``factor`` (the paper's Tables 4-13): trials, best (by the search's ``mode``) and
     median validation score, mean epochs run, GPU- and CPU-hours (scored trials only), best first."""
     table = trials.groupby(trials[factor].astype(str)).agg(
-        trials=(score, "size"), best=(score, mode), median=(score, "median"), epochs=("epochs_run", "mean"),
-        gpu_hours=("gpu_hours", "sum"), cpu_hours=("cpu_hours", "sum"))
+        trials=(score, "size"),
+        best=(score, mode),
+        median=(score, "median"),
+        epochs=("epochs_run", "mean"),
+        gpu_hours=("gpu_hours", "sum"),
+        cpu_hours=("cpu_hours", "sum"),
+    )
     return table.sort_values("best", ascending=mode == "min")
 
 
@@ -78,11 +88,15 @@ def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
     score = f"best_{manifest.metric}"
     scored = trials[trials.status.isin(SCORED_STATUSES) & trials[score].notna()]
     found, notes = importances(study)
-    lines = [f"# What the search `{manifest.name}` learned ({manifest.model})", "",
-             f"{len(trials)} trials, {len(scored)} with a score. Scores: `{score}`, the best validation "
-             f"({'PublicTest' if manifest.metric.startswith('val') else manifest.metric}) {manifest.metric} of each "
-             "trial; PrivateTest is not read here. Importances are computed from the Optuna study "
-             f"(`{SearchFolder.OPTUNA_DB}`: the value Optuna was told, the trial's last reported {manifest.metric}).", ""]
+    lines = [
+        f"# What the search `{manifest.name}` learned ({manifest.model})",
+        "",
+        f"{len(trials)} trials, {len(scored)} with a score. Scores: `{score}`, the best validation "
+        f"({'PublicTest' if manifest.metric.startswith('val') else manifest.metric}) {manifest.metric} of each "
+        "trial; PrivateTest is not read here. Importances are computed from the Optuna study "
+        f"(`{SearchFolder.OPTUNA_DB}`: the value Optuna was told, the trial's last reported {manifest.metric}).",
+        "",
+    ]
     lines += _importance_lines(found, notes, folder)
     lines += _factor_lines(scored, score, manifest.mode)
     lines += _compute_lines(trials, manifest.budget.get("max_epochs"))
@@ -95,38 +109,61 @@ def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
 def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], folder: Path) -> list[str]:
     lines = ["## Hyperparameter importance", ""]
     if found:
-        params = sorted({p for values in found.values() for p in values},
-                        key=lambda p: -max(values.get(p, 0.0) for values in found.values()))
+        params = sorted(
+            {p for values in found.values() for p in values},
+            key=lambda p: -max(values.get(p, 0.0) for values in found.values()),
+        )
         methods = list(found)
         lines += ["| parameter | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-        lines += [f"| {p} | " + " | ".join(f"{found[m][p]:.3f}" if p in found[m] else "-" for m in methods) + " |"
-                  for p in params]
+        lines += [
+            f"| {p} | " + " | ".join(f"{found[m][p]:.3f}" if p in found[m] else "-" for m in methods) + " |"
+            for p in params
+        ]
         plot_importances(found, folder / "importance.png")
         write_csv_atomic(pd.DataFrame(found).rename_axis("parameter").reset_index(), folder / IMPORTANCE_CSV)
         lines += ["", "![importance](importance.png)"]
     lines += [f"- {note}" for note in notes]
-    return lines + ["", "`-`: a method that leaves out a parameter not every trial has (fANOVA and the scheduler, "
-                    "which is not sampled when Ranger21 is drawn).", ""]
+    return lines + [
+        "",
+        "`-`: a method that leaves out a parameter not every trial has (fANOVA and the scheduler, "
+        "which is not sampled when Ranger21 is drawn).",
+        "",
+    ]
 
 
 def _factor_lines(scored: pd.DataFrame, score: str, mode: str) -> list[str]:
-    lines = ["## The paper's factors (validation score per value)", "",
-             "Caution: a trial that ASHA (or early stopping) ended is compared at the epoch it stopped, so the "
-             "scores of short trials understate what they would have reached.", ""]
+    lines = [
+        "## The paper's factors (validation score per value)",
+        "",
+        "Caution: a trial that ASHA (or early stopping) ended is compared at the epoch it stopped, so the "
+        "scores of short trials understate what they would have reached.",
+        "",
+    ]
     for factor in FACTORS:
         if factor not in scored or scored[factor].nunique(dropna=True) < 1:
             continue
-        lines += [f"### {factor}", "", "| value | trials | best | median | mean epochs run | GPU-hours | CPU-hours |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {factor}",
+            "",
+            "| value | trials | best | median | mean epochs run | GPU-hours | CPU-hours |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for value, row in factor_table(scored, factor, score, mode).iterrows():
-            lines.append(f"| {value} | {int(row.trials)} | {row.best:.4f} | {row['median']:.4f} | {row.epochs:.1f} | "
-                         f"{row.gpu_hours:.4f} | {row.cpu_hours:.4f} |")
+            lines.append(
+                f"| {value} | {int(row.trials)} | {row.best:.4f} | {row['median']:.4f} | {row.epochs:.1f} | "
+                f"{row.gpu_hours:.4f} | {row.cpu_hours:.4f} |"
+            )
         lines.append("")
     if {"optimizer", "scheduler"} <= set(scored):
-        pivot = scored.pivot_table(index="optimizer", columns=scored.scheduler.fillna("none"), values=score,
-                                   aggfunc=mode)
-        lines += ["### best score, optimizer x scheduler", "", "| optimizer | " + " | ".join(pivot.columns) + " |",
-                  "|---|" + "---|" * len(pivot.columns)]
+        pivot = scored.pivot_table(
+            index="optimizer", columns=scored.scheduler.fillna("none"), values=score, aggfunc=mode
+        )
+        lines += [
+            "### best score, optimizer x scheduler",
+            "",
+            "| optimizer | " + " | ".join(pivot.columns) + " |",
+            "|---|" + "---|" * len(pivot.columns),
+        ]
         for optimizer, row in pivot.iterrows():
             lines.append(f"| {optimizer} | " + " | ".join("" if pd.isna(v) else f"{v:.4f}" for v in row) + " |")
         lines.append("")
@@ -137,14 +174,21 @@ def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
     run = int(trials.epochs_run.sum())
     full = int(len(trials) * max_epochs) if max_epochs else run
     patience = epochs_saved_by_patience(trials)
-    lines = ["## Compute", "",
-             f"- {run} trial-epochs run of {full} had every trial run its {max_epochs} epochs "
-             f"({full - run} saved: ASHA, early stopping ({patience} by patience) and divergence)",
-             f"- {trials.wall_time_s.sum() / 3600:.4f} hours of trial time, {trials.gpu_hours.sum():.4f} GPU-hours, "
-             f"{trials.cpu_hours.sum():.4f} CPU-hours", "",
-             "| trial | status | epochs run | GPU-hours | CPU-hours |", "|---|---|---|---|---|"]
-    lines += [f"| {row.trial} | {row.status} | {row.epochs_run} | {row.gpu_hours:.4f} | {row.cpu_hours:.4f} |"
-              for row in trials.itertuples()]
+    lines = [
+        "## Compute",
+        "",
+        f"- {run} trial-epochs run of {full} had every trial run its {max_epochs} epochs "
+        f"({full - run} saved: ASHA, early stopping ({patience} by patience) and divergence)",
+        f"- {trials.wall_time_s.sum() / 3600:.4f} hours of trial time, {trials.gpu_hours.sum():.4f} GPU-hours, "
+        f"{trials.cpu_hours.sum():.4f} CPU-hours",
+        "",
+        "| trial | status | epochs run | GPU-hours | CPU-hours |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {row.trial} | {row.status} | {row.epochs_run} | {row.gpu_hours:.4f} | {row.cpu_hours:.4f} |"
+        for row in trials.itertuples()
+    ]
     return lines + [""]
 
 
@@ -154,7 +198,10 @@ def _plot_lines(study, folder: Path) -> list[str]:
     from optuna.visualization import matplotlib as optuna_plots
 
     lines = ["## Every trial", ""]
-    for name, draw in (("slice", optuna_plots.plot_slice), ("parallel_coordinate", optuna_plots.plot_parallel_coordinate)):
+    for name, draw in (
+        ("slice", optuna_plots.plot_slice),
+        ("parallel_coordinate", optuna_plots.plot_parallel_coordinate),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

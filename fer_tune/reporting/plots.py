@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -35,8 +35,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str) -
     ax.set_title(title, fontsize=10)
     for i in range(len(EMOTIONS)):
         for j in range(len(EMOTIONS)):
-            ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{rates[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -87,8 +94,12 @@ def plot_importances(found: dict[str, dict[str, float]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(params) + 1.5), dpi=100)
     height = 0.8 / max(len(found), 1)
     for i, (method, values) in enumerate(found.items()):
-        ax.barh([k + i * height for k in range(len(params))], [values.get(p, 0.0) for p in params], height=height,
-                label=method)
+        ax.barh(
+            [k + i * height for k in range(len(params))],
+            [values.get(p, 0.0) for p in params],
+            height=height,
+            label=method,
+        )
     ax.set_yticks([k + height * (len(found) - 1) / 2 for k in range(len(params))], params)
     ax.set_xlabel("importance")
     ax.set_title("hyperparameter importance", fontsize=10)

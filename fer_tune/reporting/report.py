@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 
 from fer_tune.files import write_csv_atomic, write_text_atomic
-from fer_tune.manifest import read_manifest
 from fer_tune.reporting.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.reporting.scoring import ScoredRuns
 from fer_tune.search_folder import read_history
@@ -32,8 +31,10 @@ def _num(value: float | None) -> str:
     return "" if value is None or pd.isna(value) else f"{value:.3f}"
 
 
-HEADLINE_RULE = ("the winner with the best mean PublicTest (validation) accuracy over its retraining seeds "
-                 "(ties: the better search rank); PrivateTest chooses nothing")
+HEADLINE_RULE = (
+    "the winner with the best mean PublicTest (validation) accuracy over its retraining seeds "
+    "(ties: the better search rank); PrivateTest chooses nothing"
+)
 
 
 def headline_winner(winners: pd.DataFrame) -> int:
@@ -47,8 +48,14 @@ def headline_winner(winners: pd.DataFrame) -> int:
 SETTINGS = ["optimizer", "scheduler", "lr", "weight_decay", "batch_size", "freeze", "epochs"]
 
 
-def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRuns, winners_config: dict[int, dict],
-                 base_source: str | None) -> Path:
+def write_report(
+    folder: Path,
+    model: str,
+    runs: pd.DataFrame,
+    scored: ScoredRuns,
+    winners_config: dict[int, dict],
+    base_source: str | None,
+) -> Path:
     """Write report.md, winners.csv and the PNGs into ``folder``; returns the report's path."""
     trials = pd.read_csv(folder / "trials.csv")
     if "stage" not in runs:
@@ -67,34 +74,47 @@ def write_report(folder: Path, model: str, runs: pd.DataFrame, scored: ScoredRun
         *_transfer_lines(trials, summary),
         *finetuned,
         *_compute_lines(trials, runs),
-        "## Pictures", "", "![confusion matrix](confusion_matrix.png)", "", "![learning curves](learning_curves.png)",
-        "", "![search](search.png)", "",
+        "## Pictures",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "![search](search.png)",
+        "",
         "Files: `winners.csv`, `scores.csv` (per run), `predictions.csv` (every test image of every run), "
         "`winners/*.pt` (the runs' checkpoints), `trials.csv`.",
     ]
     return write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
 
 
-def winners_summary(runs: pd.DataFrame, scored: ScoredRuns, winners_config: dict[int, dict],
-                    settings: list[str]) -> pd.DataFrame:
+def winners_summary(
+    runs: pd.DataFrame, scored: ScoredRuns, winners_config: dict[int, dict], settings: list[str]
+) -> pd.DataFrame:
     """One row per winner (main stage): its test scores, its retraining's mean validation accuracy,
     its settings, and which one is the headline (chosen on validation only)."""
     summary = scored.winners[scored.winners.stage == "main"].merge(
-        runs.groupby("winner").agg(trial=("trial", "first"), search_score=("search_score", "first"),
-                                   val_acc_mean=("val_acc", "mean")).reset_index(),
-        on="winner")
+        runs.groupby("winner")
+        .agg(trial=("trial", "first"), search_score=("search_score", "first"), val_acc_mean=("val_acc", "mean"))
+        .reset_index(),
+        on="winner",
+    )
     summary["headline"] = summary.winner == headline_winner(summary)
     for key in settings:
-        summary[key] = summary.winner.map(lambda w: winners_config[w].get(key))
+        summary[key] = summary.winner.map(lambda w: winners_config[w].get(key))  # noqa: B023 (used at once)
     return summary
 
 
-def _draw_figures(folder: Path, model: str, summary: pd.DataFrame, runs: pd.DataFrame, trials: pd.DataFrame,
-                  scored: ScoredRuns) -> None:
+def _draw_figures(
+    folder: Path, model: str, summary: pd.DataFrame, runs: pd.DataFrame, trials: pd.DataFrame, scored: ScoredRuns
+) -> None:
     """confusion_matrix.png (the headline winner), learning_curves.png (the retraining), search.png."""
     best = int(summary[summary.headline].winner.iloc[0])
-    plot_confusion(scored.confusion_by_winner[best], folder / "confusion_matrix.png",
-                   f"{model} winner {best}, {scored.test_split} (ten-crop, all seeds, row-normalised)")
+    plot_confusion(
+        scored.confusion_by_winner[best],
+        folder / "confusion_matrix.png",
+        f"{model} winner {best}, {scored.test_split} (ten-crop, all seeds, row-normalised)",
+    )
     curves = {}
     for run in runs.itertuples():
         history = read_history(run.history)
@@ -107,26 +127,36 @@ def _draw_figures(folder: Path, model: str, summary: pd.DataFrame, runs: pd.Data
     plot_search(search_curves, folder / "search.png", model)
 
 
-def _protocol_lines(folder: Path, model: str, protocol: str, scored: ScoredRuns, base_source: str | None
-                    ) -> list[str]:
-    how = ("train on Training, select the epoch on PublicTest" if protocol == "paper" else
-           "select on PublicTest, then refit on Training + PublicTest for the selected epochs")
+def _protocol_lines(folder: Path, model: str, protocol: str, scored: ScoredRuns, base_source: str | None) -> list[str]:
+    how = (
+        "train on Training, select the epoch on PublicTest"
+        if protocol == "paper"
+        else "select on PublicTest, then refit on Training + PublicTest for the selected epochs"
+    )
     return [
-        f"# {model}: search, retraining and PrivateTest scores", "",
+        f"# {model}: search, retraining and PrivateTest scores",
+        "",
         f"Search folder `{folder}`; base weights: {base_source or 'none (trained from scratch)'}."
-        + (" What the search learned (importances, factor tables): [analysis.md](analysis.md)."
-           if (folder / "analysis.md").is_file() else ""),
+        + (
+            " What the search learned (importances, factor tables): [analysis.md](analysis.md)."
+            if (folder / "analysis.md").is_file()
+            else ""
+        ),
         f"Protocol: **{protocol}** ({how}); test split **{scored.test_split}** scored once per run, ten-crop "
         "unless noted.",
         f"Leakage-free {scored.test_split}: {scored.left_out} test images whose exact pixels also appear in the "
-        f"training data ({'Training' if protocol == 'paper' else 'Training or PublicTest'}) left out.", "",
+        f"training data ({'Training' if protocol == 'paper' else 'Training or PublicTest'}) left out.",
+        "",
     ]
 
 
 def _winners_lines(summary: pd.DataFrame, settings: list[str]) -> list[str]:
-    lines = ["## Winners (top configurations of the search by validation score)", "",
-             "| winner | trial | val score in search | mean val acc. in retraining | " + " | ".join(settings) + " |",
-             "|" + "---|" * (4 + len(settings))]
+    lines = [
+        "## Winners (top configurations of the search by validation score)",
+        "",
+        "| winner | trial | val score in search | mean val acc. in retraining | " + " | ".join(settings) + " |",
+        "|" + "---|" * (4 + len(settings)),
+    ]
     for row in summary.itertuples():
         values = " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in (getattr(row, k) for k in settings))
         lines.append(f"| {row.winner} | {row.trial} | {row.search_score:.4f} | {row.val_acc_mean:.4f} | {values} |")
@@ -136,7 +166,10 @@ def _winners_lines(summary: pd.DataFrame, settings: list[str]) -> list[str]:
 def _headline_lines(summary: pd.DataFrame, test_split: str, model: str) -> list[str]:
     head = summary[summary.headline].iloc[0]
     lines = [
-        f"## Headline: winner {head.winner}", "", f"Chosen as {HEADLINE_RULE}.", "",
+        f"## Headline: winner {head.winner}",
+        "",
+        f"Chosen as {HEADLINE_RULE}.",
+        "",
         f"| | accuracy ({test_split}, ten-crop) | macro precision | macro recall | "
         "F1 of macro P and R | macro F1 (mean of per-class F1) |",
         "|---|---|---|---|---|---|",
@@ -146,20 +179,24 @@ def _headline_lines(summary: pd.DataFrame, test_split: str, model: str) -> list[
     ]
     paper = PAPER_RESULTS.get(model)
     if paper:
-        lines.append(f"| paper: {paper[0]} | {_pct(paper[1])} | {_num(paper[2])} | {_num(paper[3])} | "
-                     f"{_num(paper[4])} | |")
+        lines.append(
+            f"| paper: {paper[0]} | {_pct(paper[1])} | {_num(paper[2])} | {_num(paper[3])} | {_num(paper[4])} | |"
+        )
     return lines + [
         "",
-        "The paper's \"macro F1\" equals 2PR/(P+R) of its macro precision and recall (its four F1 values match "
+        'The paper\'s "macro F1" equals 2PR/(P+R) of its macro precision and recall (its four F1 values match '
         "that to the third decimal), so it is compared with the column *F1 of macro P and R*; scikit-learn's "
-        "macro F1 (the mean of the per-class F1 scores) is shown beside it.", "",
+        "macro F1 (the mean of the per-class F1 scores) is shown beside it.",
+        "",
     ]
 
 
 def _every_winner_lines(summary: pd.DataFrame, test_split: str) -> list[str]:
     lines = [
-        f"## {test_split}, every winner (mean +- std over seeds; 95% bootstrap interval of the accuracy)", "",
-        "Shown for completeness; these figures choose nothing.", "",
+        f"## {test_split}, every winner (mean +- std over seeds; 95% bootstrap interval of the accuracy)",
+        "",
+        "Shown for completeness; these figures choose nothing.",
+        "",
         "| winner | seeds | accuracy | 95% CI | single-crop acc. | macro precision | macro recall | "
         "F1 of macro P and R | macro F1 (mean of per-class F1) | leakage-free acc. |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -170,23 +207,28 @@ def _every_winner_lines(summary: pd.DataFrame, test_split: str) -> list[str]:
             f"{_pct(row.accuracy_std)} | {_pct(row.accuracy_ci_low)} - {_pct(row.accuracy_ci_high)} | "
             f"{_pct(row.single_crop_accuracy_mean)} | {_num(row.macro_precision_mean)} | "
             f"{_num(row.macro_recall_mean)} | {_num(row.f1_of_macro_pr_mean)} | {_num(row.macro_f1_mean)} | "
-            f"{_pct(row.leak_free_accuracy_mean)} |")
+            f"{_pct(row.leak_free_accuracy_mean)} |"
+        )
     return lines + [
-        "", "Compare only like with like: the figures above are for the data in this folder "
-        f"(`{test_split}` of the file the search ran on; demo data is not FER2013).", "",
+        "",
+        "Compare only like with like: the figures above are for the data in this folder "
+        f"(`{test_split}` of the file the search ran on; demo data is not FER2013).",
+        "",
     ]
 
 
 def _compute_lines(trials: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     hours = runs.wall_time_s / 3600
     return [
-        "## Compute", "",
+        "## Compute",
+        "",
         f"- search: {len(trials)} trials, {trials.epochs_run.sum()} trial-epochs, "
         f"{trials.cpu_hours.sum():.4f} CPU-hours, {trials.gpu_hours.sum():.4f} GPU-hours",
         f"- retraining: {len(runs)} runs, {(hours * runs.cpus).sum():.4f} CPU-hours, "
         f"{(hours * runs.gpus).sum():.4f} GPU-hours",
         f"- early stopping (the budget's patience): {epochs_saved_by_patience(trials)} trial-epochs saved in the "
-        f"search, {epochs_saved_by_patience(runs)} epochs in the retraining", "",
+        f"search, {epochs_saved_by_patience(runs)} epochs in the retraining",
+        "",
     ]
 
 
@@ -201,15 +243,22 @@ def _finetune_lines(winners: pd.DataFrame, runs: pd.DataFrame, test_split: str) 
     if tuned.empty:
         return []
     val = runs[runs.stage == "finetune"].groupby("winner").val_acc.mean()
-    lines = ["## After the fine-tune stage (search space's finetune:, e.g. paper Table 11)", "",
-             "Each retrained run's kept weights trained on at the fine-tune learning rate; scored once more on "
-             f"{test_split}. Reported apart from the main run; it chooses nothing.", "",
-             "| winner | seeds | val acc. after fine-tune | accuracy | F1 of macro P and R | macro F1 (mean of per-class F1) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## After the fine-tune stage (search space's finetune:, e.g. paper Table 11)",
+        "",
+        "Each retrained run's kept weights trained on at the fine-tune learning rate; scored once more on "
+        f"{test_split}. Reported apart from the main run; it chooses nothing.",
+        "",
+        "| winner | seeds | val acc. after fine-tune | accuracy | F1 of macro P and R "
+        "| macro F1 (mean of per-class F1) |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in tuned.itertuples():
-        lines.append(f"| {row.winner} | {row.seeds} | {val.get(row.winner, float('nan')):.4f} | "
-                     f"{_pct(row.accuracy_mean)} +- {_pct(row.accuracy_std)} | {_num(row.f1_of_macro_pr_mean)} | "
-                     f"{_num(row.macro_f1_mean)} |")
+        lines.append(
+            f"| {row.winner} | {row.seeds} | {val.get(row.winner, float('nan')):.4f} | "
+            f"{_pct(row.accuracy_mean)} +- {_pct(row.accuracy_std)} | {_num(row.f1_of_macro_pr_mean)} | "
+            f"{_num(row.macro_f1_mean)} |"
+        )
     return lines + [""]
 
 
@@ -222,69 +271,8 @@ def _transfer_lines(trials: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     for row in summary.itertuples():
         if row.trial in by_id.index:
             t = by_id.loc[row.trial]
-            lines.append(f"- winner {row.winner} (trial {row.trial}): {int(t.transfer_loaded)} tensors loaded from "
-                         f"the base, {int(t.transfer_new)} new, {int(t.transfer_frozen)} parameters frozen")
+            lines.append(
+                f"- winner {row.winner} (trial {row.trial}): {int(t.transfer_loaded)} tensors loaded from "
+                f"the base, {int(t.transfer_new)} new, {int(t.transfer_frozen)} parameters frozen"
+            )
     return lines + [""]
-
-
-WINNERS_COLUMNS = ("winner", "accuracy_mean", "accuracy_std", "macro_f1_mean", "leak_free_accuracy_mean", "protocol",
-                   "val_acc_mean")
-
-
-def read_winners(path: Path) -> pd.DataFrame:
-    """A search's winners.csv, or a :class:`UserError` naming it when it is empty, unreadable or incomplete."""
-    from fer_tune.errors import UserError
-
-    try:
-        winners = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable winners table ({str(exc).splitlines()[0]}); "
-                        f"re-create it with --retrain {path.parent.name}") from None
-    missing = [c for c in WINNERS_COLUMNS if c not in winners.columns]
-    if winners.empty or missing:
-        problem = "it has no rows" if winners.empty and not missing else f"column {missing[0]!r} is missing"
-        raise UserError(f"{path}: {problem}; re-create it with --retrain {path.parent.name}")
-    return winners
-
-
-def write_leaderboard(results_dir: Path) -> Path:
-    """One row per search folder under ``results_dir`` that has a scored retraining."""
-    rows = []
-    for scores in sorted(results_dir.glob("*/winners.csv")):
-        folder = scores.parent
-        winners = read_winners(scores)
-        best = winners[winners.winner == headline_winner(winners)].iloc[0]
-        model = _model_of(folder)
-        paper = PAPER_RESULTS.get(model)
-        rows.append(f"| {folder.name} | {model} | {int(best.winner)} | {_pct(best.accuracy_mean)} +- "
-                    f"{_pct(best.accuracy_std)} | {_num(best.get('f1_of_macro_pr_mean'))} | {_num(best.macro_f1_mean)} | "
-                    f"{_pct(best.leak_free_accuracy_mean)} | {best.protocol} | {_pct(paper[1]) if paper else ''} | "
-                    f"{_top_knob(folder)} |")
-    if not rows:
-        from fer_tune.errors import UserError
-
-        raise UserError(f"{results_dir}: no finished, scored search (no */winners.csv); run --search NAME first")
-    lines = ["# Leaderboard", "",
-             f"One row per search: its headline winner, {HEADLINE_RULE}. Its PrivateTest figures (ten-crop), "
-             "mean +- std over seeds.", "",
-             "| search | model | winner | accuracy | F1 of macro P and R | macro F1 (mean of per-class F1) | "
-             "leakage-free acc. | protocol | paper | most important knob (fANOVA, analysis.md) |",
-             "|---|---|---|---|---|---|---|---|---|---|", *rows]
-    return write_text_atomic(results_dir / "leaderboard.md", "\n".join(lines) + "\n")
-
-
-def _top_knob(folder: Path) -> str:
-    """The hyperparameter fANOVA found most important in the search's analysis (blank without one)."""
-    path = folder / "importance.csv"
-    if not path.is_file():
-        return ""
-    table = pd.read_csv(path)
-    if "fANOVA" not in table or table.fANOVA.isna().all():
-        return ""
-    row = table.loc[table.fANOVA.idxmax()]
-    return f"{row.parameter} ({row.fANOVA:.2f})"
-
-
-def _model_of(folder: Path) -> str:
-    manifest = read_manifest(folder)
-    return manifest.model if manifest is not None else "?"

@@ -18,9 +18,9 @@ import pandas as pd
 from fer_tune.data.fer_data import FerData
 from fer_tune.data.leakage import rows_seen_in_training
 from fer_tune.files import write_csv_atomic
-from fer_tune.training.engine import pick_device
-from fer_tune.training.evaluate import evaluate_model, model_from_checkpoint
 from fer_tune.metrics import Scores, score
+from fer_tune.training.device import pick_device
+from fer_tune.training.evaluate import evaluate_model, model_from_checkpoint
 
 
 def bootstrap_ci(correct: np.ndarray, samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -49,9 +49,13 @@ class ScoredRuns:
 
 
 def _flat(prefix: str, s: Scores) -> dict[str, float]:
-    return {f"{prefix}accuracy": s.accuracy, f"{prefix}macro_precision": s.macro_precision,
-            f"{prefix}macro_recall": s.macro_recall, f"{prefix}macro_f1": s.macro_f1,
-            f"{prefix}f1_of_macro_pr": s.f1_of_macro_pr}
+    return {
+        f"{prefix}accuracy": s.accuracy,
+        f"{prefix}macro_precision": s.macro_precision,
+        f"{prefix}macro_recall": s.macro_recall,
+        f"{prefix}macro_f1": s.macro_f1,
+        f"{prefix}f1_of_macro_pr": s.f1_of_macro_pr,
+    }
 
 
 def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> ScoredRuns:
@@ -71,30 +75,62 @@ def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> 
         result = evaluate_model(model, config, data, test_split, dev)
         clean = score(labels[keep], result.predictions[keep])
         stage = getattr(run, "stage", "main")
-        rows.append({"winner": run.winner, "seed": run.seed, "stage": stage, "protocol": run.protocol,
-                     **_flat("", result.ten_crop), "single_crop_accuracy": result.single_crop.accuracy,
-                     **_flat("leak_free_", clean),
-                     **{f"f1_{i}": v for i, v in enumerate(result.ten_crop.per_class_f1)},
-                     **{f"precision_{i}": v for i, v in enumerate(result.ten_crop.per_class_precision)},
-                     **{f"recall_{i}": v for i, v in enumerate(result.ten_crop.per_class_recall)}})
+        rows.append(
+            {
+                "winner": run.winner,
+                "seed": run.seed,
+                "stage": stage,
+                "protocol": run.protocol,
+                **_flat("", result.ten_crop),
+                "single_crop_accuracy": result.single_crop.accuracy,
+                **_flat("leak_free_", clean),
+                **{f"f1_{i}": v for i, v in enumerate(result.ten_crop.per_class_f1)},
+                **{f"precision_{i}": v for i, v in enumerate(result.ten_crop.per_class_precision)},
+                **{f"recall_{i}": v for i, v in enumerate(result.ten_crop.per_class_recall)},
+            }
+        )
         if stage == "main":
             confusion[run.winner] = confusion.get(run.winner, 0) + np.asarray(result.ten_crop.confusion)
-        predictions.append(pd.DataFrame({"winner": run.winner, "seed": run.seed, "stage": stage,
-                                         "row": np.arange(len(labels)),
-                                         "label": labels, "prediction": result.predictions,
-                                         "in_training": leaked}))
+        predictions.append(
+            pd.DataFrame(
+                {
+                    "winner": run.winner,
+                    "seed": run.seed,
+                    "stage": stage,
+                    "row": np.arange(len(labels)),
+                    "label": labels,
+                    "prediction": result.predictions,
+                    "in_training": leaked,
+                }
+            )
+        )
     per_run = pd.DataFrame(rows)
     preds = pd.concat(predictions, ignore_index=True)
-    return ScoredRuns(per_run, summarise(per_run, preds), preds, test_split, int(leaked.sum()),
-                      {k: v.tolist() for k, v in confusion.items()})
+    return ScoredRuns(
+        per_run,
+        summarise(per_run, preds),
+        preds,
+        test_split,
+        int(leaked.sum()),
+        {k: v.tolist() for k, v in confusion.items()},
+    )
 
 
 def summarise(per_run: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Per winner and stage (``main``, or ``finetune``): mean and std over seeds, and a bootstrap 95% interval of the accuracy (images
+    """Per winner and stage (``main``, or ``finetune``): mean and std over seeds, and a bootstrap 95% interval
+    of the accuracy (images
     resampled, each image's correctness averaged over the seeds)."""
     rows = []
-    metrics = ["accuracy", "single_crop_accuracy", "macro_precision", "macro_recall", "macro_f1",
-               "f1_of_macro_pr", "leak_free_accuracy", "leak_free_macro_f1"]
+    metrics = [
+        "accuracy",
+        "single_crop_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "f1_of_macro_pr",
+        "leak_free_accuracy",
+        "leak_free_macro_f1",
+    ]
     if "stage" not in per_run:
         per_run, predictions = per_run.assign(stage="main"), predictions.assign(stage="main")
     for (winner, stage), group in per_run.groupby(["winner", "stage"]):

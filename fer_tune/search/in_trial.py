@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
-
 
 STATE_FILE = "state.pt"  # what a restarted trial continues from
 BEST_FILE = "best.pt"  # a search trial's best epoch: trainable weights only, no optimizer state
+
 
 def restored_state(name: str = STATE_FILE) -> dict[str, Any] | None:
     """The file ``name`` of the checkpoint a restarted trial continues from (its last), else None."""
@@ -61,7 +60,7 @@ class CheckpointSchedule:
     COST_RATIO = 20.0
 
     @classmethod
-    def of(cls, budget: Any, epoch: int = 0) -> "CheckpointSchedule":
+    def of(cls, budget: Any, epoch: int = 0) -> CheckpointSchedule:
         """The schedule a search space's ``budget`` asks for, starting after ``epoch``."""
         return cls(every=budget.checkpoint_every, every_s=budget.checkpoint_every_s, last_epoch=epoch)
 
@@ -85,5 +84,3 @@ class CheckpointSchedule:
 def finite(value: float) -> float:
     """``value``, or +inf when it is NaN / infinite (Tune's tables and CSVs stay numeric)."""
     return value if math.isfinite(value) else float("inf")
-
-

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
-from fer_tune.compat import RAY_QUIET_LOGGERS, ray_errors_to_logger
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
-
-
+from fer_tune.compat import RAY_QUIET_LOGGERS, ray_errors_to_logger
 
 QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Ray's "Configuration for experiment" boxes and TensorBoard hint: off
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # noise for epoch-level checkpoints
     "RAY_DEDUP_LOGS": "0",
 }
-
 
 
 def _quiet_ray() -> None:
@@ -42,15 +39,20 @@ def ray_session(log: Callable[[str], None], keep: bool = False) -> Iterator[None
         yield
         return
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or None, include_dashboard=False, configure_logging=False,
-             log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        address=address or None,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     resources = ray.cluster_resources()
-    log(f"Ray: {f'cluster at {address}' if address else 'a local Ray instance'}; "
-        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+    log(
+        f"Ray: {f'cluster at {address}' if address else 'a local Ray instance'}; "
+        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    )
     try:
         yield
     finally:
         if not keep:
             ray.shutdown()
-
-

@@ -13,29 +13,29 @@ Only the train and validation arrays reach a retraining trial; PrivateTest is re
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
-from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from fer_tune.training.config import TrainConfig, load_train_config
-from fer_tune.yaml_files import read_yaml, write_yaml, yaml_plain
 from fer_tune.data.fer_data import FerData
-from fer_tune.training.engine import EpochResult, Trainer, stalled
 from fer_tune.errors import UserError
 from fer_tune.manifest import read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import require_search_folder
-from fer_tune.search_folder import SCORED_STATUSES
-from fer_tune.search.space import SearchSpace, load_search_space
-from fer_tune.training.transfer import load_base
-from fer_tune.search.in_trial import CheckpointSchedule, STATE_FILE, report_epoch, restored_state
+from fer_tune.search.retrain_trial import retrain_trainable
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
+from fer_tune.search.space import SearchSpace
+from fer_tune.search.space_file import load_search_space
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search_folder import run_history
+from fer_tune.search_folder import SCORED_STATUSES, run_history
+from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
+from fer_tune.training.config import TrainConfig, load_train_config
+from fer_tune.training.transfer import load_base
+from fer_tune.yaml_files import read_yaml, write_yaml, yaml_plain
 
 PROTOCOLS = ("paper", "trainval")
 RETRAIN_EXPERIMENT = "retrain"
@@ -112,93 +112,6 @@ def search_space_of(folder: Path) -> SearchSpace:
     return space.for_smoke() if manifest.smoke else space
 
 
-def _kept(trainer: Trainer, result: EpochResult, phase: str, protocol: str) -> dict[str, Any]:
-    """What a retraining keeps of one epoch: weights only, with the config that rebuilds the model."""
-    return model_payload(trainer.config.to_dict(), trainer.model.state_dict(), result.epoch, result.val_acc,
-                         phase=phase, protocol=protocol)
-
-
-def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan) -> None:
-    """Train one winner with one seed, reporting once per epoch; a checkpoint when the space's schedule
-    says so (everything needed to continue, ``state.pt``, with the kept model inside it) and at the end
-    of each phase, which adds the kept model (``model.pt``: the best epoch by validation accuracy, or
-    the refit's last), so that a restarted retraining resumes at its last checkpoint.
-
-    With a ``finetune`` stage (paper Table 11), the kept main-run weights train on at the fine-tune
-    learning rate; its last checkpoint adds ``finetune.pt``, so that each model is scored on its own."""
-    winner = plan.winners[config["winner"] - 1]
-    seed = int(config["seed"])
-    trainer = data.trainer(TrainConfig.from_mapping({**winner.config, "seed": seed}))
-    resume = restored_state()
-    kept: dict[str, Any] | None = resume["kept"] if resume else None
-    restarts = resume["restarts"] + 1 if resume else 0
-    if resume and resume["phase"] != "select":  # the selection ended before the restart
-        trainer.history = [EpochResult(**r) for r in resume["select_history"]]
-        trainer.epoch = trainer.config.epochs
-    for phase, current, stop_epoch in _stages(trainer, data, plan, lambda: kept):
-        if resume is not None:
-            if phase != resume["phase"]:
-                continue  # a phase that ended before the restart
-            current.load_state_dict(resume)
-            resume = None
-        schedule = CheckpointSchedule.of(plan, current.epoch)
-        while current.epoch < stop_epoch and not _no_better(phase, current, plan.patience):
-            result = current.step_epoch()
-            if phase != "finetune" and not result.diverged and (
-                    kept is None or phase == "refit" or result.val_acc > kept["val_acc"]):
-                kept = _kept(current, result, phase, plan.protocol)
-            ends = current.epoch >= stop_epoch or result.diverged or _no_better(phase, current, plan.patience)
-            files = None
-            if schedule.due(current.epoch, result.epoch_time, ends):
-                files = {STATE_FILE: {**current.state_dict(), "phase": phase, "kept": kept, "restarts": restarts,
-                                      "select_history": [r.as_dict() for r in trainer.history]}}
-                if ends:
-                    files["model.pt"] = kept or _kept(current, result, phase, plan.protocol)
-                if ends and phase == "finetune":
-                    files["finetune.pt"] = _kept(current, result, phase, plan.protocol)
-            cost = report_epoch({**result.as_dict(), "diverged": int(result.diverged), "phase": phase,
-                                 "patience_stop": int(_no_better(phase, current, plan.patience)),
-                                 "winner": winner.rank, "seed": seed, "restarts": restarts}, files)
-            schedule.written(current.epoch, cost)
-            if result.diverged:
-                return
-
-
-def _no_better(phase: str, trainer: Trainer, patience: int) -> bool:
-    """Early stopping of the selection phase: no better val_acc within ``patience`` epochs."""
-    return phase == "select" and stalled([r.val_acc for r in trainer.history], patience)
-
-
-def _stages(trainer: Trainer, data: TrialData, plan: RetrainPlan, kept: Callable[[], dict[str, Any] | None]):
-    """The main phases (:func:`_phases`), then the optional fine-tune from the kept main-run weights
-    (``kept()``), on the data the kept model trained on."""
-    yield from _phases(trainer, data, plan.protocol)
-    if not plan.finetune or kept() is None:
-        return
-    finetune_config = trainer.config.replace(source="finetune", **{"scheduler": "none", **plan.finetune})
-    finetune = data.trainer(finetune_config, data.train_and_val if plan.protocol == "trainval" else None)
-    finetune.model.load_state_dict(kept()["model"])
-    yield "finetune", finetune, finetune_config.epochs
-
-
-def _phases(trainer: Trainer, data: TrialData, protocol: str):
-    """(phase, trainer, the epoch it stops at): ``select`` runs the whole budget; under ``trainval`` a
-    ``refit`` on Training + PublicTest repeats the selected run's trajectory up to its selected epoch:
-    the schedule is built for the whole budget (cosine, step and Ranger21's warm-down depend on it) and
-    ReduceLROnPlateau, which cannot watch a validation split that is now training data, is replaced
-    by the learning rates the selected run recorded."""
-    yield "select", trainer, trainer.config.epochs
-    if protocol == "trainval":
-        scored = [r for r in trainer.history if not r.diverged]
-        if not scored:
-            return
-        best = max(scored, key=lambda r: r.val_acc)
-        refit = data.trainer(trainer.config, data.train_and_val)
-        if trainer.config.scheduler == "plateau":
-            refit.replay_learning_rates([r.lr for r in trainer.history[: best.epoch]])
-        yield "refit", refit, best.epoch
-
-
 def _same_retraining(folder: Path, settings: dict[str, Any]) -> bool:
     """True when ``folder`` holds an interrupted retraining with these settings (so it resumes)."""
     recorded = folder / RETRAIN_SETTINGS
@@ -207,8 +120,9 @@ def _same_retraining(folder: Path, settings: dict[str, Any]) -> bool:
     return read_yaml(recorded) == yaml_plain(settings)
 
 
-def run_retrain(folder: Path, data: FerData, opts: RetrainOptions, log: Callable[[str], None] = print
-                ) -> tuple[pd.DataFrame, list[Winner]]:
+def run_retrain(
+    folder: Path, data: FerData, opts: RetrainOptions, log: Callable[[str], None] = print
+) -> tuple[pd.DataFrame, list[Winner]]:
     """Retrain the winners of the search in ``folder``; returns one row per (winner, seed, stage) with
     the path of its kept checkpoint under ``folder/winners/``, and the winners."""
     if opts.protocol not in PROTOCOLS:
@@ -219,25 +133,44 @@ def run_retrain(folder: Path, data: FerData, opts: RetrainOptions, log: Callable
     winners = pick_winners(folder, space, opts.top_k, opts.epochs)
     if opts.pretrained is not None:
         winners = [replace(w, config={**w.config, "pretrained_path": opts.pretrained}) for w in winners]
-    plan = RetrainPlan(tuple(winners), opts.protocol, space.finetune, space.budget.patience,
-                       space.budget.checkpoint_every, space.budget.checkpoint_every_s)
+    plan = RetrainPlan(
+        tuple(winners),
+        opts.protocol,
+        space.finetune,
+        space.budget.patience,
+        space.budget.checkpoint_every,
+        space.budget.checkpoint_every_s,
+    )
     job = retrain_job(folder, space, plan, _trial_data(folder, data, winners[0]), opts, log)
-    settings = {"top_k": len(winners), "seeds": opts.seeds, "protocol": opts.protocol,
-                "epochs": winners[0].config["epochs"], "trials": [w.trial for w in winners],
-                "finetune": space.finetune, "pretrained": winners[0].config.get("pretrained_path")}
+    settings = {
+        "top_k": len(winners),
+        "seeds": opts.seeds,
+        "protocol": opts.protocol,
+        "epochs": winners[0].config["epochs"],
+        "trials": [w.trial for w in winners],
+        "finetune": space.finetune,
+        "pretrained": winners[0].config.get("pretrained_path"),
+    }
     resume = _same_retraining(folder, settings)
     if resume:
-        log(f"resuming the retraining of {folder.name}: {finished_trials(job.path)} of {job.progress.trials} runs "
-            "already finished")
+        log(
+            f"resuming the retraining of {folder.name}: {finished_trials(job.path)} of {job.progress.trials} runs "
+            "already finished"
+        )
     else:  # a retraining with other settings starts over as a whole
         for stale in (job.path, folder / "winners"):
             if stale.exists():
                 shutil.rmtree(stale)
         write_yaml(folder / RETRAIN_SETTINGS, settings, header="# what the retraining in retrain/ runs\n")
-        stage = (f"; then a fine-tune of {space.finetune['epochs']} epochs at lr {space.finetune['lr']:g}, scored "
-                 "separately" if space.finetune else "")
-        log(f"retraining the top {len(winners)} configurations of {folder.name} with {opts.seeds} seeds each "
-            f"({winners[0].config['epochs']} epochs, protocol '{opts.protocol}'{stage})")
+        stage = (
+            f"; then a fine-tune of {space.finetune['epochs']} epochs at lr {space.finetune['lr']:g}, scored separately"
+            if space.finetune
+            else ""
+        )
+        log(
+            f"retraining the top {len(winners)} configurations of {folder.name} with {opts.seeds} seeds each "
+            f"({winners[0].config['epochs']} epochs, protocol '{opts.protocol}'{stage})"
+        )
     results, resources = run_trials(job, resume, log)
     return _kept_runs(results, folder, plan, resources), winners
 
@@ -251,8 +184,14 @@ def _trial_data(folder: Path, data: FerData, first: Winner) -> TrialData:
     return TrialData.of(data, base, weights)
 
 
-def retrain_job(folder: Path, space: SearchSpace, plan: RetrainPlan, trial_data: TrialData, opts: RetrainOptions,
-                log: Callable[[str], None]) -> TuneJob:
+def retrain_job(
+    folder: Path,
+    space: SearchSpace,
+    plan: RetrainPlan,
+    trial_data: TrialData,
+    opts: RetrainOptions,
+    log: Callable[[str], None],
+) -> TuneJob:
     """The Tune experiment of a retraining: every winner x every seed, the latest checkpoint kept
     (it holds the kept model)."""
     from ray import tune
@@ -262,11 +201,19 @@ def retrain_job(folder: Path, space: SearchSpace, plan: RetrainPlan, trial_data:
     gpus = space.resources.gpus_per_trial if opts.gpus_per_trial is None else opts.gpus_per_trial
     cpus = space.resources.cpus_per_trial if opts.cpus_per_trial is None else opts.cpus_per_trial
     return TuneJob(
-        RETRAIN_EXPERIMENT, folder, retrain_trainable, {"data": trial_data, "plan": plan}, gpus, cpus,
+        RETRAIN_EXPERIMENT,
+        folder,
+        retrain_trainable,
+        {"data": trial_data, "plan": plan},
+        gpus,
+        cpus,
         Progress(f"retraining {folder.name}", "val_acc", "max", runs, epochs, log),
         probe=max((TrainConfig.from_mapping(w.config) for w in plan.winners), key=lambda c: c.batch_size),
-        param_space={"winner": tune.grid_search([w.rank for w in plan.winners]),
-                     "seed": tune.grid_search(list(range(opts.seeds)))})
+        param_space={
+            "winner": tune.grid_search([w.rank for w in plan.winners]),
+            "seed": tune.grid_search(list(range(opts.seeds))),
+        },
+    )
 
 
 def _kept_runs(results, folder: Path, plan: RetrainPlan, resources: dict[str, float]) -> pd.DataFrame:
@@ -286,12 +233,25 @@ def _kept_runs(results, folder: Path, plan: RetrainPlan, resources: dict[str, fl
                 kept = save_checkpoint(folder / "winners" / f"winner{rank}_seed{seed}{suffix}.pt", payload)
                 phase = history[history.phase == ("finetune" if stage == "finetune" else "select")]
                 selection = history[history.phase == "select"]
-                rows.append({"winner": rank, "seed": seed, "stage": stage, "protocol": plan.protocol,
-                             "trial": winner.trial, "search_score": winner.search_score, "checkpoint": str(kept),
-                             "selected_epoch": int(payload["epoch"]), "epochs_run": len(selection),
-                             "epochs_saved_by_patience": winner.config["epochs"] - len(selection)
-                             if selection.patience_stop.iloc[-1] else 0,
-                             "val_acc": float(phase.val_acc.max() if stage == "main" else phase.val_acc.iloc[-1]),
-                             "wall_time_s": float(history.epoch_time.sum()), "gpus": resources["gpu"],
-                             "cpus": resources["cpu"], "history": str(Path(result.path) / "progress.csv")})
+                rows.append(
+                    {
+                        "winner": rank,
+                        "seed": seed,
+                        "stage": stage,
+                        "protocol": plan.protocol,
+                        "trial": winner.trial,
+                        "search_score": winner.search_score,
+                        "checkpoint": str(kept),
+                        "selected_epoch": int(payload["epoch"]),
+                        "epochs_run": len(selection),
+                        "epochs_saved_by_patience": winner.config["epochs"] - len(selection)
+                        if selection.patience_stop.iloc[-1]
+                        else 0,
+                        "val_acc": float(phase.val_acc.max() if stage == "main" else phase.val_acc.iloc[-1]),
+                        "wall_time_s": float(history.epoch_time.sum()),
+                        "gpus": resources["gpu"],
+                        "cpus": resources["cpu"],
+                        "history": str(Path(result.path) / "progress.csv"),
+                    }
+                )
     return pd.DataFrame(rows).sort_values(["stage", "winner", "seed"]).reset_index(drop=True)

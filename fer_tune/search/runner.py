@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 from fer_tune.clock import clock, stamp
-from fer_tune.training.config import TrainConfig
-from fer_tune.search.space import AUTO
-from fer_tune.search.trial_data import TrialData
 from fer_tune.compat import ray_logs_folder
 from fer_tune.search.ray_setup import ray_session
-
+from fer_tune.search.space import AUTO
+from fer_tune.search.trial_data import TrialData
+from fer_tune.training.config import TrainConfig
 
 MAX_TRIALS_PER_GPU = 8
 MEMORY_HEADROOM = 1.25  # a trial's measured peak memory x this must fit, for each trial on a GPU
 MAX_FAILURES = 2  # a trial whose worker dies is retried this many times from its last checkpoint
 
 
-def trial_resources(job: "TuneJob", log: Callable[[str], None]) -> dict[str, float]:
+def trial_resources(job: TuneJob, log: Callable[[str], None]) -> dict[str, float]:
     """What one trial asks Ray for: no GPU where the cluster has none (a GPU request would leave every
     trial PENDING forever), no more CPUs than the cluster has, and with ``gpus_per_trial: auto`` the
     share a probe of one trial measured."""
@@ -47,7 +46,7 @@ def trials_per_gpu(peak_bytes: int, total_bytes: int) -> int:
     return max(1, min(MAX_TRIALS_PER_GPU, int(total_bytes // max(peak_bytes * MEMORY_HEADROOM, 1))))
 
 
-def probe_gpu_share(job: "TuneJob", log: Callable[[str], None]) -> float:
+def probe_gpu_share(job: TuneJob, log: Callable[[str], None]) -> float:
     """``gpus_per_trial: auto``: train a few batches of one trial (the job's largest batch) alone on a
     whole GPU, measure its peak memory and speed, and give each trial 1/k of a GPU, k as many as fit."""
     import ray
@@ -55,9 +54,11 @@ def probe_gpu_share(job: "TuneJob", log: Callable[[str], None]) -> float:
     probe = ray.remote(num_gpus=1, num_cpus=1)(_probe_trial)
     peak, total, rate = ray.get(probe.remote(job.shared["data"], job.probe))
     k = trials_per_gpu(peak, total)
-    log(f"gpus_per_trial auto: one {job.probe.model} trial (batch {job.probe.batch_size}) peaks at "
+    log(
+        f"gpus_per_trial auto: one {job.probe.model} trial (batch {job.probe.batch_size}) peaks at "
         f"{peak / 1e9:.2f} GB of {total / 1e9:.0f} GB and trains {rate:.0f} images/s alone; {k} trial(s) per GPU, "
-        f"a share of {1 / k:.4g} each")
+        f"a share of {1 / k:.4g} each"
+    )
     return round(1 / k, 4)
 
 
@@ -128,8 +129,10 @@ class Progress:
         state = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         best = f" | best {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         shown = f"{value:.4f}" if value is not None else "-"
-        return (f"{stamp(self.started, self.left())} {self.label} {trial} epoch {epoch}/{self.epochs_per_trial}: "
-                f"{self.metric} {shown}{note} | {state}{best}")
+        return (
+            f"{stamp(self.started, self.left())} {self.label} {trial} epoch {epoch}/{self.epochs_per_trial}: "
+            f"{self.metric} {shown}{note} | {state}{best}"
+        )
 
 
 def progress_callback(progress: Progress):
@@ -143,20 +146,25 @@ def progress_callback(progress: Progress):
                 name = {"TERMINATED": "done", "ERROR": "failed"}.get(t.status, t.status.lower())
                 states[name] = states.get(name, 0) + 1
             note = " DIVERGED" if result.get("diverged") else ""
-            progress.log(progress.line(trial.trial_id, int(result.get("epoch", 0)), result.get(progress.metric),
-                                       states, note))
+            progress.log(
+                progress.line(trial.trial_id, int(result.get("epoch", 0)), result.get(progress.metric), states, note)
+            )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             progress.ended.add(trial.trial_id)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            progress.log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last "
-                         f"checkpoint (why: Ray's logs in {ray_logs_folder()} on the node that ran it)")
+            progress.log(
+                f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last "
+                f"checkpoint (why: Ray's logs in {ray_logs_folder()} on the node that ran it)"
+            )
 
         def on_trial_error(self, iteration, trials, trial, **info):
             progress.ended.add(trial.trial_id)
-            progress.log(f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed and has no retries left; "
-                         f"its error is in {trial.local_path}/error.txt")
+            progress.log(
+                f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed and has no retries left; "
+                f"its error is in {trial.local_path}/error.txt"
+            )
 
     return ProgressLines()
 
@@ -210,16 +218,16 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
         resources = trial_resources(job, log)
         trainable = tune.with_resources(tune.with_parameters(job.trainable, **job.shared), resources)
         if restore:
-            tuner = tune.Tuner.restore(str(job.path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+            tuner = tune.Tuner.restore(str(job.path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
                 param_space=job.param_space,
-                tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True,
-                                            **job.tune_config),
+                tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True, **job.tune_config),
                 run_config=tune.RunConfig(
-                    name=job.experiment, storage_path=str(job.folder.resolve()), verbose=0,
+                    name=job.experiment,
+                    storage_path=str(job.folder.resolve()),
+                    verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest: it carries the best
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                     callbacks=[progress_callback(job.progress)],

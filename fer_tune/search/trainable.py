@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fer_tune.search.in_trial import BEST_FILE, STATE_FILE, CheckpointSchedule, finite, report_epoch, restored_state
+from fer_tune.search.space import SearchSpace
+from fer_tune.search.trial_data import TrialData
 from fer_tune.training.checkpoint import model_payload
 from fer_tune.training.engine import Trainer, stalled
-from fer_tune.search.space import SearchSpace
-from fer_tune.search.in_trial import BEST_FILE, CheckpointSchedule, STATE_FILE, finite, report_epoch, restored_state
-from fer_tune.search.trial_data import TrialData
 
 CRASH_ENV = "FER_TUNE_TEST_CRASH_ONCE_DIR"  # test-only: a trial process dies once at its 2nd epoch
 
@@ -64,10 +64,17 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
             best = best_weights(trainer, result.val_acc)
         ends = result.diverged or no_better or trainer.epoch >= trainer.config.epochs
         at_rung = trainer.epoch in rungs  # ASHA may stop the trial after this report: its best weights are kept
-        metrics = {**result.as_dict(), "train_loss": finite(result.train_loss), "val_loss": finite(result.val_loss),
-                   "best_val_acc": max(trainer.best_val_acc, 0.0), "diverged": int(result.diverged),
-                   "patience_stop": int(no_better and not result.diverged), "restarts": restarts, "node": node,
-                   **transfer}
+        metrics = {
+            **result.as_dict(),
+            "train_loss": finite(result.train_loss),
+            "val_loss": finite(result.val_loss),
+            "best_val_acc": max(trainer.best_val_acc, 0.0),
+            "diverged": int(result.diverged),
+            "patience_stop": int(no_better and not result.diverged),
+            "restarts": restarts,
+            "node": node,
+            **transfer,
+        }
         files = None
         if schedule.due(trainer.epoch, result.epoch_time, ends or at_rung):
             files = {STATE_FILE: {**trainer.state_dict(), "restarts": restarts}, **({BEST_FILE: best} if best else {})}

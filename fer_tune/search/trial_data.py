@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from fer_tune.training.config import TrainConfig
 from fer_tune.data.fer_data import FerData
 from fer_tune.models.vit import PretrainedViT
+from fer_tune.training.config import TrainConfig
 from fer_tune.training.transfer import BaseWeights
-
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class TrialData:
     pretrained: PretrainedViT | None = None
 
     @classmethod
-    def of(cls, data: FerData, base: BaseWeights | None, pretrained: PretrainedViT | None) -> "TrialData":
+    def of(cls, data: FerData, base: BaseWeights | None, pretrained: PretrainedViT | None) -> TrialData:
         """The train and validation roles of ``data`` (never the test split) with the starting weights."""
         (train_x, train_y), (val_x, val_y) = data.role("train"), data.role("val")
         return cls(train_x, train_y, val_x, val_y, base, pretrained)
@@ -44,7 +43,9 @@ class TrialData:
     @property
     def train_and_val(self) -> tuple[np.ndarray, np.ndarray]:
         """Training + validation as one training set (the ``trainval`` refit)."""
-        return np.concatenate([self.train_images, self.val_images]), np.concatenate([self.train_labels, self.val_labels])
+        return np.concatenate([self.train_images, self.val_images]), np.concatenate(
+            [self.train_labels, self.val_labels]
+        )
 
     def trainer(self, config: TrainConfig, train: tuple[np.ndarray, np.ndarray] | None = None):
         """A :class:`~fer_tune.training.engine.Trainer` of ``config`` from these starting weights."""
@@ -52,13 +53,23 @@ class TrialData:
 
         if self.base is not None and config.base_checkpoint is None:
             config = config.replace(base_checkpoint=self.base.source)
-        return Trainer(config, train or self.train, self.val, base_state=self.base.state if self.base else None,
-                       pretrained=self.pretrained)
+        return Trainer(
+            config,
+            train or self.train,
+            self.val,
+            base_state=self.base.state if self.base else None,
+            pretrained=self.pretrained,
+        )
 
-    def head(self, train: int, val: int) -> "TrialData":
+    def head(self, train: int, val: int) -> TrialData:
         """The first ``train`` / ``val`` images only, with the same starting weights (for a probe)."""
-        return replace(self, train_images=self.train_images[:train], train_labels=self.train_labels[:train],
-                       val_images=self.val_images[:val], val_labels=self.val_labels[:val])
+        return replace(
+            self,
+            train_images=self.train_images[:train],
+            train_labels=self.train_labels[:train],
+            val_images=self.val_images[:val],
+            val_labels=self.val_labels[:val],
+        )
 
     def full_weights(self, saved: dict[str, Any]) -> dict[str, Any]:
         """Every weight of the model a trial saved (its ``config`` and trainable ``model`` tensors:

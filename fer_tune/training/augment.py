@@ -60,14 +60,12 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
     use_shift = _coin(n, cfg.p_shift, g, device)
     tx = torch.where(use_shift, _uniform(n, -cfg.shift, cfg.shift, g, device), 0.0)
     ty = torch.where(use_shift, _uniform(n, -cfg.shift, cfg.shift, g, device), 0.0)
-    angle = torch.where(
-        _coin(n, cfg.p_rotate, g, device), _uniform(n, -cfg.degrees, cfg.degrees, g, device), 0.0
-    ) * (math.pi / 180)
+    angle = torch.where(_coin(n, cfg.p_rotate, g, device), _uniform(n, -cfg.degrees, cfg.degrees, g, device), 0.0) * (
+        math.pi / 180
+    )
     # output pixel p samples input at R^-1 (p / s) - t  (normalised coordinates, align_corners=False)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos, sin, -tx * 2], 1), torch.stack([-sin, cos, -ty * 2], 1)], 1
-    ).to(x.dtype)
+    theta = torch.stack([torch.stack([cos, sin, -tx * 2], 1), torch.stack([-sin, cos, -ty * 2], 1)], 1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -17,6 +17,7 @@ FORMAT = "fer-tune/1"
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (tensors and plain types) to ``path`` atomically and fsync'd, so a crash
     mid-write never leaves a half file under the real name."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
@@ -49,8 +50,9 @@ def model_state_from(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return payload["model"], payload.get("config", {})
 
 
-def model_payload(config: dict[str, Any], model_state: dict[str, torch.Tensor], epoch: int, val_acc: float,
-                  **about: Any) -> dict[str, Any]:
+def model_payload(
+    config: dict[str, Any], model_state: dict[str, torch.Tensor], epoch: int, val_acc: float, **about: Any
+) -> dict[str, Any]:
     """A kept model: its weights only (on the CPU, no optimizer state), the config that rebuilds it,
     the epoch and validation accuracy it was kept at, and ``about`` (where it came from)."""
     weights = {name: tensor.detach().cpu().clone() for name, tensor in model_state.items()}

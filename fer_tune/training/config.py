@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
-
+from typing import Any
 
 from fer_tune.errors import UserError
 from fer_tune.yaml_files import read_yaml
@@ -97,8 +97,11 @@ class TrainConfig:
             ("ranger21_norm_loss_factor", 0 <= self.ranger21_norm_loss_factor <= 1, "0 to 1"),
             ("ranger21_warmdown_start", 0 < self.ranger21_warmdown_start < 1, "above 0 and below 1"),
             ("ranger21_warmdown_min_lr", 0 <= self.ranger21_warmdown_min_lr <= 1, "0 to 1"),
-            ("ranger21_pnm_momentum", self.ranger21_pnm_momentum == 1.0,
-             "1 (ranger21 0.1.0 weighs positive-negative momentum by 1 whatever this says)"),
+            (
+                "ranger21_pnm_momentum",
+                self.ranger21_pnm_momentum == 1.0,
+                "1 (ranger21 0.1.0 weighs positive-negative momentum by 1 whatever this says)",
+            ),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -110,7 +113,7 @@ class TrainConfig:
             )
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """Build from a dict (e.g. YAML); unknown keys and wrong types are a :class:`UserError`."""
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
@@ -128,7 +131,7 @@ class TrainConfig:
         """Plain Python types only."""
         return dataclasses.asdict(self)
 
-    def replace(self, source: str = "config", **changes: Any) -> "TrainConfig":
+    def replace(self, source: str = "config", **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated; errors name ``source``)."""
         return TrainConfig.from_mapping({**self.to_dict(), **changes}, source=source)
 
@@ -168,8 +171,10 @@ SMOKE_TRAIN = {"epochs": 2, "batch_size": 32, "width": 0.125}  # `train --smoke`
 def smoke_train_overrides(config: TrainConfig) -> dict[str, Any]:
     """What ``train --smoke`` changes in ``config``: the :data:`SMOKE_TRAIN` preset (never larger than the
     config's own batch and width), and no base checkpoint where its file is missing."""
-    overrides: dict[str, Any] = {"epochs": SMOKE_TRAIN["epochs"],
-                                 "batch_size": min(config.batch_size, SMOKE_TRAIN["batch_size"])}
+    overrides: dict[str, Any] = {
+        "epochs": SMOKE_TRAIN["epochs"],
+        "batch_size": min(config.batch_size, SMOKE_TRAIN["batch_size"]),
+    }
     if config.model.startswith("vgg"):
         overrides["width"] = min(config.width, SMOKE_TRAIN["width"])
     if config.base_checkpoint and not Path(config.base_checkpoint).is_file():

@@ -8,24 +8,26 @@ passed to a :class:`Trainer`.
 from __future__ import annotations
 
 import math
-import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_tune.training.augment import CENTRE_VIEW, AugmentConfig, BatchAugmenter
-from fer_tune.training.config import TrainConfig
 from fer_tune.errors import UserError
 from fer_tune.metrics import macro_f1
 from fer_tune.models import create_model, model_info
 from fer_tune.models.vit import PretrainedViT, resolve_pretrained
+from fer_tune.training.augment import AugmentConfig, BatchAugmenter
+from fer_tune.training.config import TrainConfig
+from fer_tune.training.device import apply_backend_settings, backend_settings, pick_device, seed_everything
 from fer_tune.training.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
 from fer_tune.training.transfer import TransferReport, frozen_tensors, train_mode, transfer_weights
+from fer_tune.training.views import predict_view_logits, ten_and_single
 
 
 @dataclass
@@ -70,96 +72,6 @@ def epoch_batches(n: int, batch_size: int) -> list[slice]:
     return [slice(b * batch_size, n if b == count - 1 else (b + 1) * batch_size) for b in range(count)]
 
 
-def pick_device(requested: str | None = None) -> torch.device:
-    """``cuda`` when available, else ``cpu``; a requested device must exist here."""
-    if not requested:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {requested!r}: not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (device.index or 0) >= count:
-            raise UserError(f"--device {requested}: this machine has {count} CUDA device(s); use --device cpu "
-                            "or leave --device out (fer-tune takes CUDA when it is there)")
-    elif device.type != "cpu":
-        raise UserError(f"--device {requested}: fer-tune trains on cpu or cuda; use one of those")
-    return device
-
-
-def backend_settings(config: TrainConfig, device: torch.device) -> dict[str, bool]:
-    """The CUDA backend switches a run uses (applied by :class:`Trainer`; none on the CPU): cuDNN autotuning
-    (its first batch of each shape tries the algorithms), and TF32 matmuls / convolutions where the run is
-    fp32 (``amp: false``); ``deterministic`` turns both off and asks cuDNN for deterministic algorithms."""
-    on_cuda = device.type == "cuda"
-    fast = on_cuda and not config.deterministic
-    return {"cudnn_benchmark": fast, "tf32": fast and not config.amp, "cudnn_deterministic": on_cuda and config.deterministic}
-
-
-def apply_backend_settings(settings: dict[str, bool]) -> None:
-    """Set torch's CUDA backend switches (process-wide: one trial per process, as Ray runs them)."""
-    torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
-    torch.backends.cudnn.deterministic = settings["cudnn_deterministic"]
-    torch.backends.cuda.matmul.allow_tf32 = settings["tf32"]
-    torch.backends.cudnn.allow_tf32 = settings["tf32"]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so that a CPU run repeats exactly."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def predict_view_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    augmenter: BatchAugmenter,
-    crops: str = "ten",
-    batch_size: int = 256,
-    *,
-    autocast: bool = False,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Logits (N, V, 7) of every evaluation view of uint8 images (on the model's device)."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        views = augmenter.eval_views(images[start : start + batch_size], crops)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            out.append(view_logits(model, views, channels_last))
-    return torch.cat(out)
-
-
-def predict_logits(model: nn.Module, images: torch.Tensor, augmenter: BatchAugmenter, crops: str = "ten",
-                   batch_size: int = 256, *, autocast: bool = False, channels_last: bool = False) -> torch.Tensor:
-    """Logits (N, 7) for uint8 images (on the model's device), averaged over the evaluation crops."""
-    return predict_view_logits(model, images, augmenter, crops, batch_size, autocast=autocast,
-                               channels_last=channels_last).mean(1)
-
-
-def ten_and_single(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ten-crop logits, single-crop logits) from the logits of the ten views (N, 10, 7): their mean and
-    the centre view, computed once; a recipe with one view (ViT) gives it twice."""
-    return views.mean(1), views[:, CENTRE_VIEW if views.shape[1] > CENTRE_VIEW else 0]
-
-
-def view_logits(model: nn.Module, views: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """Logits (B, V, 7) of views (B, V, C, H, W): the model sees every view."""
-    b, v = views.shape[:2]
-    inputs = views.flatten(0, 1)
-    if channels_last and inputs.dim() == 4:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    return model(inputs).float().view(b, v, -1)
-
-
-def mean_view_logits(model: nn.Module, views: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """Logits (B, 7) of views (B, V, C, H, W), averaged over the V views (the paper's ten-crop evaluation)."""
-    return view_logits(model, views, channels_last).mean(1)
-
-
 class Trainer:
     """Trains ``config`` on (train_images, train_labels), selects on (val_images, val_labels)."""
 
@@ -178,7 +90,9 @@ class Trainer:
         seed_everything(config.seed)
         info = model_info(config.model)
         self.model: nn.Module = create_model(
-            config.model, width=config.width, activation=config.activation,
+            config.model,
+            width=config.width,
+            activation=config.activation,
             pretrained=(pretrained or resolve_pretrained(config.pretrained_path)) if info.recipe == "vit" else None,
         )
         self.transfer: TransferReport | None = None
@@ -260,8 +174,15 @@ class Trainer:
 
     def predict_view_logits(self, images: torch.Tensor, crops: str = "ten") -> torch.Tensor:
         """Logits (N, V, 7) of every evaluation view of uint8 images on the device."""
-        return predict_view_logits(self.model, images, self.augmenter, crops, self.config.eval_batch_size,
-                                   autocast=self.autocast, channels_last=self.channels_last)
+        return predict_view_logits(
+            self.model,
+            images,
+            self.augmenter,
+            crops,
+            self.config.eval_batch_size,
+            autocast=self.autocast,
+            channels_last=self.channels_last,
+        )
 
     def predict_logits(self, images: torch.Tensor, crops: str = "ten") -> torch.Tensor:
         """Logits (N, 7) for uint8 images on the device, averaged over the evaluation crops."""
@@ -291,22 +212,43 @@ class Trainer:
         step_time = (time.perf_counter() - start) / self.batches_per_epoch
         self.epoch += 1
         if diverged:
-            result = EpochResult(self.epoch, math.nan, train_acc, math.nan, 0.0, 0.0, 0.0,
-                                 current_lr(self.optimizer), time.perf_counter() - start, True, step_time)
+            result = EpochResult(
+                self.epoch,
+                math.nan,
+                train_acc,
+                math.nan,
+                0.0,
+                0.0,
+                0.0,
+                current_lr(self.optimizer),
+                time.perf_counter() - start,
+                True,
+                step_time,
+            )
         else:
             val_loss, val_acc, val_single, val_f1 = self.validate()
             lr = current_lr(self.optimizer)
             if not replaying:
                 step_scheduler(self.scheduler, val_acc)
-            result = EpochResult(self.epoch, train_loss, train_acc, val_loss, val_acc, val_single, val_f1, lr,
-                                 time.perf_counter() - start, step_time=step_time)
+            result = EpochResult(
+                self.epoch,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                val_single,
+                val_f1,
+                lr,
+                time.perf_counter() - start,
+                step_time=step_time,
+            )
             self.best_val_acc = max(self.best_val_acc, val_acc)
         if self.device.type == "cuda":
             result.peak_memory_gb = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.history.append(result)
         return result
 
-    def fit(self, on_epoch: Callable[["Trainer", EpochResult], None] | None = None) -> list[EpochResult]:
+    def fit(self, on_epoch: Callable[[Trainer, EpochResult], None] | None = None) -> list[EpochResult]:
         """Run the remaining epochs (resumes after :meth:`load_state_dict`); stops at divergence."""
         while self.epoch < self.config.epochs:
             result = self.step_epoch()
@@ -344,9 +286,11 @@ class Trainer:
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         not_frozen = sorted(set(missing) - frozen_tensors(self.model))
         if unexpected or not_frozen:
-            raise UserError(f"a saved state does not fit this {self.config.model} run (missing "
-                            f"{not_frozen[:3]}, unexpected {unexpected[:3]}); "
-                            "it was saved with another model, base or freeze setting: start the run afresh")
+            raise UserError(
+                f"a saved state does not fit this {self.config.model} run (missing "
+                f"{not_frozen[:3]}, unexpected {unexpected[:3]}); "
+                "it was saved with another model, base or freeze setting: start the run afresh"
+            )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (e.g. a Ray Tune checkpoint after a worker died)."""

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_tune.training.augment import AugmentConfig, BatchAugmenter
-from fer_tune.training.checkpoint import load_checkpoint
-from fer_tune.training.config import TrainConfig
 from fer_tune.data.fer_data import FerData
-from fer_tune.training.engine import pick_device, predict_view_logits, ten_and_single
 from fer_tune.errors import UserError
 from fer_tune.metrics import Scores, score
 from fer_tune.models import create_model, model_info
+from fer_tune.training.augment import AugmentConfig, BatchAugmenter
+from fer_tune.training.checkpoint import load_checkpoint
+from fer_tune.training.config import TrainConfig
+from fer_tune.training.device import pick_device
+from fer_tune.training.views import predict_view_logits, ten_and_single
 
 
 @dataclass
@@ -55,8 +56,12 @@ def evaluate_model(
     augmenter = BatchAugmenter(AugmentConfig(recipe=model_info(config.model).recipe), torch.Generator(device))
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     autocast = device.type == "cuda" and config.amp
-    ten, single = (t.cpu() for t in ten_and_single(predict_view_logits(model, x, augmenter, "ten",
-                                                                       config.eval_batch_size, autocast=autocast)))
+    ten, single = (
+        t.cpu()
+        for t in ten_and_single(
+            predict_view_logits(model, x, augmenter, "ten", config.eval_batch_size, autocast=autocast)
+        )
+    )
     pred = ten.argmax(1).numpy()
     return Evaluation(split, score(labels, pred), score(labels, single.argmax(1).numpy()), labels, pred, ten.numpy())
 

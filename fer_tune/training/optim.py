@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau, StepLR
@@ -55,9 +55,7 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> LR
     Ranger21 brings its own warm-up / warm-down; TrainConfig refuses an external scheduler with it.
     """
     if config.scheduler == "plateau":
-        return ReduceLROnPlateau(
-            optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
-        )
+        return ReduceLROnPlateau(optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience)
     if config.scheduler == "cosine":
         return CosineAnnealingLR(optimizer, T_max=config.epochs)
     if config.scheduler == "step":

@@ -4,21 +4,21 @@ first): config.yaml, metrics.csv, best.pt (weights of the best validation epoch)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from fer_tune.training.checkpoint import model_payload, save_checkpoint
-from fer_tune.training.config import TrainConfig
-from fer_tune.yaml_files import write_yaml
 from fer_tune.data.fer_data import FerData
-from fer_tune.training.engine import EpochResult, Trainer
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic
 from fer_tune.models import model_info
 from fer_tune.run_folder import make_run_folder, removed_if_nothing_ran
+from fer_tune.training.checkpoint import model_payload, save_checkpoint
+from fer_tune.training.config import TrainConfig
+from fer_tune.training.engine import EpochResult, Trainer
 from fer_tune.training.transfer import architecture_of_base, load_base
+from fer_tune.yaml_files import write_yaml
 
 METRIC_FIELDS = list(EpochResult.__dataclass_fields__)
 
@@ -54,33 +54,49 @@ def run_training(
         return _train_into(config, data, out_dir, base_state, device, log)
 
 
-def _train_into(config: TrainConfig, data: FerData, out_dir: Path, base_state: dict | None, device: str | None,
-                log: Callable[[str], None]) -> list[EpochResult]:
+def _train_into(
+    config: TrainConfig,
+    data: FerData,
+    out_dir: Path,
+    base_state: dict | None,
+    device: str | None,
+    log: Callable[[str], None],
+) -> list[EpochResult]:
     trainer = Trainer(config, data.role("train"), data.role("val"), device=device, base_state=base_state)
     if trainer.transfer is not None:
         log(f"base {config.base_checkpoint}: {trainer.transfer.summary()}")
     write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"# fer-tune train config; data: {data.source}\n")
     metrics_path = out_dir / "metrics.csv"
     started = time.perf_counter()
-    log(f"training {config.model} on {trainer.device} for {config.epochs} epochs "
-        f"({len(trainer.train_labels)} train / {len(trainer.val_labels)} val images) -> {out_dir}")
+    log(
+        f"training {config.model} on {trainer.device} for {config.epochs} epochs "
+        f"({len(trainer.train_labels)} train / {len(trainer.val_labels)} val images) -> {out_dir}"
+    )
 
     def on_epoch(tr: Trainer, result: EpochResult) -> None:
         write_csv_atomic(pd.DataFrame([r.as_dict() for r in tr.history], columns=METRIC_FIELDS), metrics_path)
         if result.diverged:
-            log(f"epoch {result.epoch}/{config.epochs}: loss is not finite: the run diverged "
-                f"(lr {config.lr:g} is probably too high); stopped")
+            log(
+                f"epoch {result.epoch}/{config.epochs}: loss is not finite: the run diverged "
+                f"(lr {config.lr:g} is probably too high); stopped"
+            )
             return
         best = result.val_acc >= tr.best_val_acc
         if best:
-            save_checkpoint(out_dir / "best.pt", model_payload(config.to_dict(), tr.model.state_dict(),
-                                                               result.epoch, result.val_acc, data=data.source))
+            save_checkpoint(
+                out_dir / "best.pt",
+                model_payload(config.to_dict(), tr.model.state_dict(), result.epoch, result.val_acc, data=data.source),
+            )
         save_checkpoint(out_dir / "last.pt", tr.state_dict())
-        log(f"epoch {result.epoch:3d}/{config.epochs}  train loss {result.train_loss:.4f} acc {result.train_acc:.3f}  "
+        log(
+            f"epoch {result.epoch:3d}/{config.epochs}  train loss {result.train_loss:.4f} acc {result.train_acc:.3f}  "
             f"val loss {result.val_loss:.4f} acc {result.val_acc:.3f} (single crop {result.val_acc_single:.3f}) "
-            f"F1 {result.val_f1:.3f}  lr {result.lr:.2e}  {result.epoch_time:.1f}s{'  *best' if best else ''}")
+            f"F1 {result.val_f1:.3f}  lr {result.lr:.2e}  {result.epoch_time:.1f}s{'  *best' if best else ''}"
+        )
 
     history = trainer.fit(on_epoch)
-    log(f"done in {time.perf_counter() - started:.0f}s; best val accuracy {trainer.best_val_acc:.4f}; "
-        f"files in {out_dir}")
+    log(
+        f"done in {time.perf_counter() - started:.0f}s; best val accuracy {trainer.best_val_acc:.4f}; "
+        f"files in {out_dir}"
+    )
     return history

@@ -24,8 +24,11 @@ class TransferReport:
 
     def counts(self) -> dict[str, int]:
         """Tensors moved / left new / frozen (what trials.csv records)."""
-        return {"transfer_loaded": len(self.loaded), "transfer_new": len(self.not_in_base),
-                "transfer_frozen": self.frozen}
+        return {
+            "transfer_loaded": len(self.loaded),
+            "transfer_new": len(self.not_in_base),
+            "transfer_frozen": self.frozen,
+        }
 
     def summary(self) -> str:
         """One line for a person."""
@@ -58,8 +61,10 @@ def transfer_weights(model: nn.Module, base_state: dict[str, torch.Tensor], free
             "here); the base was trained at another width or size: give a base of the same architecture"
         )
     if not matched:
-        raise UserError("no tensor of the base checkpoint matches this model by name and shape; "
-                        "give a checkpoint of the model this one transfers from")
+        raise UserError(
+            "no tensor of the base checkpoint matches this model by name and shape; "
+            "give a checkpoint of the model this one transfers from"
+        )
     model.load_state_dict(matched, strict=False)
     if freeze:
         for name, param in model.named_parameters():
@@ -81,8 +86,8 @@ class BaseWeights:
 def load_base(path: str | Path, model: str) -> BaseWeights:
     """The checkpoint at ``path``, after checking that it is a model ``model`` may transfer from
     (its registered base, or the same model)."""
-    from fer_tune.training.checkpoint import model_state_from
     from fer_tune.models import model_info
+    from fer_tune.training.checkpoint import model_state_from
 
     state, config = model_state_from(path)
     expected = model_info(model).base or model

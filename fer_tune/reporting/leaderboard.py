@@ -1,0 +1,90 @@
+"""``launch.py --report``: every scored search under ``results/`` gathered into ``leaderboard.md``; a
+search's winners table read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fer_tune.files import write_text_atomic
+from fer_tune.manifest import read_manifest
+from fer_tune.reporting.report import HEADLINE_RULE, PAPER_RESULTS, _num, _pct, headline_winner
+
+WINNERS_COLUMNS = (
+    "winner",
+    "accuracy_mean",
+    "accuracy_std",
+    "macro_f1_mean",
+    "leak_free_accuracy_mean",
+    "protocol",
+    "val_acc_mean",
+)
+
+
+def read_winners(path: Path) -> pd.DataFrame:
+    """A search's winners.csv, or a :class:`UserError` naming it when it is empty, unreadable or incomplete."""
+    from fer_tune.errors import UserError
+
+    try:
+        winners = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(
+            f"{path}: not a readable winners table ({str(exc).splitlines()[0]}); "
+            f"re-create it with --retrain {path.parent.name}"
+        ) from None
+    missing = [c for c in WINNERS_COLUMNS if c not in winners.columns]
+    if winners.empty or missing:
+        problem = "it has no rows" if winners.empty and not missing else f"column {missing[0]!r} is missing"
+        raise UserError(f"{path}: {problem}; re-create it with --retrain {path.parent.name}")
+    return winners
+
+
+def write_leaderboard(results_dir: Path) -> Path:
+    """One row per search folder under ``results_dir`` that has a scored retraining."""
+    rows = []
+    for scores in sorted(results_dir.glob("*/winners.csv")):
+        folder = scores.parent
+        winners = read_winners(scores)
+        best = winners[winners.winner == headline_winner(winners)].iloc[0]
+        model = _model_of(folder)
+        paper = PAPER_RESULTS.get(model)
+        rows.append(
+            f"| {folder.name} | {model} | {int(best.winner)} | {_pct(best.accuracy_mean)} +- "
+            f"{_pct(best.accuracy_std)} | {_num(best.get('f1_of_macro_pr_mean'))} | {_num(best.macro_f1_mean)} | "
+            f"{_pct(best.leak_free_accuracy_mean)} | {best.protocol} | {_pct(paper[1]) if paper else ''} | "
+            f"{_top_knob(folder)} |"
+        )
+    if not rows:
+        from fer_tune.errors import UserError
+
+        raise UserError(f"{results_dir}: no finished, scored search (no */winners.csv); run --search NAME first")
+    lines = [
+        "# Leaderboard",
+        "",
+        f"One row per search: its headline winner, {HEADLINE_RULE}. Its PrivateTest figures (ten-crop), "
+        "mean +- std over seeds.",
+        "",
+        "| search | model | winner | accuracy | F1 of macro P and R | macro F1 (mean of per-class F1) | "
+        "leakage-free acc. | protocol | paper | most important knob (fANOVA, analysis.md) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    return write_text_atomic(results_dir / "leaderboard.md", "\n".join(lines) + "\n")
+
+
+def _top_knob(folder: Path) -> str:
+    """The hyperparameter fANOVA found most important in the search's analysis (blank without one)."""
+    path = folder / "importance.csv"
+    if not path.is_file():
+        return ""
+    table = pd.read_csv(path)
+    if "fANOVA" not in table or table.fANOVA.isna().all():
+        return ""
+    row = table.loc[table.fANOVA.idxmax()]
+    return f"{row.parameter} ({row.fANOVA:.2f})"
+
+
+def _model_of(folder: Path) -> str:
+    manifest = read_manifest(folder)
+    return manifest.model if manifest is not None else "?"
