@@ -129,7 +129,7 @@ def _cmd_search(argv: list[str]) -> int:
 
 def _retrain_options(args: argparse.Namespace):
     """The retraining's options from the command line (None = the search space's own)."""
-    from fer_tune.search.retrain import RetrainOptions
+    from fer_tune.search.retrain_plan import RetrainOptions
 
     return RetrainOptions(
         top_k=args.top_k,

@@ -19,7 +19,8 @@ from fer_tune.files import write_csv_atomic
 from fer_tune.reporting.analysis import analyze
 from fer_tune.reporting.report import headline_winner, write_report
 from fer_tune.reporting.scoring import score_runs, write_scores
-from fer_tune.search.retrain import RetrainOptions, run_retrain
+from fer_tune.search.retrain import run_retrain
+from fer_tune.search.retrain_plan import RetrainOptions
 from fer_tune.search.run import SearchOptions, run_search
 
 

@@ -397,7 +397,8 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chai
     The space's fine-tune stage then trains the kept weights on at lr 1e-5, kept and scored apart."""
     from fer_tune.reporting.report import write_report
     from fer_tune.reporting.scoring import score_runs
-    from fer_tune.search.retrain import RetrainOptions, run_retrain
+    from fer_tune.search.retrain import run_retrain
+    from fer_tune.search.retrain_plan import RetrainOptions
     from fer_tune.search_folder import PATIENCE_STATUS
     from fer_tune.training.checkpoint import load_checkpoint
 

@@ -122,7 +122,7 @@ def _constructed_search(folder: Path) -> tuple[pd.DataFrame, object, dict]:
 def test_headline_is_the_validation_best_winner_not_the_test_best(tmp_path, monkeypatch):
     from fer_tune import pipeline
     from fer_tune.reporting.leaderboard import write_leaderboard
-    from fer_tune.search.retrain import RetrainOptions
+    from fer_tune.search.retrain_plan import RetrainOptions
 
     folder = tmp_path / "vgg_spinal"
     runs, scored, configs = _constructed_search(folder)

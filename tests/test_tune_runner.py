@@ -22,7 +22,7 @@ def test_trials_per_gpu_fit_by_measured_memory_with_headroom():
 
 def _job(gpus) -> TuneJob:
     progress = Progress("search x", "val_acc", "max", 1, 1, print)
-    return TuneJob("ray", None, None, {"data": None}, gpus, 2.0, progress)
+    return TuneJob("ray", None, None, None, {}, gpus, 2.0, progress)
 
 
 def test_auto_gpu_share_is_probed_on_a_gpu_cluster_and_zero_without_one(monkeypatch):

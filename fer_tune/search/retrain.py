@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,14 @@ from fer_tune.manifest import read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import require_search_folder
+from fer_tune.search.retrain_plan import (
+    PROTOCOLS,
+    RETRAIN_EXPERIMENT,
+    RETRAIN_SETTINGS,
+    RetrainOptions,
+    RetrainPlan,
+    Winner,
+)
 from fer_tune.search.retrain_trial import retrain_trainable
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
 from fer_tune.search.space import SearchSpace
@@ -36,47 +44,6 @@ from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.training.config import TrainConfig, load_train_config
 from fer_tune.training.transfer import load_base
 from fer_tune.yaml_files import read_yaml, write_yaml, yaml_plain
-
-PROTOCOLS = ("paper", "trainval")
-RETRAIN_EXPERIMENT = "retrain"
-RETRAIN_SETTINGS = "retrain.yaml"
-
-
-@dataclass(frozen=True)
-class Winner:
-    """One configuration chosen for retraining (rank 1 = best validation score in the search)."""
-
-    rank: int
-    trial: str
-    search_score: float
-    config: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RetrainPlan:
-    """What a retraining trial needs beside the shared data: the winners, the protocol, the fine-tune stage."""
-
-    winners: tuple[Winner, ...]
-    protocol: str
-    finetune: dict[str, Any] = field(default_factory=dict)  # the search space's fine-tune stage
-    patience: int = 0  # the selection ends after this many epochs without a better val_acc (0 = never)
-    checkpoint_every: int = 0  # the search space's checkpoint schedule (CheckpointSchedule.of)
-    checkpoint_every_s: float = 0.0
-
-
-@dataclass
-class RetrainOptions:
-    """How to retrain: top-k configurations x seeds, under one protocol (None = the search space's
-    value: its retraining preset, resources and epoch budget)."""
-
-    top_k: int | None = None
-    seeds: int | None = None
-    protocol: str = "paper"
-    epochs: int | None = None
-    gpus_per_trial: float | None = None
-    cpus_per_trial: float | None = None
-    device: str | None = None  # where the final scoring runs
-    pretrained: str | None = None  # ViT: overrides the pretrained folder the search recorded
 
 
 def pick_winners(folder: Path, space: SearchSpace, top_k: int, epochs: int | None = None) -> list[Winner]:
@@ -204,7 +171,8 @@ def retrain_job(
         RETRAIN_EXPERIMENT,
         folder,
         retrain_trainable,
-        {"data": trial_data, "plan": plan},
+        trial_data,
+        {"plan": plan},
         gpus,
         cpus,
         Progress(f"retraining {folder.name}", "val_acc", "max", runs, epochs, log),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fer_tune.search.in_trial import STATE_FILE, CheckpointSchedule, report_epoch, restored_state
-from fer_tune.search.retrain import RetrainPlan
+from fer_tune.search.retrain_plan import RetrainPlan
 from fer_tune.search.trial_data import TrialData
 from fer_tune.training.checkpoint import model_payload
 from fer_tune.training.config import TrainConfig

@@ -224,7 +224,7 @@ def _search_in_folder(
     results, resources = run_trials(job, restore, opts.log)
     manifest.gpus_per_trial = resources["gpu"]  # the share the trials had (auto: what the probe chose)
     manifest.write(folder)
-    outcome = write_outputs(results, space, folder, resources, job.shared["data"], manifest.base_source)
+    outcome = write_outputs(results, space, folder, resources, job.data, manifest.base_source)
     ran, full = asha_savings(outcome.trials, space.budget.max_epochs)
     opts.log(
         f"search {name} done in {time.perf_counter() - started:.0f}s: best {space.metric} "
@@ -282,7 +282,8 @@ def search_job(
         SearchFolder.SEARCH_EXPERIMENT,
         folder,
         search_trainable,
-        {"data": trial_data, "space": space},
+        trial_data,
+        {"space": space},
         space.resources.gpus_per_trial,
         space.resources.cpus_per_trial,
         progress,

@@ -52,7 +52,7 @@ def probe_gpu_share(job: TuneJob, log: Callable[[str], None]) -> float:
     import ray
 
     probe = ray.remote(num_gpus=1, num_cpus=1)(_probe_trial)
-    peak, total, rate = ray.get(probe.remote(job.shared["data"], job.probe))
+    peak, total, rate = ray.get(probe.remote(job.data, job.probe))
     k = trials_per_gpu(peak, total)
     log(
         f"gpus_per_trial auto: one {job.probe.model} trial (batch {job.probe.batch_size}) peaks at "
@@ -176,7 +176,8 @@ class TuneJob:
     experiment: str
     folder: Path
     trainable: Callable
-    shared: dict[str, Any]  # passed to every trial through the object store (tune.with_parameters)
+    data: TrialData  # every trial's arrays and starting weights, through the object store
+    extra: dict[str, Any]  # the trainable's other parameters (the space, or the retraining plan), likewise
     gpus: float | str  # a share, or "auto"
     cpus: float
     progress: Progress
@@ -216,7 +217,7 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
 
     with ray_session(log, keep=job.keep_ray):
         resources = trial_resources(job, log)
-        trainable = tune.with_resources(tune.with_parameters(job.trainable, **job.shared), resources)
+        trainable = tune.with_resources(tune.with_parameters(job.trainable, data=job.data, **job.extra), resources)
         if restore:
             tuner = tune.Tuner.restore(str(job.path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:

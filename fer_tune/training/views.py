@@ -3,6 +3,8 @@ their mean (the paper's ten-crop score) and the centre view (single crop), from 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -30,20 +32,9 @@ def predict_view_logits(
     return torch.cat(out)
 
 
-def predict_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    augmenter: BatchAugmenter,
-    crops: str = "ten",
-    batch_size: int = 256,
-    *,
-    autocast: bool = False,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Logits (N, 7) for uint8 images (on the model's device), averaged over the evaluation crops."""
-    return predict_view_logits(
-        model, images, augmenter, crops, batch_size, autocast=autocast, channels_last=channels_last
-    ).mean(1)
+def predict_logits(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """Logits (N, 7), averaged over the evaluation crops; the arguments of :func:`predict_view_logits`."""
+    return predict_view_logits(*args, **kwargs).mean(1)
 
 
 def ten_and_single(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
