@@ -103,7 +103,7 @@ TINY = Plan(
     compile_models=(),
     loader_steps=3,
     learning_width=0.0625,
-    learning_s=3.0,
+    learning_s=1.0,
     deadline_s=120.0,
 )
 
