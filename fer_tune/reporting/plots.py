@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay
 
 from fer_tune import EMOTIONS  # noqa: E402
 from fer_tune.files import write_atomic  # noqa: E402
@@ -27,24 +28,19 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str) -
     counts = np.asarray(confusion, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
-    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+    display = ConfusionMatrixDisplay(rates, display_labels=list(EMOTIONS))
+    display.plot(
+        ax=ax,
+        cmap="Blues",
+        values_format=".2f",
+        xticks_rotation=45,
+        colorbar=True,
+        im_kw={"vmin": 0, "vmax": 1},
+        text_kw={"fontsize": 7},
+    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
-    for i in range(len(EMOTIONS)):
-        for j in range(len(EMOTIONS)):
-            ax.text(
-                j,
-                i,
-                f"{rates[i, j]:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if rates[i, j] > 0.5 else "black",
-            )
-    fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return save_figure(fig, path)
 
