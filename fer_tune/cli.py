@@ -21,7 +21,7 @@ from fer_tune.cli_options import (
     search_parser,
     train_parser,
 )
-from fer_tune.errors import UserError
+from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.run_folder import check_run_name
 
 COMMANDS = ("train", "evaluate", "predict", "export", "data", "demo-data")
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrialsFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130
@@ -122,6 +125,9 @@ def _cmd_search(argv: list[str]) -> int:
         smoke=args.smoke,
         base_checkpoint=args.base_checkpoint,
         pretrained=args.pretrained,
+        storage=args.storage,
+        max_concurrent=args.max_concurrent,
+        allow_failed_trials=args.allow_failed_trials,
     )
     search_to_report(args.search, data, opts, None if args.no_retrain else _retrain_options(args))
     return 0
@@ -138,6 +144,7 @@ def _retrain_options(args: argparse.Namespace):
         gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial,
         pretrained=args.pretrained,
+        allow_failed_trials=args.allow_failed_trials,
     )
 
 

@@ -21,9 +21,22 @@ class Parser(argparse.ArgumentParser):
 
 SEARCH_NUMBERS = {
     "trials": RANGES["num_trials"],
-    **{name: RANGES[name] for name in ("max_epochs", "gpus_per_trial", "cpus_per_trial", "top_k", "seeds")},
+    **{
+        name: RANGES[name]
+        for name in ("max_epochs", "max_concurrent", "gpus_per_trial", "cpus_per_trial", "top_k", "seeds")
+    },
     "seed": ("0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
 }
+
+
+def concurrency(text: str) -> int | str:
+    """``--max-concurrent``: a whole number, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value: {text!r} (a whole number such as 8, or auto)") from None
 
 
 def gpu_share(text: str) -> float | str:
@@ -80,6 +93,23 @@ def search_parser() -> argparse.ArgumentParser:
         help="GPU share per trial, e.g. 0.5; auto: as many trials per GPU as fit (a probe measures one)",
     )
     p.add_argument("--cpus-per-trial", type=float, metavar="N", help="CPUs per trial")
+    p.add_argument(
+        "--max-concurrent",
+        type=concurrency,
+        metavar="N",
+        help="trials at once (default: the YAML's, auto: as many as the cluster places, at most a quarter of --trials)",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URI",
+        help="where Ray Tune keeps trials and checkpoints: a folder every node mounts at the same path, or a "
+        "pyarrow URI (s3://bucket/prefix, gs://...); default: the search folder (one machine)",
+    )
+    p.add_argument(
+        "--allow-failed-trials",
+        action="store_true",
+        help="trials that ended in error do not stop the retraining (default: exit 3 after the search)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler and the base training")
     p.add_argument("--name", help="results folder name under --results (default: the search name)")
     p.add_argument("--results", default="results", metavar="DIR", help="where results go (default: results/)")

@@ -12,6 +12,10 @@ it was checked on. ``tests/test_compat.py`` fails loudly on a version that chang
   public switch); :func:`ray_errors_to_logger` sends it to the 'ray' logger. :func:`ray_logs_folder`
   reads the node's log folder from ``ray._private.worker._global_node``. One of Ray's chatty loggers
   lives under ``ray._private`` (:data:`RAY_QUIET_LOGGERS`).
+- Ray 2.60 gives a local instance the machine's network address and listens on every interface; the
+  only switch that keeps a single-node instance on 127.0.0.1 is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+  read into ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` when Ray is imported
+  (:func:`local_ray_on_loopback`, for local instances only: a node of a real cluster needs its address).
 - Ray 2.60's ``OptunaSearch`` exposes no study: :func:`optuna_trial_of` reads its ``_ot_trials`` and
   ``_completed_trials``; :func:`intermediate_steps` reads Optuna 5.0's ``Trial._trial_id``.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +71,17 @@ def ray_errors_to_logger() -> None:
 
 def _log_ray_message(data: dict[str, Any], ignore_prefix: bool = False) -> None:
     logging.getLogger("ray").warning("(%s) %s", data.get("pid"), "\n".join(map(str, data.get("lines", []))))
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_ray_on_loopback() -> None:
+    """Make the local Ray instance started next take 127.0.0.1 (and its workers likewise)."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def ray_logs_folder() -> str:

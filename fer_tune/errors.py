@@ -9,3 +9,7 @@ class UserError(Exception):
     The message names the file / row / key and the fix; the CLI prints it on one line
     (no traceback) and exits with status 2.
     """
+
+
+class TrialsFailed(Exception):
+    """Trials of a search ended in error: its results are written but incomplete (exit 3)."""

@@ -46,6 +46,8 @@ class SearchManifest:
     pretrained: str | None = None
     data: str | None = None
     gpus_per_trial: float | None = None  # the GPU share each trial had
+    storage: str | None = None  # where Ray Tune keeps the trials (--storage); None: this folder
+    failed_trials: int | None = None  # trials that ended in error (results incomplete when above 0)
     kind: str = KIND
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     versions: dict[str, str] = field(default_factory=_versions)

@@ -11,7 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 PATIENCE_STATUS = "stopped: no better score within patience"  # the budget's early stopping
-SCORED_STATUSES = ("completed", "stopped by ASHA", PATIENCE_STATUS)  # trials.csv rows a retraining may pick
+TIME_BUDGET_STATUS = "stopped by the time budget"  # budget.time_budget_s ran out while it trained
+SCORED_STATUSES = (
+    "completed",
+    "stopped by ASHA",
+    PATIENCE_STATUS,
+    TIME_BUDGET_STATUS,
+)  # trials.csv rows a retraining may pick
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class SearchFolder:
     BEST_MODEL = "best_model.pt"
     OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
     SEARCH_EXPERIMENT = "ray"  # Ray Tune's experiment of the search trials
+    HISTORY = "history"  # each trial's and retraining run's per-epoch history (CSV), copied from Ray's storage
     BASE = "base"  # the base model a transfer search trained first
     RETRAIN_EXPERIMENT = "retrain"
     WINNERS_DIR = "winners"

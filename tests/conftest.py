@@ -84,7 +84,10 @@ def ray_local():
     """One local Ray instance (2 CPUs) shared by the in-process search tests (started once)."""
     import ray
 
+    from fer_tune.compat import local_ray_on_loopback
+
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    local_ray_on_loopback()  # the suite's Ray traffic stays on 127.0.0.1
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")

@@ -97,3 +97,102 @@ def test_a_repeated_epoch_counts_once_in_the_trials_table():
     )
     row = trials_table([result], space, max_epochs=2, gpus=1.0, cpus=2.0).iloc[0]
     assert (row.epochs_run, row.best_epoch, row.wall_time_s, row.gpu_hours) == (2, 2, 20.0, round(20 / 3600, 5))
+
+
+# ------------------------------------------------------------------ the cluster's arithmetic (issue 25)
+
+
+@pytest.mark.parametrize("k", range(1, 17))
+def test_an_auto_share_lets_exactly_k_trials_fit_on_one_gpu(k):
+    """1/6 rounded to 0.1667 let only five fit at Ray's 0.0001 granularity; rounding down fits six."""
+    from fer_tune.search.cluster import placeable, share_for
+
+    share = share_for(k)
+    assert round(share * 10_000) * k <= 10_000 and share > 1 / k - 1e-4
+    assert placeable([{"CPU": 64.0, "GPU": 1.0}], cpus=1, gpus=share) == k
+
+
+def test_a_share_above_one_gpu_is_refused_in_the_yaml_and_on_the_command_line(tmp_path, capsys):
+    from fer_tune.cli import main
+
+    path = tmp_path / "two.yaml"
+    path.write_text("model: vgg\nresources: {gpus_per_trial: 2}\n")
+    with pytest.raises(UserError, match="gpus_per_trial = 2.0 is not allowed; use 0 .* a trial trains on one device"):
+        load_search_space(str(path))
+    assert main(["--search", "vgg", "--gpus-per-trial", "4", "--smoke"]) == 2
+    assert "a trial trains on one device" in capsys.readouterr().err
+
+
+def test_a_trial_with_no_gpu_share_trains_on_the_cpu_even_where_cuda_is_visible(monkeypatch, chain_data):
+    import torch
+
+    from fer_tune.search.cluster import trial_device
+    from fer_tune.search.trial_data import TrialData
+    from fer_tune.training.config import TrainConfig
+
+    assert trial_device([]) == "cpu" and trial_device(["0"]) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # CUDA_VISIBLE_DEVICES left alone by a share 0
+    trainer = TrialData.of(chain_data, None, None).trainer(
+        TrainConfig(model="vgg", width=0.0625, epochs=1), device=trial_device([])
+    )
+    assert trainer.device.type == "cpu"
+
+
+NODES = [{"CPU": 16.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]  # a fake cluster description
+
+
+@pytest.mark.parametrize(
+    ("setting", "trials", "cpus", "gpus", "expected"),
+    [
+        ("auto", 40, 2, 0.5, 6),  # 4 on the first node (its GPUs), 2 on the second, none on the CPU-only node
+        ("auto", 40, 2, 0.25, 10),  # 8 + 4 placeable, but at most a quarter of 40 trials
+        ("auto", 8, 2, 0.5, 2),  # a quarter of 8
+        ("auto", 2, 2, 0.5, 1),  # at least one
+        ("auto", 400, 2, 0.0, 14),  # CPU trials: 8 + 4 + 2
+        (3, 40, 2, 0.5, 3),  # a number is taken as it is
+    ],
+)
+def test_max_concurrent_auto_runs_what_the_cluster_places(setting, trials, cpus, gpus, expected):
+    from fer_tune.search.cluster import Concurrency
+
+    concurrency = Concurrency(setting, trials, cpus, gpus)
+    assert concurrency.limit(NODES) == expected
+    assert concurrency.why(NODES).startswith(f"{expected} trial(s) at once (max_concurrent {setting}")
+
+
+def test_max_concurrent_auto_grows_when_nodes_join(monkeypatch):
+    from ray.tune.search import Searcher
+
+    from fer_tune.search import searcher as searcher_module
+    from fer_tune.search.cluster import Concurrency
+
+    class Counting(Searcher):
+        def suggest(self, trial_id):
+            return {"x": 1}
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            pass
+
+    nodes = [{"CPU": 4.0}]
+    monkeypatch.setattr(searcher_module, "node_resources", lambda: nodes)
+    monkeypatch.setattr(searcher_module, "REREAD_S", 0.0)
+    limiter = searcher_module.ClusterConcurrencyLimiter(
+        Counting(metric="m", mode="max"), Concurrency("auto", 100, 2, 0)
+    )
+    assert [limiter.suggest(f"t{i}") is not None for i in range(3)] == [True, True, False]
+    nodes.append({"CPU": 4.0})  # the autoscaler added a node
+    assert [limiter.suggest(f"u{i}") is not None for i in range(3)] == [True, True, False]
+
+
+def test_max_concurrent_is_checked_on_the_command_line_and_in_the_yaml(tmp_path, capsys):
+    from fer_tune.cli import main
+
+    assert main(["--search", "vgg", "--max-concurrent", "0", "--smoke"]) == 2
+    assert "--max-concurrent 0 is not allowed; use auto" in capsys.readouterr().err
+    assert main(["--search", "vgg", "--max-concurrent", "many", "--smoke"]) == 2
+    assert "invalid value: 'many' (a whole number such as 8, or auto)" in capsys.readouterr().err
+    path = tmp_path / "auto.yaml"
+    path.write_text("model: vgg\nbudget: {max_concurrent: auto, time_budget_s: 3600}\n")
+    budget = load_search_space(str(path)).budget
+    assert (budget.max_concurrent, budget.time_budget_s) == ("auto", 3600.0)
+    assert load_search_space("vgg_spinal").budget.max_concurrent == "auto"

@@ -122,8 +122,12 @@ def _draw_figures(
     plot_curves(curves, folder / "learning_curves.png", f"{model}: retraining, validation accuracy", "val_acc")
     search_curves = {}
     for row in trials.sort_values("trial").itertuples():
-        progress = Path(row.trial_path) / "progress.csv"
-        search_curves[f"trial {row.trial}"] = read_history(progress)["val_acc"].tolist() if progress.is_file() else []
+        kept = Path(row.history) if isinstance(getattr(row, "history", None), str) else None
+        progress = kept or Path(row.trial_path) / "progress.csv"  # a search of an older fer-tune: Ray's log
+        history = read_history(progress) if progress.is_file() and progress.stat().st_size > 1 else None
+        search_curves[f"trial {row.trial}"] = (
+            history["val_acc"].tolist() if history is not None and "val_acc" in history else []
+        )
     plot_search(search_curves, folder / "search.png", model)
 
 

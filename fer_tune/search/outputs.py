@@ -9,13 +9,14 @@ from typing import Any
 
 import pandas as pd
 
-from fer_tune.errors import UserError
+from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.files import write_csv_atomic
 from fer_tune.search.in_trial import BEST_FILE, STATE_FILE
 from fer_tune.search.runner import trial_number
 from fer_tune.search.space import SearchSpace
+from fer_tune.search.storage import TrialStorage
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search_folder import PATIENCE_STATUS, SearchFolder, run_history
+from fer_tune.search_folder import PATIENCE_STATUS, TIME_BUDGET_STATUS, SearchFolder, run_history
 from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.yaml_files import write_yaml
 
@@ -35,8 +36,9 @@ class SearchOutcome:
 # ------------------------------------------------------------------ locking
 
 
-def trial_status(last: dict[str, Any], max_epochs: int, error: bool = False) -> str:
-    """How a trial ended, from its last reported metrics (trials.csv's status, the study's user attribute)."""
+def trial_status(last: dict[str, Any], max_epochs: int, error: bool = False, rungs: set[int] | None = None) -> str:
+    """How a trial ended, from its last reported metrics (trials.csv's status, the study's user attribute).
+    ASHA stops a trial only at a rung: with ``rungs`` given, one that stopped elsewhere ran out of time."""
     epochs = int(last.get("epoch", 0) or 0)
     if error:
         return "error"
@@ -44,13 +46,22 @@ def trial_status(last: dict[str, Any], max_epochs: int, error: bool = False) -> 
         return f"diverged at epoch {epochs}"
     if last.get("patience_stop"):
         return PATIENCE_STATUS
-    return "stopped by ASHA" if epochs < max_epochs else "completed"
+    if epochs >= max_epochs:
+        return "completed"
+    return TIME_BUDGET_STATUS if rungs is not None and epochs not in rungs else "stopped by ASHA"
 
 
 def trials_table(
-    results, space: SearchSpace, max_epochs: int, gpus: float, cpus: float, base_source: str | None = None
+    results,
+    space: SearchSpace,
+    max_epochs: int,
+    gpus: float,
+    cpus: float,
+    base_source: str | None = None,
+    storage: TrialStorage | None = None,
 ) -> pd.DataFrame:
-    """One row per trial: config, last and best metric, epochs, how it ended, time and GPU/CPU-hours."""
+    """One row per trial: config, last and best metric, epochs, how it ended, time and GPU/CPU-hours;
+    each trial's per-epoch history copied into the search folder (``history/``), where the reports read it."""
     rows = []
     names = [p.name for p in space.params]
     better = max if space.mode == "max" else min
@@ -74,7 +85,7 @@ def trials_table(
             if len(series)
             else None
         )
-        status = trial_status(metrics, max_epochs, error=result.error is not None)
+        status = trial_status(metrics, max_epochs, error=result.error is not None, rungs=space.budget.asha_rungs())
         row["status"] = status
         row["stopped_early_by_asha"] = status == "stopped by ASHA"
         row["epochs_saved_by_patience"] = max_epochs - epochs if status == PATIENCE_STATUS else 0
@@ -91,12 +102,20 @@ def trials_table(
         for key in ("transfer_loaded", "transfer_new", "transfer_frozen"):
             row[key] = metrics.get(key)
         row["base_checkpoint"] = base_source
-        row["trial_path"] = result.path
+        row["trial_path"] = storage.address(result.path) if storage else result.path
+        row["error_file"] = f"{row['trial_path']}/error.txt" if result.error is not None else None
+        row["history"] = str(keep_history(history, storage.folder, row["trial"], row["trial_id"])) if storage else None
         rows.append(row)
     frame = pd.DataFrame(rows)
     if len(frame):
         frame = frame.sort_values(["trial", "trial_id"], kind="stable").reset_index(drop=True)
     return frame
+
+
+def keep_history(history: pd.DataFrame | None, folder: Path, number: int | None, trial_id: str) -> Path:
+    """A search trial's per-epoch history as ``history/search_trial_NNN.csv`` in the search folder."""
+    name = f"search_trial_{number:03d}.csv" if number is not None else f"search_{trial_id}.csv"
+    return write_csv_atomic(history if history is not None else pd.DataFrame(), folder / SearchFolder.HISTORY / name)
 
 
 def _best_epoch_in(checkpoint: Path) -> dict[str, Any]:
@@ -115,9 +134,12 @@ def write_outputs(
     resources: dict[str, float],
     trial_data: TrialData,
     base_source: str | None,
+    storage: TrialStorage,
 ) -> SearchOutcome:
     """trials.csv, best_config.yaml, best_model.pt (the best trial's best checkpoint)."""
-    table = trials_table(results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"], base_source)
+    table = trials_table(
+        results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"], base_source, storage
+    )
     trials_csv = write_csv_atomic(table, folder / "trials.csv")
     scored = [
         r
@@ -128,10 +150,14 @@ def write_outputs(
         and not r.metrics.get("diverged")
     ]
     if not scored:
-        raise UserError(
-            f"{folder}: no trial produced a score "
-            f"(see trials.csv and the Ray logs in {folder / SearchFolder.SEARCH_EXPERIMENT})"
-        )
+        errors = table[table.status == "error"]
+        if len(errors) == len(table):
+            raise TrialsFailed(
+                f"all {len(table)} trials of search {folder.name} ended in error; the first one's error is in "
+                f"{errors.error_file.iloc[0]} (every one's in trials.csv, column error_file)"
+            )
+        ray_logs = storage.address(storage.experiment(SearchFolder.SEARCH_EXPERIMENT))
+        raise UserError(f"{folder}: no trial produced a score (see trials.csv and the Ray logs in {ray_logs})")
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all", filter_nan_and_inf=True)
     series = run_history(best)[space.metric]
     best_score = float(series.max() if space.mode == "max" else series.min())

@@ -8,7 +8,8 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from fer_tune.compat import RAY_QUIET_LOGGERS, ray_errors_to_logger
+from fer_tune.compat import RAY_QUIET_LOGGERS, local_ray_on_loopback, ray_errors_to_logger
+from fer_tune.errors import UserError
 
 QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Ray's "Configuration for experiment" boxes and TensorBoard hint: off
@@ -39,13 +40,20 @@ def ray_session(log: Callable[[str], None], keep: bool = False) -> Iterator[None
         yield
         return
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(
-        address=address or None,
-        include_dashboard=False,
-        configure_logging=False,
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
+    if not address:
+        local_ray_on_loopback()  # a laptop's search opens no port to its network
+    try:
+        ray.init(
+            address=address or None,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
+    except Exception as exc:  # Ray raises ConnectionError, AuthenticationError, RuntimeError, ...
+        if not address:
+            raise
+        raise UserError(connection_problem(address, exc)) from None
     resources = ray.cluster_resources()
     log(
         f"Ray: {f'cluster at {address}' if address else 'a local Ray instance'}; "
@@ -56,3 +64,19 @@ def ray_session(log: Callable[[str], None], keep: bool = False) -> Iterator[None
     finally:
         if not keep:
             ray.shutdown()
+
+
+def connection_problem(address: str, exc: BaseException) -> str:
+    """One line: why the driver could not join the cluster at ``address``, and what to set."""
+    lines = str(exc).strip().splitlines()
+    first = (lines[0] if lines else type(exc).__name__).split(". Ensure")[0]
+    if "uthenticat" in str(exc):
+        return (
+            f"RAY_ADDRESS={address}: the cluster refused this driver ({first}); a cluster started with `ray start` "
+            "uses token authentication: set RAY_AUTH_MODE=token and put the head node's token in "
+            "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
+        )
+    return (
+        f"RAY_ADDRESS={address}: cannot join the Ray cluster there ({first}); check the address "
+        "(`ray status` on the head node prints it), or unset RAY_ADDRESS for a local Ray"
+    )

@@ -22,6 +22,7 @@ import pandas as pd
 
 from fer_tune.data.fer_data import FerData
 from fer_tune.errors import UserError
+from fer_tune.files import write_csv_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
@@ -38,8 +39,9 @@ from fer_tune.search.retrain_trial import retrain_trainable
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
 from fer_tune.search.space import SearchSpace
 from fer_tune.search.space_file import load_search_space
+from fer_tune.search.storage import TrialStorage, remove_experiment
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search_folder import SCORED_STATUSES, run_history
+from fer_tune.search_folder import SCORED_STATUSES, SearchFolder, run_history
 from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.training.config import TrainConfig, load_train_config
 from fer_tune.training.transfer import load_base
@@ -79,10 +81,10 @@ def search_space_of(folder: Path) -> SearchSpace:
     return space.for_smoke() if manifest.smoke else space
 
 
-def _same_retraining(folder: Path, settings: dict[str, Any]) -> bool:
+def _same_retraining(folder: Path, settings: dict[str, Any], storage: TrialStorage) -> bool:
     """True when ``folder`` holds an interrupted retraining with these settings (so it resumes)."""
     recorded = folder / RETRAIN_SETTINGS
-    if not (can_resume(folder / RETRAIN_EXPERIMENT) and recorded.is_file()):
+    if not (recorded.is_file() and can_resume(storage, RETRAIN_EXPERIMENT)):
         return False
     return read_yaml(recorded) == yaml_plain(settings)
 
@@ -96,6 +98,13 @@ def run_retrain(
         raise UserError(f"--protocol {opts.protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
     require_search_folder(folder)
     space = search_space_of(folder)
+    manifest = read_manifest(folder)
+    if manifest.failed_trials and not opts.allow_failed_trials:
+        raise UserError(
+            f"{folder / 'trials.csv'}: {manifest.failed_trials} trial(s) of this search ended in error, so its "
+            "results are incomplete; run the search again (--fresh), or retrain anyway with --allow-failed-trials"
+        )
+    storage = TrialStorage(folder, manifest.storage)
     opts = replace(opts, top_k=opts.top_k or space.retrain.top_k, seeds=opts.seeds or space.retrain.seeds)
     winners = pick_winners(folder, space, opts.top_k, opts.epochs)
     if opts.pretrained is not None:
@@ -108,7 +117,7 @@ def run_retrain(
         space.budget.checkpoint_every,
         space.budget.checkpoint_every_s,
     )
-    job = retrain_job(folder, space, plan, _trial_data(folder, data, winners[0]), opts, log)
+    job = replace(retrain_job(folder, space, plan, _trial_data(folder, data, winners[0]), opts, log), storage=storage)
     settings = {
         "top_k": len(winners),
         "seeds": opts.seeds,
@@ -118,16 +127,16 @@ def run_retrain(
         "finetune": space.finetune,
         "pretrained": winners[0].config.get("pretrained_path"),
     }
-    resume = _same_retraining(folder, settings)
+    resume = _same_retraining(folder, settings, storage)
     if resume:
         log(
-            f"resuming the retraining of {folder.name}: {finished_trials(job.path)} of {job.progress.trials} runs "
+            f"resuming the retraining of {folder.name}: {finished_trials(job)} of {job.progress.trials} runs "
             "already finished"
         )
     else:  # a retraining with other settings starts over as a whole
-        for stale in (job.path, folder / "winners"):
-            if stale.exists():
-                shutil.rmtree(stale)
+        remove_experiment(storage, RETRAIN_EXPERIMENT)
+        if (folder / "winners").exists():
+            shutil.rmtree(folder / "winners")
         write_yaml(folder / RETRAIN_SETTINGS, settings, header="# what the retraining in retrain/ runs\n")
         stage = (
             f"; then a fine-tune of {space.finetune['epochs']} epochs at lr {space.finetune['lr']:g}, scored separately"
@@ -139,7 +148,7 @@ def run_retrain(
             f"({winners[0].config['epochs']} epochs, protocol '{opts.protocol}'{stage})"
         )
     results, resources = run_trials(job, resume, log)
-    return _kept_runs(results, folder, plan, resources), winners
+    return _kept_runs(results, storage, plan, resources), winners
 
 
 def _trial_data(folder: Path, data: FerData, first: Winner) -> TrialData:
@@ -184,14 +193,17 @@ def retrain_job(
     )
 
 
-def _kept_runs(results, folder: Path, plan: RetrainPlan, resources: dict[str, float]) -> pd.DataFrame:
-    """Copy each run's kept model(s) to ``folder/winners/``; one row per (winner, seed, stage)."""
+def _kept_runs(results, storage: TrialStorage, plan: RetrainPlan, resources: dict[str, float]) -> pd.DataFrame:
+    """Copy each run's kept model(s) to ``folder/winners/`` and its history to ``folder/history/``; one row
+    per (winner, seed, stage)."""
+    folder = storage.folder
     rows = []
     for result in results:
         if result.error is not None:
-            raise UserError(f"retraining run {result.path} failed: {result.error}")
+            raise UserError(f"retraining run {storage.address(result.path)} failed: {result.error}")
         rank, seed = int(result.config["winner"]), int(result.config["seed"])
         winner, history = plan.winners[rank - 1], run_history(result)
+        history_csv = write_csv_atomic(history, folder / SearchFolder.HISTORY / f"retrain_winner{rank}_seed{seed}.csv")
         with result.checkpoint.as_directory() as ckpt:
             for stage, file in (("main", "model.pt"), ("finetune", "finetune.pt")):
                 if not (Path(ckpt) / file).is_file():
@@ -219,7 +231,7 @@ def _kept_runs(results, folder: Path, plan: RetrainPlan, resources: dict[str, fl
                         "wall_time_s": float(history.epoch_time.sum()),
                         "gpus": resources["gpu"],
                         "cpus": resources["cpu"],
-                        "history": str(Path(result.path) / "progress.csv"),
+                        "history": str(history_csv),
                     }
                 )
     return pd.DataFrame(rows).sort_values(["stage", "winner", "seed"]).reset_index(drop=True)

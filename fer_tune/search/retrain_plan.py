@@ -49,3 +49,4 @@ class RetrainOptions:
     cpus_per_trial: float | None = None
     device: str | None = None  # where the final scoring runs
     pretrained: str | None = None  # ViT: overrides the pretrained folder the search recorded
+    allow_failed_trials: bool = False  # retrain a search whose trials partly ended in error

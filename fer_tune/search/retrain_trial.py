@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fer_tune.search.cluster import this_trial_device
 from fer_tune.search.in_trial import STATE_FILE, CheckpointSchedule, report_epoch, restored_state
 from fer_tune.search.retrain_plan import RetrainPlan
 from fer_tune.search.trial_data import TrialData
@@ -36,7 +37,7 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
     learning rate; its last checkpoint adds ``finetune.pt``, so that each model is scored on its own."""
     winner = plan.winners[config["winner"] - 1]
     seed = int(config["seed"])
-    trainer = data.trainer(TrainConfig.from_mapping({**winner.config, "seed": seed}))
+    trainer = data.trainer(TrainConfig.from_mapping({**winner.config, "seed": seed}), device=this_trial_device())
     resume = restored_state()
     kept: dict[str, Any] | None = resume["kept"] if resume else None
     restarts = resume["restarts"] + 1 if resume else 0
@@ -103,7 +104,9 @@ def _stages(trainer: Trainer, data: TrialData, plan: RetrainPlan, kept: Callable
     if not plan.finetune or kept() is None:
         return
     finetune_config = trainer.config.replace(source="finetune", **{"scheduler": "none", **plan.finetune})
-    finetune = data.trainer(finetune_config, data.train_and_val if plan.protocol == "trainval" else None)
+    finetune = data.trainer(
+        finetune_config, data.train_and_val if plan.protocol == "trainval" else None, device=trainer.device.type
+    )
     finetune.model.load_state_dict(kept()["model"])
     yield "finetune", finetune, finetune_config.epochs
 
@@ -120,7 +123,7 @@ def _phases(trainer: Trainer, data: TrialData, protocol: str):
         if not scored:
             return
         best = max(scored, key=lambda r: r.val_acc)
-        refit = data.trainer(trainer.config, data.train_and_val)
+        refit = data.trainer(trainer.config, data.train_and_val, device=trainer.device.type)
         if trainer.config.scheduler == "plateau":
             refit.replay_learning_rates([r.lr for r in trainer.history[: best.epoch]])
         yield "refit", refit, best.epoch

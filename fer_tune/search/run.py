@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from fer_tune.data.fer_data import FerData
-from fer_tune.errors import UserError
-from fer_tune.manifest import SearchManifest
+from fer_tune.errors import TrialsFailed, UserError
+from fer_tune.manifest import SearchManifest, read_manifest
 from fer_tune.models import check_pretrained_choice, create_model, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import (
@@ -27,11 +27,13 @@ from fer_tune.run_folder import (
     make_run_folder,
     removed_if_nothing_ran,
 )
+from fer_tune.search.cluster import Concurrency
 from fer_tune.search.outputs import SearchOutcome, asha_savings, write_outputs
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
 from fer_tune.search.searcher import optuna_and_asha
 from fer_tune.search.space import Resources, SearchSpace, paper_point
 from fer_tune.search.space_file import load_search_space
+from fer_tune.search.storage import TrialStorage
 from fer_tune.search.trainable import search_trainable
 from fer_tune.search.trial_data import TrialData
 from fer_tune.search_folder import SearchFolder
@@ -56,6 +58,9 @@ class SearchOptions:
     base_checkpoint: str | None = None
     pretrained: str | None = None  # ViT: a local pretrained folder, or "from_scratch"
     keep_ray: bool = False  # leave the Ray the search started running, for the retraining that follows
+    storage: str | None = None  # where Ray Tune keeps trials (a shared folder or a URI); None: the search folder
+    max_concurrent: int | str | None = None  # trials at once (auto: as the cluster places them)
+    allow_failed_trials: bool = False  # trials that ended in error still give results (else exit 3)
     log: Callable[[str], None] = field(default=print)
 
 
@@ -162,6 +167,8 @@ def configured_space(space_name: str, opts: SearchOptions) -> SearchSpace:
     budget = space.budget
     if opts.trials is not None:
         budget = replace(budget, num_trials=opts.trials)
+    if opts.max_concurrent is not None:
+        budget = replace(budget, max_concurrent=opts.max_concurrent)
     if opts.max_epochs is not None:
         budget = replace(budget, max_epochs=opts.max_epochs, grace_period=min(budget.grace_period, opts.max_epochs))
     resources = Resources(
@@ -198,12 +205,14 @@ def _search_in_folder(
     space: SearchSpace, name: str, folder: Path, data: FerData, pretrained, opts: SearchOptions
 ) -> SearchOutcome:
     started = time.perf_counter()
-    manifest = _fresh_manifest(space, name, folder, data, opts)
-    restore = can_resume(folder / SearchFolder.SEARCH_EXPERIMENT)
+    storage = TrialStorage(folder, storage_of_search(folder, opts))
+    storage.check_writable()
+    manifest = _fresh_manifest(space, name, folder, data, opts, storage)
+    restore = can_resume(storage, SearchFolder.SEARCH_EXPERIMENT)
     if opts.resume and not restore:
         raise UserError(
-            f"{folder / SearchFolder.SEARCH_EXPERIMENT}: nothing to resume (no earlier search named {name!r}); "
-            "drop --resume to start one"
+            f"{storage.experiment(SearchFolder.SEARCH_EXPERIMENT)}: nothing to resume (no earlier search named "
+            f"{name!r} in {storage.describe()}); drop --resume to start one"
         )
     base = resolve_base(space, data, opts, folder)
     if base is not None:
@@ -213,31 +222,60 @@ def _search_in_folder(
     job = replace(
         search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log, restore),
         keep_ray=opts.keep_ray,
+        storage=storage,
     )
     if restore:
-        opts.log(f"resuming search {name} from {job.path}: {finished_trials(job.path)} trial(s) already finished")
+        opts.log(f"resuming search {name} from {job.path}: {finished_trials(job)} trial(s) already finished")
     else:
         opts.log(
             f"search {name}: {space.budget.num_trials} trials of {space.model}, up to "
-            f"{space.budget.max_epochs} epochs each, ASHA grace {space.budget.grace_period}; data {data.source}"
+            f"{space.budget.max_epochs} epochs each, ASHA grace {space.budget.grace_period}; data {data.source}; "
+            f"trials kept in {storage.describe()}"
         )
     results, resources = run_trials(job, restore, opts.log)
     manifest.gpus_per_trial = resources["gpu"]  # the share the trials had (auto: what the probe chose)
+    outcome = write_outputs(results, space, folder, resources, job.data, manifest.base_source, storage)
+    failed = outcome.trials[outcome.trials.status == "error"]
+    manifest.failed_trials = len(failed)
     manifest.write(folder)
-    outcome = write_outputs(results, space, folder, resources, job.data, manifest.base_source)
     ran, full = asha_savings(outcome.trials, space.budget.max_epochs)
     opts.log(
-        f"search {name} done in {time.perf_counter() - started:.0f}s: best {space.metric} "
-        f"{outcome.best_score:.4f}; ASHA ran {ran} of {full} trial-epochs"
+        f"search {name} {'done' if failed.empty else 'ended with failed trials'} in "
+        f"{time.perf_counter() - started:.0f}s: best {space.metric} {outcome.best_score:.4f}; "
+        f"ASHA ran {ran} of {full} trial-epochs"
     )
     opts.log(
         f"results: {folder}\n  trials:      {outcome.trials_csv}\n  best config: {outcome.best_config}\n"
         f"  TensorBoard: tensorboard --logdir {folder}   (every trial in ray/, the retraining in retrain/)"
     )
+    if not failed.empty:
+        for row in failed.itertuples():
+            opts.log(f"  trial {row.trial} ({row.trial_id}) failed: {row.error_file}")
+        if not opts.allow_failed_trials:
+            raise TrialsFailed(
+                f"{len(failed)} of {len(outcome.trials)} trials of search {name} ended in error (files above); its "
+                "results are incomplete and the retraining did not start. Fix the cause and run the same command "
+                "with --fresh, or go on with these results: --retrain NAME --allow-failed-trials"
+            )
     return outcome
 
 
-def _fresh_manifest(space: SearchSpace, name: str, folder: Path, data: FerData, opts: SearchOptions) -> SearchManifest:
+def storage_of_search(folder: Path, opts: SearchOptions) -> str | None:
+    """The ``--storage`` of this search: the one its manifest recorded (a continuation must not
+    change it), else the command line's."""
+    manifest = read_manifest(folder) if not opts.fresh else None
+    recorded = manifest.storage if manifest is not None else None
+    if manifest is not None and opts.storage is not None and opts.storage != recorded:
+        raise UserError(
+            f"{folder / SearchFolder.MANIFEST}: this search keeps its trials in {recorded or 'the search folder'}, "
+            f"not --storage {opts.storage}; give the same --storage (or none) to continue it, or --fresh to start over"
+        )
+    return recorded if manifest is not None else opts.storage
+
+
+def _fresh_manifest(
+    space: SearchSpace, name: str, folder: Path, data: FerData, opts: SearchOptions, storage: TrialStorage
+) -> SearchManifest:
     """Clear the folder first under ``--fresh``, then write the manifest (what this folder holds)."""
     if opts.fresh:
         kept = clear_search_outputs(folder)
@@ -258,6 +296,7 @@ def _fresh_manifest(space: SearchSpace, name: str, folder: Path, data: FerData, 
         finetune=space.finetune,
         pretrained=space.fixed.get("pretrained_path"),
         data=data.source,
+        storage=storage.uri,
     )
     manifest.write(folder)
     return manifest
@@ -289,4 +328,6 @@ def search_job(
         progress,
         tune_config={} if restore else optuna_and_asha(space, name, folder, seed),
         probe=space.largest_trial(),
+        concurrency=Concurrency(budget.max_concurrent, budget.num_trials, 0.0, 0.0),
+        time_budget_s=budget.time_budget_s,
     )

@@ -9,14 +9,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fer_tune.clock import clock, stamp
 from fer_tune.compat import ray_logs_folder
+from fer_tune.search.cluster import Concurrency, check_nodes_see, node_resources, share_for
 from fer_tune.search.ray_setup import ray_session
 from fer_tune.search.space import AUTO
+from fer_tune.search.storage import TrialStorage
 from fer_tune.search.trial_data import TrialData
 from fer_tune.training.config import TrainConfig
 
@@ -59,7 +61,7 @@ def probe_gpu_share(job: TuneJob, log: Callable[[str], None]) -> float:
         f"{peak / 1e9:.2f} GB of {total / 1e9:.0f} GB and trains {rate:.0f} images/s alone; {k} trial(s) per GPU, "
         f"a share of {1 / k:.4g} each"
     )
-    return round(1 / k, 4)
+    return share_for(k)
 
 
 def _probe_trial(data: TrialData, config: TrainConfig, steps: int = 3) -> tuple[int, int, float]:
@@ -185,49 +187,89 @@ class TuneJob:
     tune_config: dict[str, Any] = field(default_factory=dict)  # search_alg, scheduler, num_samples, ...
     probe: TrainConfig | None = None  # gpus "auto": the trial a probe measures
     keep_ray: bool = False  # leave a Ray started here running (the retraining follows)
+    storage: TrialStorage | None = None  # where Tune keeps the trials (None: the search folder)
+    concurrency: Concurrency | None = None  # a search: how many trials at once (a retraining: all that fit)
+    time_budget_s: float = 0.0  # the experiment stops after this long (0: no limit)
 
     @property
-    def path(self) -> Path:
-        return self.folder / self.experiment
+    def trial_storage(self) -> TrialStorage:
+        return self.storage or TrialStorage(self.folder)
+
+    @property
+    def path(self) -> str:
+        """The experiment's path inside the storage's filesystem."""
+        return self.trial_storage.experiment(self.experiment)
 
 
-def can_resume(experiment: Path) -> bool:
-    """True when ``experiment`` holds a Tune experiment that can be restored."""
+def can_resume(storage: TrialStorage, experiment: str) -> bool:
+    """True when the storage holds the Tune experiment ``experiment`` and it can be restored."""
     from ray import tune
 
-    return experiment.is_dir() and tune.Tuner.can_restore(str(experiment))
+    filesystem, _ = storage.filesystem()
+    path = storage.experiment(experiment)
+    if filesystem is None and not Path(path).is_dir():
+        return False
+    try:
+        return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
+    except OSError:  # an unreachable URI: nothing to continue from there
+        return False
 
 
-def finished_trials(experiment: Path) -> int:
+def finished_trials(job: TuneJob) -> int:
     """How many trials of an earlier run ended (for the resume message)."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        analysis = ExperimentAnalysis(str(experiment))
+        analysis = ExperimentAnalysis(job.path, storage_filesystem=job.trial_storage.filesystem()[0])
     except Exception:  # an experiment killed very early may have no readable state yet
         return 0
     return sum(1 for t in analysis.trials if t.status in ("TERMINATED", "ERROR"))
 
 
+def time_budget_spent(job: TuneJob, started: float) -> bool:
+    """True when ``job`` has a time budget and it ran out."""
+    return bool(job.time_budget_s) and time.monotonic() - started >= job.time_budget_s
+
+
 def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple[Any, dict[str, float]]:
     """Run (or continue) ``job``; return Tune's ResultGrid once every trial ended, and the resources
     each trial had. A Ctrl-C that stopped it early is a KeyboardInterrupt (Tune saved its state: the
-    same command continues)."""
+    same command continues); a spent time budget is not."""
     from ray import tune
 
+    storage = job.trial_storage
     with ray_session(log, keep=job.keep_ray):
+        local = storage.local_root()
+        if local is not None:
+            check_nodes_see(local)
         resources = trial_resources(job, log)
         trainable = tune.with_resources(tune.with_parameters(job.trainable, data=job.data, **job.extra), resources)
+        started = time.monotonic()
         if restore:
-            tuner = tune.Tuner.restore(str(job.path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(
+                job.path,
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                storage_filesystem=storage.filesystem()[0],
+            )
         else:
+            tune_config = dict(job.tune_config)
+            if job.concurrency is not None:
+                from fer_tune.search.searcher import ClusterConcurrencyLimiter
+
+                concurrency = replace(job.concurrency, cpus=resources["cpu"], gpus=resources["gpu"])
+                log(f"{job.progress.label}: {concurrency.why(node_resources())}")
+                tune_config["search_alg"] = ClusterConcurrencyLimiter(tune_config["search_alg"], concurrency)
+            if job.time_budget_s:
+                tune_config["time_budget_s"] = job.time_budget_s
             tuner = tune.Tuner(
                 trainable,
                 param_space=job.param_space,
-                tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True, **job.tune_config),
+                tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True, **tune_config),
                 run_config=tune.RunConfig(
                     name=job.experiment,
-                    storage_path=str(job.folder.resolve()),
+                    **storage.ray_arguments(),
                     verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest: it carries the best
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
@@ -236,6 +278,6 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
             )
         results = tuner.fit()
     ended = results.num_terminated + results.num_errors
-    if ended < job.progress.trials:
+    if ended < job.progress.trials and not time_budget_spent(job, started):
         raise KeyboardInterrupt(f"{ended} of {job.progress.trials} trials of {job.experiment} ended")
     return results, resources

@@ -27,10 +27,11 @@ class Budget:
     grace_period: int = 3
     reduction_factor: int = 3
     num_trials: int = 20
-    max_concurrent: int = 4
+    max_concurrent: int | str = AUTO  # trials at once; auto: as many as the cluster places (search/cluster.py)
     patience: int = 0  # a run ends after this many epochs without a better validation score (0 = never)
     checkpoint_every: int = 0  # a run saves its state every N epochs; 0 = by time (below), else automatic
     checkpoint_every_s: float = 0.0  # ... every T seconds of training; 0 = when saving costs under about 5%
+    time_budget_s: float = 0.0  # the whole search stops after this many seconds (Tune's time_budget_s); 0 = none
 
     def asha_rungs(self) -> set[int]:
         """The epochs at which ASHA compares a trial with the others (and may stop it)."""
@@ -50,20 +51,20 @@ class Budget:
         return self
 
 
-GPU_SHARES = "0 to 1 (a share of one GPU), a whole number of GPUs up to 64, or auto"
+GPU_SHARES = "0 (train on the CPU) to 1 (a share of one GPU: a trial trains on one device), or auto"
+AUTO_FIELDS = ("gpus_per_trial", "max_concurrent")  # settings that may be "auto"
 
 
 def gpu_share_ok(value: Any) -> bool:
-    """True for a GPU share Ray can place (see :data:`GPU_SHARES`)."""
+    """True for a GPU share a trial can use (see :data:`GPU_SHARES`)."""
     if value == AUTO:
         return True
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and 0 <= value <= 64
-        and (value <= 1 or value == int(value))
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+
+
+def concurrency_ok(value: Any) -> bool:
+    """True for ``max_concurrent``: auto, or 1 to 10000 trials at once."""
+    return value == AUTO or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10_000)
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,11 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "max_epochs": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
     "num_trials": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
     "reduction_factor": ("2 to 100 (ASHA keeps 1 in reduction_factor)", lambda v: 2 <= v <= 100),
-    "max_concurrent": ("a whole number 1 to 10000", lambda v: 1 <= v <= 10_000),
+    "max_concurrent": ("auto (as many as the cluster places) or a whole number 1 to 10000", concurrency_ok),
     "patience": ("0 (off) to 100000 epochs without improvement", lambda v: 0 <= v <= 100_000),
     "checkpoint_every": ("0 (automatic) to 100000 epochs", lambda v: 0 <= v <= 100_000),
     "checkpoint_every_s": ("0 (automatic) to 604800 seconds", lambda v: 0 <= v <= 7 * 86_400),
+    "time_budget_s": ("0 (no limit) to 31536000 seconds", lambda v: 0 <= v <= 365 * 86_400),
     "gpus_per_trial": (GPU_SHARES, gpu_share_ok),
     "cpus_per_trial": ("above 0 and at most 1024", lambda v: math.isfinite(v) and 0 < v <= 1024),
     "top_k": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),

@@ -12,6 +12,7 @@ from fer_tune.errors import UserError
 from fer_tune.models import MODELS, model_info
 from fer_tune.search.space import (
     AUTO,
+    AUTO_FIELDS,
     FIXED_ONLY,
     KINDS,
     METRICS,
@@ -153,19 +154,20 @@ def _dataclass_from(src: str, key: str, cls, values: Any):
     for f in fields(cls):
         if f.name in values:
             value = values[f.name]
-            if f.name == "gpus_per_trial" and value == AUTO:
+            if f.name in AUTO_FIELDS and value == AUTO:
                 converted[f.name] = AUTO
                 continue
+            kind = "int" if f.type.startswith("int") else "float"
             try:
                 if isinstance(value, bool):
                     raise ValueError
-                converted[f.name] = int(value) if f.type == "int" else float(value)
-                if f.type == "int" and float(value) != int(value):
+                converted[f.name] = int(value) if kind == "int" else float(value)
+                if kind == "int" and float(value) != int(value):
                     raise ValueError
                 if not math.isfinite(converted[f.name]):
                     raise ValueError
             except (TypeError, ValueError, OverflowError):
-                raise UserError(f"{src}: {key}.{f.name} = {value!r} is not a valid {f.type}") from None
+                raise UserError(f"{src}: {key}.{f.name} = {value!r} is not a valid {kind}") from None
             if converted[f.name] < 0:
                 raise UserError(f"{src}: {key}.{f.name} = {value!r} must not be negative")
     return cls(**converted)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fer_tune.search.cluster import this_trial_device
 from fer_tune.search.in_trial import BEST_FILE, STATE_FILE, CheckpointSchedule, finite, report_epoch, restored_state
 from fer_tune.search.space import SearchSpace
 from fer_tune.search.trial_data import TrialData
@@ -18,6 +19,7 @@ from fer_tune.training.checkpoint import model_payload
 from fer_tune.training.engine import Trainer, stalled
 
 CRASH_ENV = "FER_TUNE_TEST_CRASH_ONCE_DIR"  # test-only: a trial process dies once at its 2nd epoch
+FAIL_ENV = "FER_TUNE_TEST_FAIL_IF"  # test-only: "key=value": trials sampled with that value raise
 
 
 def _maybe_crash_for_test(trial_id: str, epoch: int) -> None:
@@ -36,13 +38,22 @@ def _maybe_crash_for_test(trial_id: str, epoch: int) -> None:
     os._exit(1)
 
 
+def _maybe_fail_for_test(config: dict[str, Any]) -> None:
+    """Test-only fault injection: with ``FER_TUNE_TEST_FAIL_IF=key=value`` set, a trial whose sampled
+    ``key`` prints as ``value`` raises (an error Ray's retries cannot cure)."""
+    key, _, value = os.environ.get(FAIL_ENV, "").partition("=")
+    if key and str(config.get(key)) == value:
+        raise RuntimeError(f"test fault: {key} = {value}")
+
+
 def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace) -> None:
     """Train one sampled configuration of ``space``, reporting scalars once per epoch; a checkpoint
     (resumption state + the best epoch's weights) when the budget's schedule says so, and at the end."""
     import ray
     from ray import tune
 
-    trainer = data.trainer(space.train_config(config))
+    _maybe_fail_for_test(config)
+    trainer = data.trainer(space.train_config(config), device=this_trial_device())
     transfer = trainer.transfer.counts() if trainer.transfer is not None else {}
     state = restored_state()
     restarts = 0

@@ -47,8 +47,11 @@ class TrialData:
             [self.train_labels, self.val_labels]
         )
 
-    def trainer(self, config: TrainConfig, train: tuple[np.ndarray, np.ndarray] | None = None):
-        """A :class:`~fer_tune.training.engine.Trainer` of ``config`` from these starting weights."""
+    def trainer(
+        self, config: TrainConfig, train: tuple[np.ndarray, np.ndarray] | None = None, device: str | None = None
+    ):
+        """A :class:`~fer_tune.training.engine.Trainer` of ``config`` from these starting weights, on
+        ``device`` (None: CUDA when there)."""
         from fer_tune.training.engine import Trainer
 
         if self.base is not None and config.base_checkpoint is None:
@@ -59,6 +62,7 @@ class TrialData:
             self.val,
             base_state=self.base.state if self.base else None,
             pretrained=self.pretrained,
+            device=device,
         )
 
     def head(self, train: int, val: int) -> TrialData:
@@ -75,6 +79,6 @@ class TrialData:
         """Every weight of the model a trial saved (its ``config`` and trainable ``model`` tensors:
         the frozen ones are the starting weights', left out of trial checkpoints)."""
         config = TrainConfig.from_mapping(saved["config"], source="a trial's saved weights")
-        trainer = self.head(1, 1).trainer(config)  # the model and its starting weights, not the data
+        trainer = self.head(1, 1).trainer(config, device="cpu")  # the model and its starting weights, not the data
         trainer.load_weights(saved["model"])
         return trainer.model.state_dict()
