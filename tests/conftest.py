@@ -12,6 +12,14 @@ from fer_tune.data.demo import DemoSpec, write_demo_csv
 from fer_tune.data.fer2013 import load_fer
 
 torch.set_num_threads(2)
+# S3 credentials for the local S3 server of tests/test_storage.py, set before the suite's Ray starts (its
+# workers write trials there); moto accepts any
+for _key, _value in (
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+):
+    os.environ.setdefault(_key, _value)
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

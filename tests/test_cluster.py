@@ -1,44 +1,200 @@
-"""A search on a two-node Ray cluster simulated on this machine: trials land on both nodes."""
+"""A real two-node Ray cluster on this machine, as real clusters differ from one: the worker node runs in
+a mount namespace of its own where the head's results folder is hidden (a tmpfs over it), and the whole
+cluster runs in a network namespace of its own, so that Ray takes 127.0.0.1 for every node and no
+traffic leaves the test. Token authentication is on, as ``ray start`` sets it up. One cluster lifetime:
+(a) a local ``--results`` alone is refused before any epoch; (b) with ``--storage`` on a folder both
+nodes see, search, retraining and report finish with trials on both nodes; (c) the worker node is
+SIGKILLed mid-search: its trial goes on elsewhere from its checkpoint and the search finishes."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from fer_tune.search.run import SearchOptions, run_search
+pytestmark = pytest.mark.slow
 
-pytestmark = [pytest.mark.slow, pytest.mark.replaces_ray]
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = """
+    model: vgg
+    budget: {{max_epochs: {epochs}, grace_period: {epochs}, reduction_factor: 2, num_trials: 2, max_concurrent: 2}}
+    resources: {{gpus_per_trial: 0, cpus_per_trial: 1}}
+    fixed: {{width: 0.0625, batch_size: 64, scheduler: none, optimizer: adam}}
+    space:
+      lr: {{loguniform: [1.0e-4, 1.0e-2]}}
+    paper_trial: {{lr: 1.0e-3}}
+"""
 
 
-def test_search_spreads_trials_over_two_nodes(chain_data, tmp_path):
-    """The suite's Ray gives way to the cluster (this test runs last: nothing needs it again)."""
-    import ray
-    from ray.cluster_utils import Cluster
+def _why_no_namespaces() -> str | None:
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        return "util-linux's unshare / nsenter are not installed"
+    probe = subprocess.run(
+        ["unshare", "-n", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+        capture_output=True,
+        text=True,
+    )
+    return None if probe.returncode == 0 else f"namespaces are not allowed here ({probe.stderr.strip()})"
 
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    worker = cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-        cluster.wait_for_nodes()
-        space = tmp_path / "two_nodes.yaml"
-        space.write_text(
-            textwrap.dedent("""
-            model: vgg
-            budget: {max_epochs: 1, grace_period: 1, reduction_factor: 2, num_trials: 2, max_concurrent: 2}
-            resources: {gpus_per_trial: 1, cpus_per_trial: 1}   # no GPU in this cluster: asks for 0
-            fixed: {width: 0.0625, batch_size: 64}
-            space:
-              lr: {loguniform: [1.0e-3, 1.0e-2]}
-        """)
+
+class TwoNodes:
+    """A head node and a worker node (1 CPU each) in one private network namespace."""
+
+    def __init__(self, base: Path, hidden: Path):
+        self.base, self.hidden, self.port = base, hidden, 6379
+        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "infinity"])
+        self.ns = ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net"]
+        time.sleep(0.2)
+        subprocess.run([*self.ns, "ip", "link", "set", "lo", "up"], check=True)
+        home = base / "home"
+        home.mkdir()
+        self.env = {
+            **os.environ,
+            "HOME": str(home),
+            "RAY_AUTH_MODE": "token",
+            "RAY_ADDRESS": f"127.0.0.1:{self.port}",
+            "RAY_health_check_period_ms": "1000",  # a dead node is noticed in seconds
+            "RAY_health_check_failure_threshold": "3",
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",  # each progress line as it happens
+        }
+        self.env.pop("RAY_AUTH_TOKEN", None)
+        subprocess.run([*self.ns, "ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, check=True)
+        common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--block"]
+        self.head = self._start(
+            [
+                "ray",
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.port}",
+                "--include-dashboard=false",
+                f"--temp-dir={base / 'ray'}",
+                *common,
+            ]
         )
-        outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
-        nodes = set(outcome.trials.node)
-        assert len(outcome.trials) == 2 and (outcome.trials.status == "completed").all()
-        assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}, nodes
-        assert worker.node_id in nodes
+        self._wait_for_nodes(1)
+        hide = f"mount -t tmpfs tmpfs {hidden} && exec ray start --address=127.0.0.1:{self.port} {' '.join(common)}"
+        self.worker = self._start(["unshare", "-m", "--propagation", "private", "sh", "-c", hide])
+        self._wait_for_nodes(2)
+
+    def _start(self, command: list[str]) -> subprocess.Popen:
+        log = open(self.base / f"node-{len(list(self.base.glob('node-*')))}.log", "w")
+        return subprocess.Popen([*self.ns, *command], env=self.env, stdout=log, stderr=log, start_new_session=True)
+
+    def _wait_for_nodes(self, count: int, seconds: float = 60) -> None:
+        script = "import ray; ray.init(logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            out = self.python(["-c", script], capture_output=True, text=True).stdout.strip()
+            if out.isdigit() and int(out) >= count:
+                return
+            time.sleep(1)
+        raise AssertionError(f"the cluster did not reach {count} node(s): {out}")
+
+    def python(self, args: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.ns, sys.executable, *args], env={**self.env, **(env or {})}, **kw)
+
+    def launch(self, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*self.ns, sys.executable, str(ROOT / "launch.py"), *args],
+            env={**self.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def kill_worker(self) -> None:
+        os.killpg(self.worker.pid, signal.SIGKILL)  # the worker's raylet and every process of that node
+
+    def stop(self) -> None:
+        for proc in (self.worker, self.head):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.holder.kill()
+        self.holder.wait()
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    reason = _why_no_namespaces()
+    if reason:
+        pytest.skip(reason)
+    results = tmp_path / "r"
+    results.mkdir()
+    base = Path(f"/tmp/fer-tune-cluster-{os.getpid()}")  # short: Ray's socket paths must stay under 108 bytes
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir()
+    cluster = TwoNodes(base, results)
+    try:
+        yield cluster, results
     finally:
-        ray.shutdown()
-        cluster.shutdown()
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(proc: subprocess.Popen, seconds: float = 240) -> str:
+    t = time.monotonic()
+    out, _ = proc.communicate(timeout=seconds)
+    print("TIMING", time.monotonic() - t)
+    return out
+
+
+def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder(two_nodes, chain_csv, tmp_path):
+    cluster, results = two_nodes
+    space = tmp_path / "two_nodes.yaml"
+    space.write_text(textwrap.dedent(SPACE.format(epochs=1)))
+    common = ["--search", str(space), "--data", str(chain_csv), "--results", str(results)]
+
+    # a driver without the cluster's token mode is told what to set, in one line
+    out = _run(cluster.launch(common, env={"RAY_AUTH_MODE": "disabled", "RAY_NUM_REDIS_GET_RETRIES": "3"}))
+    assert re.search(r"^error: RAY_ADDRESS=127\.0\.0\.1:6379: .*set RAY_AUTH_MODE=token", out, re.M), out[-2000:]
+    assert "Traceback" not in out
+
+    # (a) trials kept in the head's local folder: refused before any epoch, naming --storage
+    proc = cluster.launch(common)
+    out = _run(proc)
+    assert proc.returncode == 2, out[-3000:]
+    assert re.search(r"^error: .*1 of the cluster's 2 nodes .*cannot see this folder.*--storage", out, re.M), out
+    assert " epoch " not in out and "Traceback" not in out
+
+    # (b) --storage on a folder every node sees: search, retraining and report; trials on both nodes
+    shared = tmp_path / "shared"
+    proc = cluster.launch([*common, "--storage", str(shared), "--top-k", "1", "--seeds", "1", "--fresh"])
+    out = _run(proc)
+    assert proc.returncode == 0, out[-3000:]
+    folder = results / "two_nodes"
+    trials = pd.read_csv(folder / "trials.csv")
+    assert (trials.status == "completed").all() and trials.node.nunique() == 2, trials
+    assert (shared / "two_nodes" / "ray").is_dir() and not (folder / "ray").exists()
+    assert (folder / "report.md").is_file() and len(list((folder / "history").glob("*.csv"))) == 3
+
+    # (c) the worker node dies mid-search: its trial goes on from its last checkpoint on the head node
+    space.write_text(textwrap.dedent(SPACE.format(epochs=6)))
+    proc = cluster.launch([*common, "--storage", str(shared), "--name", "killed", "--no-retrain"])
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if re.search(r"\] search killed \w+ epoch 1/6", line):
+            break
+    cluster.kill_worker()
+    out = "".join(seen) + _run(proc)
+    assert proc.returncode == 0, out[-3000:]
+    trials = pd.read_csv(results / "killed" / "trials.csv")
+    assert (trials.status == "completed").all() and (trials.epochs_run == 6).all(), trials
+    assert trials.node.nunique() == 1 and trials.restarts.max() >= 1, (trials.to_string(), out)
+    assert "failed; Ray retries it from its last checkpoint" in out
+    assert "Warning" not in out, out

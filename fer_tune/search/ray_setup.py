@@ -70,13 +70,14 @@ def connection_problem(address: str, exc: BaseException) -> str:
     """One line: why the driver could not join the cluster at ``address``, and what to set."""
     lines = str(exc).strip().splitlines()
     first = (lines[0] if lines else type(exc).__name__).split(". Ensure")[0]
-    if "uthenticat" in str(exc):
-        return (
-            f"RAY_ADDRESS={address}: the cluster refused this driver ({first}); a cluster started with `ray start` "
-            "uses token authentication: set RAY_AUTH_MODE=token and put the head node's token in "
-            "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
-        )
+    said = f"{exc} {exc.__cause__ or ''}"
+    token = (
+        ""
+        if os.environ.get("RAY_AUTH_MODE") == "token" and "uthenticat" not in said
+        else "; a cluster started by `ray start` may use token authentication: set RAY_AUTH_MODE=token and copy "
+        "the head node's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN)"
+    )
     return (
-        f"RAY_ADDRESS={address}: cannot join the Ray cluster there ({first}); check the address "
+        f"RAY_ADDRESS={address}: cannot join the Ray cluster there ({first}){token}; else check the address "
         "(`ray status` on the head node prints it), or unset RAY_ADDRESS for a local Ray"
     )

@@ -78,6 +78,12 @@ class MarkedOptunaSearch(OptunaSearch):
         self.rungs = rungs
         super().__init__(*args, **kwargs)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        trial = optuna_trial_of(self, trial_id)
+        if trial is not None and result.get("training_iteration") in intermediate_steps(trial):
+            return  # an epoch trained again after a restart: the study keeps its first report
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial = optuna_trial_of(self, trial_id)
         if trial is not None:
