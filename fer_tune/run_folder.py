@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fer_tune.errors import UserError
+from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.manifest import MANIFEST
 from fer_tune.search_folder import SearchFolder
 
@@ -99,10 +99,14 @@ def clear_search_outputs(folder: Path) -> list[str]:
 @contextmanager
 def removed_if_nothing_ran(folder: Path, progress_markers: tuple[str, ...]) -> Iterator[None]:
     """Remove ``folder`` when the block fails, the folder did not exist before, and no file named in
-    ``progress_markers`` exists below it (no epoch finished): a failed start leaves nothing behind."""
+    ``progress_markers`` exists below it (no epoch finished): a failed start leaves nothing behind. An
+    interruption (the folder stays resumable; its trials may be in a remote storage) and failed trials
+    (their results are written) keep it."""
     existed = folder.exists()
     try:
         yield
+    except (KeyboardInterrupt, TrialsFailed):
+        raise
     except BaseException:
         ran = any(next(folder.rglob(marker), None) for marker in progress_markers) if folder.is_dir() else False
         if not existed and folder.is_dir() and not ran:

@@ -4,7 +4,9 @@ cluster runs in a network namespace of its own, so that Ray takes 127.0.0.1 for 
 traffic leaves the test. Token authentication is on, as ``ray start`` sets it up. One cluster lifetime:
 (a) a local ``--results`` alone is refused before any epoch; (b) with ``--storage`` on a folder both
 nodes see, search, retraining and report finish with trials on both nodes; (c) the worker node is
-SIGKILLed mid-search: its trial goes on elsewhere from its checkpoint and the search finishes."""
+SIGKILLed mid-search: its trial goes on elsewhere from its checkpoint and the search finishes, while a
+third trial fails for good (a test-only fault): the search names its error file and exits 3, and
+``--retrain`` of that folder is refused."""
 
 from __future__ import annotations
 
@@ -21,17 +23,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fer_tune.cli import main
+from fer_tune.manifest import read_manifest
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
+FAST_GIVE_UP = {"RAY_NUM_REDIS_GET_RETRIES": "3"}  # a refused driver gives up after 3 tries, not 20
 SPACE = """
     model: vgg
-    budget: {{max_epochs: {epochs}, grace_period: {epochs}, reduction_factor: 2, num_trials: 2, max_concurrent: 2}}
+    budget: {{max_epochs: {epochs}, grace_period: {epochs}, reduction_factor: 2, num_trials: {trials},
+              max_concurrent: 2}}
     resources: {{gpus_per_trial: 0, cpus_per_trial: 1}}
     fixed: {{width: 0.0625, batch_size: 64, scheduler: none, optimizer: adam}}
     space:
       lr: {{loguniform: [1.0e-4, 1.0e-2]}}
-    paper_trial: {{lr: 1.0e-3}}
+    paper_trial: {{lr: {lr}}}
 """
 
 
@@ -66,6 +73,7 @@ class TwoNodes:
             "RAY_health_check_failure_threshold": "3",
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",  # each progress line as it happens
+            "FER_TUNE_TEST_FAIL_IF": "lr=0.0042",  # test-only: a trial sampled with lr 0.0042 raises
         }
         self.env.pop("RAY_AUTH_TOKEN", None)
         subprocess.run([*self.ns, "ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, check=True)
@@ -82,10 +90,17 @@ class TwoNodes:
                 *common,
             ]
         )
-        self._wait_for_nodes(1)
+        self._wait_for_log(0, "Ray runtime started")
         hide = f"mount -t tmpfs tmpfs {hidden} && exec ray start --address=127.0.0.1:{self.port} {' '.join(common)}"
         self.worker = self._start(["unshare", "-m", "--propagation", "private", "sh", "-c", hide])
+        self._wait_for_log(1, "Ray runtime started")
         self._wait_for_nodes(2)
+
+    def _wait_for_log(self, node: int, text: str, seconds: float = 60) -> None:
+        log, deadline = self.base / f"node-{node}.log", time.monotonic() + seconds
+        while text not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
 
     def _start(self, command: list[str]) -> subprocess.Popen:
         log = open(self.base / f"node-{len(list(self.base.glob('node-*')))}.log", "w")
@@ -147,35 +162,35 @@ def two_nodes(tmp_path):
 
 
 def _run(proc: subprocess.Popen, seconds: float = 240) -> str:
-    t = time.monotonic()
     out, _ = proc.communicate(timeout=seconds)
-    print("TIMING", time.monotonic() - t)
     return out
 
 
-def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder(two_nodes, chain_csv, tmp_path):
+def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder(
+    two_nodes, chain_csv, tmp_path, capsys
+):
     cluster, results = two_nodes
     space = tmp_path / "two_nodes.yaml"
-    space.write_text(textwrap.dedent(SPACE.format(epochs=1)))
+    space.write_text(textwrap.dedent(SPACE.format(epochs=1, trials=2, lr=1e-3)))
     common = ["--search", str(space), "--data", str(chain_csv), "--results", str(results)]
-
-    # a driver without the cluster's token mode is told what to set, in one line
-    out = _run(cluster.launch(common, env={"RAY_AUTH_MODE": "disabled", "RAY_NUM_REDIS_GET_RETRIES": "3"}))
-    assert re.search(r"^error: RAY_ADDRESS=127\.0\.0\.1:6379: .*set RAY_AUTH_MODE=token", out, re.M), out[-2000:]
-    assert "Traceback" not in out
-
-    # (a) trials kept in the head's local folder: refused before any epoch, naming --storage
-    proc = cluster.launch(common)
-    out = _run(proc)
-    assert proc.returncode == 2, out[-3000:]
-    assert re.search(r"^error: .*1 of the cluster's 2 nodes .*cannot see this folder.*--storage", out, re.M), out
-    assert " epoch " not in out and "Traceback" not in out
 
     # (b) --storage on a folder every node sees: search, retraining and report; trials on both nodes
     shared = tmp_path / "shared"
-    proc = cluster.launch([*common, "--storage", str(shared), "--top-k", "1", "--seeds", "1", "--fresh"])
-    out = _run(proc)
-    assert proc.returncode == 0, out[-3000:]
+    search = cluster.launch([*common, "--storage", str(shared), "--top-k", "1", "--seeds", "1"])
+    # meanwhile: a driver without the cluster's token mode is told what to set, in one line; and (a) trials kept
+    # in the head's local folder are refused before any epoch, naming --storage
+    no_token = cluster.launch([*common, "--name", "no_token"], env={"RAY_AUTH_MODE": "disabled", **FAST_GIVE_UP})
+    local = cluster.launch([*common, "--name", "local"])
+    out = _run(no_token)
+    assert re.search(r"^error: RAY_ADDRESS=127\.0\.0\.1:6379: .*set RAY_AUTH_MODE=token", out, re.M), out[-2000:]
+    assert "Traceback" not in out
+    out = _run(local)
+    assert local.returncode == 2, out[-3000:]
+    assert re.search(r"^error: .*1 of the cluster's 2 nodes .*cannot see this folder.*--storage", out, re.M), out
+    assert " epoch " not in out and "Traceback" not in out and not (results / "local").exists()
+
+    out = _run(search)
+    assert search.returncode == 0, out[-3000:]
     folder = results / "two_nodes"
     trials = pd.read_csv(folder / "trials.csv")
     assert (trials.status == "completed").all() and trials.node.nunique() == 2, trials
@@ -183,7 +198,7 @@ def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder
     assert (folder / "report.md").is_file() and len(list((folder / "history").glob("*.csv"))) == 3
 
     # (c) the worker node dies mid-search: its trial goes on from its last checkpoint on the head node
-    space.write_text(textwrap.dedent(SPACE.format(epochs=6)))
+    space.write_text(textwrap.dedent(SPACE.format(epochs=6, trials=2, lr=1e-3)))
     proc = cluster.launch([*common, "--storage", str(shared), "--name", "killed", "--no-retrain"])
     seen = []
     for line in proc.stdout:
@@ -194,7 +209,29 @@ def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder
     out = "".join(seen) + _run(proc)
     assert proc.returncode == 0, out[-3000:]
     trials = pd.read_csv(results / "killed" / "trials.csv")
-    assert (trials.status == "completed").all() and (trials.epochs_run == 6).all(), trials
-    assert trials.node.nunique() == 1 and trials.restarts.max() >= 1, (trials.to_string(), out)
+    assert (trials.status == "completed").all() and (trials.epochs_run == 6).all(), trials.to_string()
+    assert trials.node.nunique() == 1 and trials.restarts.max() >= 1, trials.to_string()
     assert "failed; Ray retries it from its last checkpoint" in out
-    assert "Warning" not in out, out
+    assert "Traceback" not in out and "Warning" not in out, out
+
+    # (d) a trial that fails for good (the paper's, lr 0.0042 here, by a test-only fault): named with its error
+    # file, the results written and marked incomplete, exit 3, no retraining; --retrain of it is refused
+    space.write_text(textwrap.dedent(SPACE.format(epochs=1, trials=2, lr=0.0042)))
+    proc = cluster.launch([*common, "--storage", str(shared), "--name", "failing"])
+    out = _run(proc)
+    assert proc.returncode == 3, out[-3000:]
+    trials = pd.read_csv(results / "failing" / "trials.csv")
+    failed = trials[trials.status == "error"]
+    assert len(failed) == 1 and failed.lr.iloc[0] == pytest.approx(0.0042), trials.to_string()
+    assert (trials[trials.status != "error"].status == "completed").all(), trials.to_string()
+    error_file = Path(failed.error_file.iloc[0])
+    assert error_file.is_file() and "test fault" in error_file.read_text()
+    assert f"trial 1 ({failed.trial_id.iloc[0]}) failed: {error_file}" in out
+    assert f"its error is in {error_file}" in out
+    assert re.search(r"^error: 1 of 2 trials of search failing ended in error .*--allow-failed-trials", out, re.M)
+    assert "search failing ended with failed trials" in out and "search failing done" not in out
+    assert "Traceback" not in out and "Trials did not complete" not in out, out
+    assert not (results / "failing" / "retrain.yaml").exists() and not (results / "failing" / "report.md").exists()
+    assert read_manifest(results / "failing").failed_trials == 1
+    assert main(["--retrain", "failing", "--data", str(chain_csv), "--results", str(results)]) == 2
+    assert "1 trial(s) of this search ended in error" in capsys.readouterr().err

@@ -20,7 +20,6 @@ import ray
 import fer_tune.reporting.report
 from fer_tune.cli import main
 from fer_tune.errors import UserError
-from fer_tune.manifest import read_manifest
 from fer_tune.search.run import search_lock
 from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.yaml_files import read_yaml
@@ -237,33 +236,3 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(
     # the resumed search went on in the same Optuna study: one Optuna trial per Tune trial
     study = optuna.load_study(study_name="killme", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert len(study.trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-
-
-def test_a_search_whose_trials_failed_says_so_exits_3_and_does_not_retrain(chain_csv, tmp_path, capsys):
-    """Issue 25: a trial that ends in error (here the paper's, lr 0.001, by a test-only fault) is named with its
-    error file; the search's results are written and marked incomplete, it exits 3 and the retraining does not
-    start (nor does ``--retrain`` of that folder, unless failures are allowed)."""
-    space = _space(
-        tmp_path,
-        "failing",
-        SEQUENTIAL.replace("max_epochs: 2, grace_period: 2", "max_epochs: 1, grace_period: 1")
-        .replace("max_concurrent: 1", "max_concurrent: 2")
-        .replace("cpus_per_trial: 2", "cpus_per_trial: 1"),
-    )
-    common = ["--data", str(chain_csv), "--results", str(tmp_path / "r")]
-    proc = _launch(["--search", str(space), *common], env={"FER_TUNE_TEST_FAIL_IF": "lr=0.001"})
-    out, _ = proc.communicate(timeout=240)
-    folder = tmp_path / "r" / "failing"
-    assert proc.returncode == 3, out[-3000:]
-    table = pd.read_csv(folder / "trials.csv")
-    failed = table[table.status == "error"]
-    assert len(failed) == 1 and failed.lr.iloc[0] == pytest.approx(1e-3), table
-    assert Path(failed.error_file.iloc[0]).is_file() and "test fault" in Path(failed.error_file.iloc[0]).read_text()
-    assert f"trial 1 ({failed.trial_id.iloc[0]}) failed: {failed.error_file.iloc[0]}" in out
-    assert "error: 1 of 2 trials of search failing ended in error" in out and "--allow-failed-trials" in out
-    assert "search failing ended with failed trials" in out and "search failing done" not in out
-    assert "Traceback" not in out
-    assert not (folder / "retrain").exists() and not (folder / "report.md").exists()
-    assert read_manifest(folder).failed_trials == 1
-    assert main(["--retrain", "failing", *common]) == 2
-    assert "1 trial(s) of this search ended in error" in capsys.readouterr().err

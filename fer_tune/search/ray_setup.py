@@ -26,6 +26,7 @@ def _quiet_ray() -> None:
     # a failed trial: Tune logs its traceback here; fer-tune's progress callback says it in one line,
     # with the path of the trial's error.txt (where the traceback is kept)
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": fer-tune says which
     ray_errors_to_logger()
 
 

@@ -137,8 +137,9 @@ class Progress:
         )
 
 
-def progress_callback(progress: Progress):
-    """The Tune callback that logs :class:`Progress` lines and trial failures."""
+def progress_callback(progress: Progress, storage: TrialStorage):
+    """The Tune callback that logs :class:`Progress` lines and trial failures (with the trial's error
+    file in ``storage``)."""
     from ray.tune import Callback
 
     class ProgressLines(Callback):
@@ -165,7 +166,7 @@ def progress_callback(progress: Progress):
             progress.ended.add(trial.trial_id)
             progress.log(
                 f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed and has no retries left; "
-                f"its error is in {trial.local_path}/error.txt"
+                f"its error is in {storage.address(trial.path)}/error.txt"
             )
 
     return ProgressLines()
@@ -273,7 +274,7 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
                     verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest: it carries the best
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                    callbacks=[progress_callback(job.progress)],
+                    callbacks=[progress_callback(job.progress, storage)],
                 ),
             )
         results = tuner.fit()
