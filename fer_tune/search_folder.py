@@ -33,6 +33,7 @@ class SearchFolder:
     BEST_MODEL = "best_model.pt"
     OPTUNA_DB = "optuna.db"  # the search's Optuna study (study name = the search's name)
     SEARCH_EXPERIMENT = "ray"  # Ray Tune's experiment of the search trials
+    TENSORBOARD = "tensorboard"  # fer-tune's TensorBoard events: every trial and retraining run, one HParams table
     HISTORY = "history"  # each trial's and retraining run's per-epoch history (CSV), copied from Ray's storage
     BASE = "base"  # the base model a transfer search trained first
     RETRAIN_EXPERIMENT = "retrain"

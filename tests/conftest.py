@@ -87,15 +87,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("replaces_ray") is not None)
 
 
+FAILING_LR = 0.0042  # a trial with exactly this learning rate raises in the suite's Ray (fer_tune.search.trainable)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance (2 CPUs) shared by the in-process search tests (started once)."""
     import ray
 
     from fer_tune.compat import local_ray_on_loopback
+    from fer_tune.search.trainable import FAIL_ENV
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     local_ray_on_loopback()  # the suite's Ray traffic stays on 127.0.0.1
+    os.environ[FAIL_ENV] = f"lr={FAILING_LR}"  # test-only fault, before Ray starts its workers
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")

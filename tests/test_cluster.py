@@ -4,9 +4,7 @@ cluster runs in a network namespace of its own, so that Ray takes 127.0.0.1 for 
 traffic leaves the test. Token authentication is on, as ``ray start`` sets it up. One cluster lifetime:
 (a) a local ``--results`` alone is refused before any epoch; (b) with ``--storage`` on a folder both
 nodes see, search, retraining and report finish with trials on both nodes; (c) the worker node is
-SIGKILLed mid-search: its trial goes on elsewhere from its checkpoint and the search finishes, while a
-third trial fails for good (a test-only fault): the search names its error file and exits 3, and
-``--retrain`` of that folder is refused."""
+SIGKILLed mid-search: its trial goes on elsewhere from its checkpoint and the search finishes."""
 
 from __future__ import annotations
 
@@ -22,9 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from fer_tune.cli import main
-from fer_tune.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +68,6 @@ class TwoNodes:
             "RAY_health_check_failure_threshold": "3",
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",  # each progress line as it happens
-            "FER_TUNE_TEST_FAIL_IF": "lr=0.0042",  # test-only: a trial sampled with lr 0.0042 raises
         }
         self.env.pop("RAY_AUTH_TOKEN", None)
         subprocess.run([*self.ns, "ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, check=True)
@@ -130,7 +124,14 @@ class TwoNodes:
         )
 
     def kill_worker(self) -> None:
-        os.killpg(self.worker.pid, signal.SIGKILL)  # the worker's raylet and every process of that node
+        """SIGKILL every process of the worker node (all of its mount namespace) at once."""
+        namespace = os.readlink(f"/proc/{self.worker.pid}/ns/mnt")
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and os.readlink(entry / "ns" / "mnt") == namespace:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
 
     def stop(self) -> None:
         for proc in (self.worker, self.head):
@@ -166,9 +167,7 @@ def _run(proc: subprocess.Popen, seconds: float = 240) -> str:
     return out
 
 
-def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder(
-    two_nodes, chain_csv, tmp_path, capsys
-):
+def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder(two_nodes, chain_csv, tmp_path):
     cluster, results = two_nodes
     space = tmp_path / "two_nodes.yaml"
     space.write_text(textwrap.dedent(SPACE.format(epochs=1, trials=2, lr=1e-3)))
@@ -198,40 +197,18 @@ def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder
     assert (folder / "report.md").is_file() and len(list((folder / "history").glob("*.csv"))) == 3
 
     # (c) the worker node dies mid-search: its trial goes on from its last checkpoint on the head node
-    space.write_text(textwrap.dedent(SPACE.format(epochs=6, trials=2, lr=1e-3)))
+    space.write_text(textwrap.dedent(SPACE.format(epochs=12, trials=2, lr=1e-3)))
     proc = cluster.launch([*common, "--storage", str(shared), "--name", "killed", "--no-retrain"])
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if re.search(r"\] search killed \w+ epoch 1/6", line):
+        if re.search(r"\] search killed \w+ epoch 1/12", line):
             break
     cluster.kill_worker()
     out = "".join(seen) + _run(proc)
     assert proc.returncode == 0, out[-3000:]
     trials = pd.read_csv(results / "killed" / "trials.csv")
-    assert (trials.status == "completed").all() and (trials.epochs_run == 6).all(), trials.to_string()
+    assert (trials.status == "completed").all() and (trials.epochs_run == 12).all(), trials.to_string()
     assert trials.node.nunique() == 1 and trials.restarts.max() >= 1, trials.to_string()
     assert "failed; Ray retries it from its last checkpoint" in out
     assert "Traceback" not in out and "Warning" not in out, out
-
-    # (d) a trial that fails for good (the paper's, lr 0.0042 here, by a test-only fault): named with its error
-    # file, the results written and marked incomplete, exit 3, no retraining; --retrain of it is refused
-    space.write_text(textwrap.dedent(SPACE.format(epochs=1, trials=2, lr=0.0042)))
-    proc = cluster.launch([*common, "--storage", str(shared), "--name", "failing"])
-    out = _run(proc)
-    assert proc.returncode == 3, out[-3000:]
-    trials = pd.read_csv(results / "failing" / "trials.csv")
-    failed = trials[trials.status == "error"]
-    assert len(failed) == 1 and failed.lr.iloc[0] == pytest.approx(0.0042), trials.to_string()
-    assert (trials[trials.status != "error"].status == "completed").all(), trials.to_string()
-    error_file = Path(failed.error_file.iloc[0])
-    assert error_file.is_file() and "test fault" in error_file.read_text()
-    assert f"trial 1 ({failed.trial_id.iloc[0]}) failed: {error_file}" in out
-    assert f"its error is in {error_file}" in out
-    assert re.search(r"^error: 1 of 2 trials of search failing ended in error .*--allow-failed-trials", out, re.M)
-    assert "search failing ended with failed trials" in out and "search failing done" not in out
-    assert "Traceback" not in out and "Trials did not complete" not in out, out
-    assert not (results / "failing" / "retrain.yaml").exists() and not (results / "failing" / "report.md").exists()
-    assert read_manifest(results / "failing").failed_trials == 1
-    assert main(["--retrain", "failing", "--data", str(chain_csv), "--results", str(results)]) == 2
-    assert "1 trial(s) of this search ended in error" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import ray
 import fer_tune.reporting.report
 from fer_tune.cli import main
 from fer_tune.errors import UserError
+from fer_tune.manifest import read_manifest
 from fer_tune.search.run import search_lock
 from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.yaml_files import read_yaml
@@ -236,3 +237,37 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(
     # the resumed search went on in the same Optuna study: one Optuna trial per Tune trial
     study = optuna.load_study(study_name="killme", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert len(study.trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_search_whose_trials_failed_says_so_exits_3_and_does_not_retrain(ray_local, chain_csv, tmp_path, capsys):
+    """Issue 25: a trial that ends in error (the paper's, by the suite's test-only fault on lr 0.0042) is named
+    with its error file; the results are written and marked incomplete, the command exits 3 and the retraining
+    does not start (nor does ``--retrain`` of that folder, unless failures are allowed)."""
+    from conftest import FAILING_LR
+
+    failing = (
+        SEQUENTIAL.replace("lr: 1.0e-3}", f"lr: {FAILING_LR}}}")
+        .replace("max_epochs: 2, grace_period: 2", "max_epochs: 1, grace_period: 1")
+        .replace("max_concurrent: 1", "max_concurrent: 2")
+        .replace("cpus_per_trial: 2", "cpus_per_trial: 1")
+    )
+    space = _space(tmp_path, "failing", failing)
+    common = ["--data", str(chain_csv), "--results", str(tmp_path / "r")]
+    assert main(["--search", str(space), *common]) == 3
+    out, err = capsys.readouterr()
+    folder = tmp_path / "r" / "failing"
+    table = pd.read_csv(folder / "trials.csv")
+    failed = table[table.status == "error"]
+    assert len(failed) == 1 and failed.lr.iloc[0] == pytest.approx(FAILING_LR), table
+    assert (table[table.status != "error"].status == "completed").all(), table
+    error_file = Path(failed.error_file.iloc[0])
+    assert error_file.is_file() and "test fault" in error_file.read_text()
+    assert f"trial 1 ({failed.trial_id.iloc[0]}) failed: {error_file}" in out
+    assert f"its error is in {error_file}" in out
+    assert re.search(r"^error: 1 of 2 trials of search failing ended in error .*--allow-failed-trials", err, re.M)
+    assert "search failing ended with failed trials" in out and "search failing done" not in out
+    assert "Traceback" not in out + err and "Trials did not complete" not in out + err
+    assert not (folder / "retrain.yaml").exists() and not (folder / "report.md").exists()
+    assert read_manifest(folder).failed_trials == 1
+    assert main(["--retrain", "failing", *common]) == 2
+    assert "1 trial(s) of this search ended in error" in capsys.readouterr().err

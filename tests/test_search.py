@@ -163,25 +163,60 @@ def test_smoke_trials_table_starts_with_the_paper_trial(smoke_chain):
     assert first.scheduler == "none"
 
 
-def test_smoke_tensorboard_has_every_trials_curves_and_hparams(smoke_chain):
-    """What `tensorboard --logdir results/NAME` shows: each trial's val_acc per epoch, its sampled
-    hyperparameters in the HParams tab (read back with TensorBoard's own event reader), and the
-    retraining runs beside them."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def test_smoke_tensorboard_has_one_hparams_table_of_every_run(smoke_chain):
+    """What `tensorboard --logdir results/NAME/tensorboard` (the command the search prints) shows, read with
+    TensorBoard's own multiplexer: one HParams experiment for the folder whose columns are the space's keys
+    plus stage / winner / seed / source_trial / stop, every search trial and retraining run a session with
+    all its values, grouped tags, names that say what ran; Ray's own TensorBoard files are not written."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import plugin_data_pb2
 
+    from fer_tune.search.space_file import load_search_space
+
+    logdir = smoke_chain.folder / "tensorboard"
+    assert f"tensorboard --logdir {logdir}" in smoke_chain.out
+    assert not list((smoke_chain.folder / "ray").rglob("events.out.tfevents.*"))
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    content = multiplexer.PluginRunToTagToContent("hparams")
+    experiments = [run for run, tags in content.items() if "_hparams_/experiment" in tags]
+    assert len(experiments) == 1, experiments
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content[experiments[0]]["_hparams_/experiment"]
+    ).experiment
+    keys = {p.name for p in load_search_space("vgg_spinal").params}
+    assert {h.name for h in experiment.hparam_infos} == keys | {"stage", "winner", "seed", "source_trial", "stop"}
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "best_val_acc"]
+
+    sessions = {
+        run: plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"]).session_start_info
+        for run, tags in content.items()
+        if "_hparams_/session_start_info" in tags
+    }
     table = pd.read_csv(smoke_chain.folder / "trials.csv")
+    winners = pd.read_csv(smoke_chain.folder / "retrain_runs.csv")
+    assert len(sessions) == len(table) + len(winners)
     for row in table.itertuples():
-        (events,) = Path(row.trial_path).glob("events.out.tfevents.*")
-        reader = EventAccumulator(str(events))
-        reader.Reload()
-        assert len(reader.Scalars("ray/tune/val_acc")) == row.epochs_run
-        start = plugin_data_pb2.HParamsPluginData.FromString(
-            reader.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-        ).session_start_info
-        assert {"optimizer", "lr", "weight_decay", "batch_size", "freeze"} <= set(start.hparams)
-        assert start.hparams["lr"].number_value == pytest.approx(row.lr)
-    assert len(list(smoke_chain.folder.glob("retrain/trial_*/events.out.tfevents.*"))) == 4  # 2 winners x 2 seeds
+        (run,) = [r for r in sessions if r.startswith(f"search/t{row.trial:02d}-")]
+        hparams = sessions[run].hparams
+        assert run.startswith(f"search/t{row.trial:02d}-{row.optimizer}-{row.scheduler}-lr")
+        assert keys <= set(hparams) and hparams["lr"].number_value == pytest.approx(row.lr)
+        assert hparams["stage"].string_value == "search" and hparams["stop"].string_value == row.status
+        tags = set(multiplexer.GetAccumulator(run).Tags()["scalars"])
+        assert tags == {
+            "val/acc", "val/acc_single", "val/loss", "val/f1", "train/acc", "train/loss", "lr", "time/epoch_s",
+            "best_val_acc",
+        }  # fmt: skip
+        best = multiplexer.Scalars(run, "best_val_acc")
+        assert len(best) == row.epochs_run and best[-1].value == pytest.approx(row.best_val_acc)
+    for row in winners.itertuples():
+        source = f"t{int(table.loc[table.trial_id == row.trial, 'trial'].iloc[0]):02d}"
+        run = f"retrain/w{row.winner}-s{row.seed}-from-{source}"
+        hparams = sessions[run].hparams
+        assert hparams["stage"].string_value == "retrain" and hparams["source_trial"].string_value == source
+        assert (hparams["winner"].number_value, hparams["seed"].number_value) == (row.winner, row.seed)
+        assert keys <= set(hparams)
 
 
 def test_smoke_best_config_trains_again(smoke_chain, chain_csv, tmp_path):

@@ -40,6 +40,7 @@ from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trial
 from fer_tune.search.space import SearchSpace
 from fer_tune.search.space_file import load_search_space
 from fer_tune.search.storage import TrialStorage, remove_experiment
+from fer_tune.search.tensorboard_runs import TrialBoard, experiment_columns
 from fer_tune.search.trial_data import TrialData
 from fer_tune.search_folder import SCORED_STATUSES, SearchFolder, run_history
 from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
@@ -190,7 +191,21 @@ def retrain_job(
             "winner": tune.grid_search([w.rank for w in plan.winners]),
             "seed": tune.grid_search(list(range(opts.seeds))),
         },
+        board=TrialBoard(
+            folder,
+            "retrain",
+            experiment_columns(space),
+            sources={w.rank: _short_trial_name(folder, w.trial) for w in plan.winners},
+            sampled={w.rank: {p.name: w.config.get(p.name) for p in space.params} for w in plan.winners},
+        ),
     )
+
+
+def _short_trial_name(folder: Path, trial_id: str) -> str:
+    """``t04``: the search trial ``trial_id`` by its number in trials.csv (its id where there is none)."""
+    table = pd.read_csv(folder / SearchFolder.TRIALS)
+    numbers = table.loc[table.trial_id.astype(str) == trial_id, "trial"].dropna()
+    return f"t{int(numbers.iloc[0]):02d}" if len(numbers) else trial_id
 
 
 def _kept_runs(results, storage: TrialStorage, plan: RetrainPlan, resources: dict[str, float]) -> pd.DataFrame:

@@ -28,12 +28,13 @@ from fer_tune.run_folder import (
     removed_if_nothing_ran,
 )
 from fer_tune.search.cluster import Concurrency
-from fer_tune.search.outputs import SearchOutcome, asha_savings, write_outputs
+from fer_tune.search.outputs import SearchOutcome, asha_savings, trial_status, write_outputs
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
 from fer_tune.search.searcher import optuna_and_asha
 from fer_tune.search.space import Resources, SearchSpace, paper_point
 from fer_tune.search.space_file import load_search_space
 from fer_tune.search.storage import TrialStorage
+from fer_tune.search.tensorboard_runs import TrialBoard, experiment_columns
 from fer_tune.search.trainable import search_trainable
 from fer_tune.search.trial_data import TrialData
 from fer_tune.search_folder import SearchFolder
@@ -246,7 +247,8 @@ def _search_in_folder(
     )
     opts.log(
         f"results: {folder}\n  trials:      {outcome.trials_csv}\n  best config: {outcome.best_config}\n"
-        f"  TensorBoard: tensorboard --logdir {folder}   (every trial in ray/, the retraining in retrain/)"
+        f"  TensorBoard: tensorboard --logdir {folder / SearchFolder.TENSORBOARD}   (every trial and retraining run; "
+        "HParams compares them)"
     )
     if not failed.empty:
         for row in failed.itertuples():
@@ -329,5 +331,11 @@ def search_job(
         tune_config={} if restore else optuna_and_asha(space, name, folder, seed),
         probe=space.largest_trial(),
         concurrency=Concurrency(budget.max_concurrent, budget.num_trials, 0.0, 0.0),
+        board=TrialBoard(
+            folder,
+            "search",
+            experiment_columns(space),
+            status=lambda last, error: trial_status(last, budget.max_epochs, error, budget.asha_rungs()),
+        ),
         time_budget_s=budget.time_budget_s,
     )

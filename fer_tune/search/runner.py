@@ -7,6 +7,7 @@ train and validation arrays: the test split never reaches it.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -191,6 +192,7 @@ class TuneJob:
     storage: TrialStorage | None = None  # where Tune keeps the trials (None: the search folder)
     concurrency: Concurrency | None = None  # a search: how many trials at once (a retraining: all that fit)
     time_budget_s: float = 0.0  # the experiment stops after this long (0: no limit)
+    board: Any = None  # fer-tune's TensorBoard callback (search.tensorboard_runs.TrialBoard)
 
     @property
     def trial_storage(self) -> TrialStorage:
@@ -237,7 +239,10 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
     each trial had. A Ctrl-C that stopped it early is a KeyboardInterrupt (Tune saved its state: the
     same command continues); a spent time budget is not."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # Ray's TensorBoard logger off: fer-tune writes its own
+    callbacks = [progress_callback(job.progress, job.trial_storage), CSVLoggerCallback(), JsonLoggerCallback()]
     storage = job.trial_storage
     with ray_session(log, keep=job.keep_ray):
         local = storage.local_root()
@@ -274,7 +279,7 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
                     verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest: it carries the best
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                    callbacks=[progress_callback(job.progress, storage)],
+                    callbacks=callbacks + ([job.board] if job.board is not None else []),
                 ),
             )
         results = tuner.fit()

@@ -1,0 +1,220 @@
+"""fer-tune's own TensorBoard events for the search trials and the retraining runs, written by the driver
+into the search folder's ``tensorboard/`` (Ray's TensorBoard logger is off, so that no second HParams
+experiment reaches the logdir; the trials may live in a remote storage, the events never do).
+
+- tags grouped: ``val/acc``, ``val/acc_single``, ``val/loss``, ``val/f1``, ``train/acc``, ``train/loss``,
+  ``lr``, ``time/epoch_s`` and ``best_val_acc`` (the best ``val/acc`` so far);
+- run names that say what ran: ``search/t04-adam-cosine-lr7e-4-bs32``, ``retrain/w1-s0-from-t04``
+  (a refit or fine-tune phase of a retraining run: ``.../refit``, ``.../finetune``, scalars only);
+- one HParams experiment for the folder, written once: every sampled key plus ``stage``, ``winner``,
+  ``seed``, ``source_trial`` and ``stop`` (how the run ended: HParams' own status knows only success and
+  failure), metrics ``val/acc`` (last epoch) and ``best_val_acc``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from fer_tune.search.space import SearchSpace
+from fer_tune.search_folder import PATIENCE_STATUS, SearchFolder
+
+TAGS = {
+    "val_acc": "val/acc",
+    "val_acc_single": "val/acc_single",
+    "val_loss": "val/loss",
+    "val_f1": "val/f1",
+    "train_acc": "train/acc",
+    "train_loss": "train/loss",
+    "lr": "lr",
+    "epoch_time": "time/epoch_s",
+}
+BEST = "best_val_acc"
+METRICS = ("val/acc", BEST)
+RUN_COLUMNS = {"stage": "", "winner": 0.0, "seed": 0.0, "source_trial": "", "stop": ""}  # name: an example value
+NAMED_KEYS = ("optimizer", "scheduler", "lr", "batch_size")  # the sampled keys a search run's name shows
+
+
+def short_number(value: float) -> str:
+    """``7e-4`` for 0.0007, ``0.5`` for 0.5: a number as short as a run name needs."""
+    if value and (abs(value) < 1e-2 or abs(value) >= 1e4):
+        mantissa, exponent = f"{value:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{value:.2g}"
+
+
+def search_run_name(number: int | None, trial_id: str, config: dict[str, Any]) -> str:
+    """``search/t04-adam-cosine-lr7e-4-bs32`` (what was sampled, in a few words)."""
+    parts = [f"t{number:02d}" if number is not None else trial_id]
+    for key in NAMED_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if key == "lr":
+            parts.append(f"lr{short_number(float(value))}")
+        elif key == "batch_size":
+            parts.append(f"bs{int(value)}")
+        else:
+            parts.append(str(value))
+    return "search/" + "-".join(parts)
+
+
+def retrain_run_name(winner: int, seed: int, source: str) -> str:
+    """``retrain/w1-s0-from-t04``."""
+    return f"retrain/w{winner}-s{seed}-from-{source}"
+
+
+def _hparam_value(value: Any) -> Any:
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return str(value)
+
+
+def write_experiment(logdir: Path, examples: dict[str, Any]) -> None:
+    """The folder's one HParams experiment (its columns: ``examples``' keys, typed by their values), once."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    marker = logdir / ".experiment"
+    if marker.is_file():
+        return
+    experiment, _, _ = hparams({k: _hparam_value(v) for k, v in examples.items()}, dict.fromkeys(METRICS, 0.0))
+    with SummaryWriter(str(logdir)) as writer:
+        writer.file_writer.add_summary(experiment)
+    marker.write_text("the HParams experiment of this folder is written (fer-tune)\n")
+
+
+@dataclass
+class RunLog:
+    """What the board knows of one run: its writers (per phase), best score so far, how it ended."""
+
+    name: str
+    hparams: dict[str, Any]
+    writers: dict[str, Any] = field(default_factory=dict)
+    best: float = -math.inf
+    patience_stop: bool = False
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def experiment_columns(space: SearchSpace) -> dict[str, Any]:
+    """The sampled keys of ``space``, each with an example value of its type (a choice's first value,
+    a range's low end): the HParams columns besides :data:`RUN_COLUMNS`."""
+    return {p.name: p.values[0] if p.kind == "choice" else float(p.low) for p in space.params}
+
+
+class TrialBoard(Callback):
+    """The Tune callback that writes each trial's epochs and, when it ends, its HParams session.
+
+    ``stage`` is ``search`` or ``retrain``; ``columns`` are :func:`experiment_columns`; a retraining
+    gives ``sources`` (a winner's rank -> its search trial, ``t04``) and ``sampled`` (rank -> the
+    winner's sampled values); ``status`` gives a search trial's stop reason from its last result."""
+
+    def __init__(
+        self,
+        folder: Path,
+        stage: str,
+        columns: dict[str, Any],
+        sources: dict[int, str] | None = None,
+        sampled: dict[int, dict[str, Any]] | None = None,
+        status: Callable[[dict[str, Any], bool], str] | None = None,
+    ):
+        self.logdir = Path(folder) / SearchFolder.TENSORBOARD
+        self.stage, self.columns, self.status = stage, columns, status
+        self.sources, self.sampled = sources or {}, sampled or {}
+        self.runs: dict[str, RunLog] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune saves its callbacks with the experiment: no open files
+        return {**self.__dict__, "runs": {}}
+
+    def setup(self, **info: Any) -> None:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        write_experiment(self.logdir, {**self.columns, **RUN_COLUMNS})
+
+    def _run(self, trial) -> RunLog:
+        if trial.trial_id not in self.runs:
+            config = trial.config
+            if self.stage == "search":
+                number = _trial_number(trial)
+                name = search_run_name(number, trial.trial_id, config)
+                values = {k: config.get(k) for k in self.columns}
+                extra = {"stage": "search", "source_trial": f"t{number:02d}" if number is not None else trial.trial_id}
+            else:
+                winner, seed = int(config["winner"]), int(config["seed"])
+                source = self.sources.get(winner, f"w{winner}")
+                name = retrain_run_name(winner, seed, source)
+                values = dict(self.sampled.get(winner, {}))
+                extra = {"stage": "retrain", "winner": winner, "seed": seed, "source_trial": source}
+            hparams = {k: _hparam_value(v) for k, v in {**values, **extra}.items() if v is not None}
+            self.runs[trial.trial_id] = RunLog(name, hparams)
+        return self.runs[trial.trial_id]
+
+    def _writer(self, run: RunLog, phase: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        if phase not in run.writers:
+            suffix = "" if phase == "select" else f"/{phase}"
+            run.writers[phase] = SummaryWriter(str(self.logdir / f"{run.name}{suffix}"))
+        return run.writers[phase]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run = self._run(trial)
+        phase = str(result.get("phase", "select"))
+        epoch = int(result.get("epoch", 0) or 0)
+        writer = self._writer(run, phase)
+        for key, tag in TAGS.items():
+            value = result.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(tag, float(value), epoch)
+        value = result.get("val_acc")
+        if phase == "select" and isinstance(value, (int, float)) and math.isfinite(value):
+            run.best = max(run.best, float(value))
+        if phase == "select" and run.best > -math.inf:
+            writer.add_scalar(BEST, run.best, epoch)
+        run.patience_stop |= bool(result.get("patience_stop"))
+        run.last = dict(result)
+        writer.flush()
+
+    def _end(self, trial, error: bool) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        run = self._run(trial)
+        if self.status is not None and self.stage == "search":
+            stop = self.status(run.last, error)
+        else:
+            stop = "error" if error else (PATIENCE_STATUS if run.patience_stop else "completed")
+        _, start, end = hparams({**run.hparams, "stop": stop}, dict.fromkeys(METRICS, 0.0))
+        writer = self._writer(run, "select")
+        writer.file_writer.add_summary(start)
+        if error:
+            end.value[0].metadata.plugin_data.content = _failed_end(end.value[0].metadata.plugin_data.content)
+        writer.file_writer.add_summary(end)
+        for w in run.writers.values():
+            w.close()
+        run.writers.clear()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, error=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, error=True)
+
+
+def _failed_end(content: bytes) -> bytes:
+    """A session-end record marked STATUS_FAILURE (torch writes STATUS_SUCCESS)."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    data = plugin_data_pb2.HParamsPluginData.FromString(content)
+    data.session_end_info.status = api_pb2.STATUS_FAILURE
+    return data.SerializeToString()
+
+
+def _trial_number(trial) -> int | None:
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return int(number) if number.isdigit() else None
