@@ -82,7 +82,7 @@ def test_smoke_console_shows_fer_tune_lines_only(smoke_chain):
     out, folder = smoke_chain.out, smoke_chain.folder
     assert smoke_chain.rc == 0
     assert "Configuration for experiment" not in out and "/tmp/ray/session" not in out
-    assert out.count("tensorboard --logdir") == 1 and f"tensorboard --logdir {folder}   (every trial" in out
+    assert out.count("tensorboard --logdir") == 1 and f"tensorboard --logdir {folder / 'tensorboard'}   (every" in out
     assert f"results: {folder}" in out and f"report: {folder / 'report.md'}" in out
     # one progress format for the search and the retraining: clock, elapsed, time left, trial, epoch
     assert re.search(
@@ -170,6 +170,7 @@ def test_smoke_tensorboard_has_one_hparams_table_of_every_run(smoke_chain):
     all its values, grouped tags, names that say what ran; Ray's own TensorBoard files are not written."""
     from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
 
     from fer_tune.search.space_file import load_search_space
 
@@ -203,13 +204,13 @@ def test_smoke_tensorboard_has_one_hparams_table_of_every_run(smoke_chain):
         assert run.startswith(f"search/t{row.trial:02d}-{row.optimizer}-{row.scheduler}-lr")
         assert keys <= set(hparams) and hparams["lr"].number_value == pytest.approx(row.lr)
         assert hparams["stage"].string_value == "search" and hparams["stop"].string_value == row.status
-        tags = set(multiplexer.GetAccumulator(run).Tags()["scalars"])
+        tags = {t for t in multiplexer.GetAccumulator(run).Tags()["tensors"] if not t.startswith("_hparams_")}
         assert tags == {
             "val/acc", "val/acc_single", "val/loss", "val/f1", "train/acc", "train/loss", "lr", "time/epoch_s",
             "best_val_acc",
         }  # fmt: skip
-        best = multiplexer.Scalars(run, "best_val_acc")
-        assert len(best) == row.epochs_run and best[-1].value == pytest.approx(row.best_val_acc)
+        best = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in multiplexer.Tensors(run, "best_val_acc")]
+        assert len(best) == row.epochs_run and best[-1] == pytest.approx(row.best_val_acc)
     for row in winners.itertuples():
         source = f"t{int(table.loc[table.trial_id == row.trial, 'trial'].iloc[0]):02d}"
         run = f"retrain/w{row.winner}-s{row.seed}-from-{source}"
