@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fer_tune.data.describe import data_identity
 from fer_tune.data.fer2013 import load_fer
+from fer_tune.data.fer_data import CANONICAL_MD5
 from fer_tune.training.config import TrainConfig
 from fer_tune.training.engine import Trainer
 
@@ -28,3 +30,5 @@ def test_paper_vgg_recipe_learns_real_fer2013(real_csv):
     assert majority == pytest.approx(0.2494, abs=1e-3)
     assert result.val_acc > majority + 0.02, result
     assert result.val_f1 > 0.12, result  # predicting the majority class alone gives 0.057
+    sentence, comparable = data_identity(str(real_csv), demo=False)  # what leads a report on this file
+    assert comparable and sentence.startswith("**Data: FER2013**") and CANONICAL_MD5 in sentence

@@ -248,7 +248,11 @@ def test_smoke_best_config_trains_again(smoke_chain, chain_csv, tmp_path):
 def test_smoke_report_winners_and_pictures(smoke_chain):
     folder = smoke_chain.folder
     report = (folder / "report.md").read_text()
-    assert "| paper: VGGSpinalNet | 74.45% | 0.740 | 0.727 | 0.733 | |" in report
+    # a smoke run says what it is: demo faces, no paper row beside its headline, seeds named
+    assert report.startswith("# vgg_spinal: search, retraining and PrivateTest scores (a smoke run: tiny budget)")
+    assert "**Data: demo faces, not FER2013: not comparable with the paper**" in report
+    assert "| paper:" not in report and "The paper's VGGSpinalNet (74.45% on FER2013) is left out" in report
+    assert re.search(r"\| fer-tune winner \d \(mean \+- std over 2 seeds\) \|", report)
     assert "## Headline: winner" in report and "tensors loaded from the base" in report
     assert "Protocol: **paper**" in report and "PrivateTest" in report
     winners = pd.read_csv(folder / "winners.csv")

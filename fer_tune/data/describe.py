@@ -13,6 +13,24 @@ from fer_tune.data.fer_data import CANONICAL_MD5, FerData
 from fer_tune.data.leakage import duplicate_groups, rows_with_copy_in
 
 
+def data_identity(source: str | None, demo: bool) -> tuple[str, bool]:
+    """(the sentence that leads a report about results on ``source``, whether they compare with published
+    FER2013 figures): FER2013 named by its md5; ``demo`` (a smoke run's data) or any other file is not
+    comparable."""
+    path = Path(source) if source else None
+    md5 = content_md5(path) if path is not None and path.is_file() else None
+    if md5 == CANONICAL_MD5:
+        return f"**Data: FER2013** (`{source}`, md5 {md5}: the canonical Kaggle fer2013.csv).", True
+    named = f"`{source}`" + (f", md5 {md5}" if md5 else "")
+    if demo:
+        return f"**Data: demo faces, not FER2013: not comparable with the paper** ({named}).", False
+    return (
+        f"**Data: not the canonical FER2013 file** ({named}; the canonical Kaggle fer2013.csv has md5 "
+        f"{CANONICAL_MD5}): **not comparable with the paper**.",
+        False,
+    )
+
+
 def describe(data: FerData) -> str:
     """A Markdown description of ``data``."""
     lines = [f"# {data.source}", ""]

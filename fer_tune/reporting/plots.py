@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from fer_tune import EMOTIONS  # noqa: E402
@@ -45,14 +46,32 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str) -
     return save_figure(fig, path)
 
 
-def plot_curves(curves: dict[str, Sequence[float]], path: Path, title: str, ylabel: str) -> Path:
-    """One line per named series against epochs 1..n."""
+CHANCE = 1 / len(EMOTIONS)  # seven classes
+
+
+def plot_curves(
+    curves: dict[str, Sequence[float]],
+    path: Path,
+    title: str,
+    ylabel: str,
+    train: dict[str, Sequence[float]] | None = None,
+    selected: dict[str, int] | None = None,
+) -> Path:
+    """One line per named series against epochs 1..n (dashed, same colour: its training accuracy), a
+    ring at each run's selected epoch and the chance level of seven classes."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, label=name, linewidth=1.2)
+        (line,) = ax.plot(range(1, len(values) + 1), values, label=f"{name} (val)", linewidth=1.2)
+        if train and name in train:
+            ax.plot(range(1, len(train[name]) + 1), train[name], linestyle="--", linewidth=1, color=line.get_color())
+        epoch = (selected or {}).get(name)
+        if epoch and 1 <= epoch <= len(values):
+            ax.scatter([epoch], [values[epoch - 1]], s=60, facecolors="none", edgecolors=line.get_color(), zorder=3)
+    ax.axhline(CHANCE, color="grey", linestyle=":", linewidth=1, label="chance (1/7)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + (" (dashed: training; ring: the selected epoch)" if train else ""), fontsize=10)
     ax.grid(alpha=0.3)
     if 0 < len(curves) <= 12:
         ax.legend(fontsize=7)
@@ -60,26 +79,33 @@ def plot_curves(curves: dict[str, Sequence[float]], path: Path, title: str, ylab
     return save_figure(fig, path)
 
 
-def plot_search(curves: dict[str, Sequence[float]], path: Path, model: str) -> Path:
-    """Left: every trial's validation accuracy per epoch (a dot where it ended); right: the best so
-    far, trial after trial."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+def plot_search(
+    curves: dict[str, Sequence[float]], path: Path, model: str, stopped: set[str] = frozenset(), best: str | None = None
+) -> Path:
+    """Left: every trial's validation accuracy per epoch, labelled, its end marked (x: stopped by ASHA,
+    star: the best trial, dot: any other end); right: the best so far, trial after trial."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     best_so_far, running = [], None
-    for values in curves.values():
-        left.plot(range(1, len(values) + 1), values, marker="o", markersize=2, linewidth=1, alpha=0.7)
+    for name, values in curves.items():
+        (line,) = left.plot(range(1, len(values) + 1), values, marker="o", markersize=2, linewidth=1, label=name)
         if len(values):
-            left.scatter([len(values)], [values[-1]], s=12, color="black", zorder=3)
+            marker, size = ("*", 90) if name == best else ("x", 40) if name in stopped else ("o", 14)
+            left.scatter([len(values)], [values[-1]], s=size, marker=marker, color=line.get_color(), zorder=3)
             running = max(values) if running is None else max(running, max(values))
         best_so_far.append(running)
+    left.axhline(CHANCE, color="grey", linestyle=":", linewidth=1, label="chance (1/7)")
     left.set_xlabel("epoch")
     left.set_ylabel("val_acc")
-    left.set_title(f"{model}: every trial (dots: where it ended)", fontsize=10)
-    right.plot(range(1, len(best_so_far) + 1), best_so_far, drawstyle="steps-post")
+    left.set_title(f"{model}: every trial (x: stopped by ASHA, star: best)", fontsize=10)
+    if 0 < len(curves) <= 16:
+        left.legend(fontsize=7, ncol=2)
+    right.plot(range(1, len(best_so_far) + 1), best_so_far, drawstyle="steps-post", marker="o", markersize=3)
     right.set_xlabel("trial")
     right.set_ylabel("best val_acc so far")
     right.set_title("best so far", fontsize=10)
     for ax in (left, right):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from fer_tune.data.describe import data_identity
 from fer_tune.files import write_csv_atomic, write_text_atomic
+from fer_tune.manifest import read_manifest
 from fer_tune.reporting.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.reporting.scoring import ScoredRuns
 from fer_tune.search_folder import read_history
@@ -66,10 +68,15 @@ def write_report(
     summary = winners_summary(runs, scored, winners_config, settings)
     write_csv_atomic(summary, folder / "winners.csv")
     _draw_figures(folder, model, summary, runs, trials, scored)
+    manifest = read_manifest(folder)
+    smoke = bool(manifest and manifest.smoke)
+    identity, comparable = data_identity(manifest.data if manifest else None, demo=smoke)
     lines = [
-        *_protocol_lines(folder, model, runs.protocol.iloc[0], scored, base_source),
+        *_protocol_lines(folder, model, runs.protocol.iloc[0], scored, base_source, smoke),
+        identity,
+        "",
         *_winners_lines(summary, settings),
-        *_headline_lines(summary, scored.test_split, model),
+        *_headline_lines(summary, scored.test_split, model, comparable),
         *_every_winner_lines(summary, scored.test_split),
         *_transfer_lines(trials, summary),
         *finetuned,
@@ -95,7 +102,12 @@ def winners_summary(
     its settings, and which one is the headline (chosen on validation only)."""
     summary = scored.winners[scored.winners.stage == "main"].merge(
         runs.groupby("winner")
-        .agg(trial=("trial", "first"), search_score=("search_score", "first"), val_acc_mean=("val_acc", "mean"))
+        .agg(
+            trial=("trial", "first"),
+            search_score=("search_score", "first"),
+            val_acc_mean=("val_acc", "mean"),
+            val_acc_std=("val_acc", "std"),
+        )
         .reset_index(),
         on="winner",
     )
@@ -115,30 +127,40 @@ def _draw_figures(
         folder / "confusion_matrix.png",
         f"{model} winner {best}, {scored.test_split} (ten-crop, all seeds, row-normalised)",
     )
-    curves = {}
+    curves, train, selected = {}, {}, {}
     for run in runs.itertuples():
         history = read_history(run.history)
-        curves[f"winner {run.winner} seed {run.seed}"] = history[history.phase == "select"].val_acc.tolist()
-    plot_curves(curves, folder / "learning_curves.png", f"{model}: retraining, validation accuracy", "val_acc")
+        name, picked = f"winner {run.winner} seed {run.seed}", history[history.phase == "select"]
+        curves[name], train[name], selected[name] = (
+            picked.val_acc.tolist(),
+            picked.train_acc.tolist(),
+            run.selected_epoch,
+        )
+    plot_curves(curves, folder / "learning_curves.png", f"{model}: retraining", "accuracy", train, selected)
     search_curves = {}
     for row in trials.sort_values("trial").itertuples():
         kept = Path(row.history) if isinstance(getattr(row, "history", None), str) else None
         progress = kept or Path(row.trial_path) / "progress.csv"  # a search of an older fer-tune: Ray's log
         history = read_history(progress) if progress.is_file() and progress.stat().st_size > 1 else None
-        search_curves[f"trial {row.trial}"] = (
+        search_curves[f"t{row.trial:02d}"] = (
             history["val_acc"].tolist() if history is not None and "val_acc" in history else []
         )
-    plot_search(search_curves, folder / "search.png", model)
+    scores = trials.filter(like="best_val").iloc[:, 0].dropna() if len(trials.filter(like="best_val").columns) else []
+    best = f"t{int(trials.loc[scores.idxmax(), 'trial']):02d}" if len(scores) else None  # the search's best trial
+    stopped = {f"t{t:02d}" for t in trials[trials.status == "stopped by ASHA"].trial}
+    plot_search(search_curves, folder / "search.png", model, stopped, best)
 
 
-def _protocol_lines(folder: Path, model: str, protocol: str, scored: ScoredRuns, base_source: str | None) -> list[str]:
+def _protocol_lines(
+    folder: Path, model: str, protocol: str, scored: ScoredRuns, base_source: str | None, smoke: bool
+) -> list[str]:
     how = (
         "train on Training, select the epoch on PublicTest"
         if protocol == "paper"
         else "select on PublicTest, then refit on Training + PublicTest for the selected epochs"
     )
     return [
-        f"# {model}: search, retraining and PrivateTest scores",
+        f"# {model}: search, retraining and PrivateTest scores" + (" (a smoke run: tiny budget)" if smoke else ""),
         "",
         f"Search folder `{folder}`; base weights: {base_source or 'none (trained from scratch)'}."
         + (
@@ -167,21 +189,27 @@ def _winners_lines(summary: pd.DataFrame, settings: list[str]) -> list[str]:
     return lines + [""]
 
 
-def _headline_lines(summary: pd.DataFrame, test_split: str, model: str) -> list[str]:
+def _headline_lines(summary: pd.DataFrame, test_split: str, model: str, comparable: bool) -> list[str]:
     head = summary[summary.headline].iloc[0]
     lines = [
         f"## Headline: winner {head.winner}",
         "",
-        f"Chosen as {HEADLINE_RULE}.",
+        f"Chosen as {HEADLINE_RULE}." + _within_noise(summary),
         "",
         f"| | accuracy ({test_split}, ten-crop) | macro precision | macro recall | "
         "F1 of macro P and R | macro F1 (mean of per-class F1) |",
         "|---|---|---|---|---|---|",
-        f"| fer-tune winner {head.winner} ({head.seeds} seeds, mean) | {_pct(head.accuracy_mean)} +- "
+        f"| fer-tune winner {head.winner} (mean +- std over {head.seeds} seeds) | {_pct(head.accuracy_mean)} +- "
         f"{_pct(head.accuracy_std)} | {_num(head.macro_precision_mean)} | {_num(head.macro_recall_mean)} | "
         f"{_num(head.f1_of_macro_pr_mean)} | {_num(head.macro_f1_mean)} |",
     ]
     paper = PAPER_RESULTS.get(model)
+    if paper and not comparable:
+        return lines + [
+            "",
+            f"The paper's {paper[0]} ({_pct(paper[1])} on FER2013) is left out: these data are not FER2013.",
+            "",
+        ]
     if paper:
         lines.append(
             f"| paper: {paper[0]} | {_pct(paper[1])} | {_num(paper[2])} | {_num(paper[3])} | {_num(paper[4])} | |"
@@ -193,6 +221,22 @@ def _headline_lines(summary: pd.DataFrame, test_split: str, model: str) -> list[
         "macro F1 (the mean of the per-class F1 scores) is shown beside it.",
         "",
     ]
+
+
+def _within_noise(summary: pd.DataFrame) -> str:
+    """A warning when the headline's validation margin over the runner-up is within the seeds' spread."""
+    if len(summary) < 2 or "val_acc_std" not in summary:
+        return ""
+    ranked = summary.sort_values("val_acc_mean", ascending=False, kind="stable")
+    head, second = ranked.iloc[0], ranked.iloc[1]
+    margin, spread = head.val_acc_mean - second.val_acc_mean, max(head.val_acc_std, second.val_acc_std)
+    if pd.isna(spread) or margin > spread:
+        return ""
+    return (
+        f" **Within noise**: its validation margin over winner {second.winner} ({margin * 100:.2f} points) is not "
+        f"larger than the seeds' spread (std {spread * 100:.2f} points), so the two are not told apart by "
+        "validation; see every winner below."
+    )
 
 
 def _every_winner_lines(summary: pd.DataFrame, test_split: str) -> list[str]:
