@@ -64,8 +64,8 @@ class TwoNodes:
             "HOME": str(home),
             "RAY_AUTH_MODE": "token",
             "RAY_ADDRESS": f"127.0.0.1:{self.port}",
-            "RAY_health_check_period_ms": "1000",  # a dead node is noticed in seconds
-            "RAY_health_check_failure_threshold": "3",
+            "RAY_health_check_period_ms": "1000",  # a dead node is noticed in 10 s (a busy one is not taken for dead)
+            "RAY_health_check_failure_threshold": "10",
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",  # each progress line as it happens
         }
