@@ -131,7 +131,7 @@ def _draw_figures(
     for run in runs.itertuples():
         history = read_history(run.history)
         name, picked = f"winner {run.winner} seed {run.seed}", history[history.phase == "select"]
-        curves[name], selected[name] = picked.val_acc.tolist(), run.selected_epoch
+        curves[name], selected[name] = picked.val_acc.tolist(), getattr(run, "selected_epoch", None)
         if "train_acc" in picked:
             train[name] = picked.train_acc.tolist()
     plot_curves(curves, folder / "learning_curves.png", f"{model}: retraining", "accuracy", train, selected)
