@@ -135,7 +135,7 @@ def test_headline_is_the_validation_best_winner_not_the_test_best(tmp_path, monk
     assert any("headline winner 1 (chosen on validation" in line and "accuracy 0.6000" in line for line in lines), lines
     report = (folder / "report.md").read_text()
     assert "## Headline: winner 1" in report
-    assert "| fer-tune winner 1 (2 seeds, mean) | 60.00%" in report
+    assert "| fer-tune winner 1 (mean +- std over 2 seeds) | 60.00%" in report
     table = pd.read_csv(folder / "winners.csv")
     assert table.set_index("winner").headline.to_dict() == {1: True, 2: False}
     leaderboard = write_leaderboard(tmp_path).read_text()

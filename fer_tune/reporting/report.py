@@ -145,7 +145,7 @@ def _draw_figures(
         )
     scores = trials.filter(like="best_val").iloc[:, 0].dropna() if len(trials.filter(like="best_val").columns) else []
     best = f"t{int(trials.loc[scores.idxmax(), 'trial']):02d}" if len(scores) else None  # the search's best trial
-    stopped = {f"t{t:02d}" for t in trials[trials.status == "stopped by ASHA"].trial}
+    stopped = {f"t{t:02d}" for t in trials[trials.status == "stopped by ASHA"].trial} if "status" in trials else set()
     plot_search(search_curves, folder / "search.png", model, stopped, best)
 
 
