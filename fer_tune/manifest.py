@@ -46,6 +46,7 @@ class SearchManifest:
     pretrained: str | None = None
     data: str | None = None
     gpus_per_trial: float | None = None  # the GPU share each trial had
+    max_concurrent: int | None = None  # trials at once when the search started (max_concurrent auto: the cluster's)
     storage: str | None = None  # where Ray Tune keeps the trials (--storage); None: this folder
     failed_trials: int | None = None  # trials that ended in error (results incomplete when above 0)
     kind: str = KIND

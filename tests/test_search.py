@@ -297,6 +297,7 @@ def test_smoke_manifest_and_leaderboard(smoke_chain):
     manifest = read_manifest(smoke_chain.folder)
     assert (manifest.model, manifest.base, manifest.smoke) == ("vgg_spinal", "vgg", True)
     assert manifest.base_source.endswith("base/best.pt") and manifest.budget["num_trials"] == 4
+    assert (manifest.max_concurrent, manifest.storage, manifest.failed_trials) == (2, None, 0)  # the smoke preset
     assert main(["--report", "--results", str(smoke_chain.results)]) == 0
     board = (smoke_chain.results / "leaderboard.md").read_text()
     assert "| vgg_spinal-smoke | vgg_spinal | " in board and "most important knob (fANOVA" in board

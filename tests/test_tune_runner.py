@@ -196,3 +196,20 @@ def test_max_concurrent_is_checked_on_the_command_line_and_in_the_yaml(tmp_path,
     budget = load_search_space(str(path)).budget
     assert (budget.max_concurrent, budget.time_budget_s) == ("auto", 3600.0)
     assert load_search_space("vgg_spinal").budget.max_concurrent == "auto"
+
+
+def test_the_suites_local_ray_listens_on_the_loopback_address_only(ray_local):
+    """A local Ray took the machine's network address (and listened on every interface) before."""
+    import ray
+
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_a_trial_stopped_between_rungs_ran_out_of_time_not_into_asha():
+    from fer_tune.search.outputs import trial_status
+    from fer_tune.search_folder import SCORED_STATUSES, TIME_BUDGET_STATUS
+
+    rungs = {10, 30, 90}
+    assert trial_status({"epoch": 30}, 200, rungs=rungs) == "stopped by ASHA"
+    assert trial_status({"epoch": 47}, 200, rungs=rungs) == TIME_BUDGET_STATUS in SCORED_STATUSES
+    assert trial_status({"epoch": 200}, 200, rungs=rungs) == "completed"

@@ -235,6 +235,7 @@ def _search_in_folder(
         )
     results, resources = run_trials(job, restore, opts.log)
     manifest.gpus_per_trial = resources["gpu"]  # the share the trials had (auto: what the probe chose)
+    manifest.max_concurrent = resources.get("max_concurrent", manifest.max_concurrent)  # trials at once, at the start
     outcome = write_outputs(results, space, folder, resources, job.data, manifest.base_source, storage)
     failed = outcome.trials[outcome.trials.status == "error"]
     manifest.failed_trials = len(failed)

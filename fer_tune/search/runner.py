@@ -265,6 +265,7 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
                 from fer_tune.search.searcher import ClusterConcurrencyLimiter
 
                 concurrency = replace(job.concurrency, cpus=resources["cpu"], gpus=resources["gpu"])
+                resources["max_concurrent"] = concurrency.limit(node_resources())  # at the start (auto follows)
                 log(f"{job.progress.label}: {concurrency.why(node_resources())}")
                 tune_config["search_alg"] = ClusterConcurrencyLimiter(tune_config["search_alg"], concurrency)
             if job.time_budget_s:
