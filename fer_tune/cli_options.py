@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from fer_tune.errors import UserError
-from fer_tune.search.space import RANGES
+from fer_tune.search.space import AUTO, RANGES
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,24 +30,22 @@ SEARCH_NUMBERS = {
 }
 
 
-def concurrency(text: str) -> int | str:
-    """``--max-concurrent``: a whole number, or ``auto``."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value: {text!r} (a whole number such as 8, or auto)") from None
+def number_or_auto(kind: type, example: str) -> Callable[[str], float | int | str]:
+    """An argparse type: ``auto``, or a ``kind`` number (the message shows ``example``)."""
+
+    def parse(text: str) -> float | int | str:
+        if text == AUTO:
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value: {text!r} ({example}, or auto)") from None
+
+    return parse
 
 
-def gpu_share(text: str) -> float | str:
-    """``--gpus-per-trial``: a number, or ``auto``."""
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value: {text!r} (a number such as 0.5, or auto)") from None
+concurrency = number_or_auto(int, "a whole number such as 8")  # --max-concurrent
+gpu_share = number_or_auto(float, "a number such as 0.5")  # --gpus-per-trial
 
 
 def check_numbers(args: argparse.Namespace, rules: dict) -> None:

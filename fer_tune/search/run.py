@@ -33,7 +33,7 @@ from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trial
 from fer_tune.search.searcher import optuna_and_asha
 from fer_tune.search.space import Resources, SearchSpace, paper_point
 from fer_tune.search.space_file import load_search_space
-from fer_tune.search.storage import TrialStorage
+from fer_tune.search.storage import TrialStorage, remove_experiment
 from fer_tune.search.tensorboard_runs import TrialBoard, experiment_columns
 from fer_tune.search.trainable import search_trainable
 from fer_tune.search.trial_data import TrialData
@@ -208,6 +208,9 @@ def _search_in_folder(
     started = time.perf_counter()
     storage = TrialStorage(folder, storage_of_search(folder, opts))
     storage.check_writable()
+    if opts.fresh and storage.uri is not None:  # the search folder's own ray/ goes with clear_search_outputs
+        for experiment in (SearchFolder.SEARCH_EXPERIMENT, SearchFolder.RETRAIN_EXPERIMENT):
+            remove_experiment(storage, experiment)
     manifest = _fresh_manifest(space, name, folder, data, opts, storage)
     restore = can_resume(storage, SearchFolder.SEARCH_EXPERIMENT)
     if opts.resume and not restore:
@@ -258,7 +261,7 @@ def _search_in_folder(
             raise TrialsFailed(
                 f"{len(failed)} of {len(outcome.trials)} trials of search {name} ended in error (files above); its "
                 "results are incomplete and the retraining did not start. Fix the cause and run the same command "
-                "with --fresh, or go on with these results: --retrain NAME --allow-failed-trials"
+                f"with --fresh, or go on with these results: --retrain {name} --allow-failed-trials"
             )
     return outcome
 
