@@ -344,6 +344,13 @@ def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
     for trial, row in zip(study.trials, table.itertuples()):  # Optuna's trial order is Tune's
         assert trial.user_attrs["fer_tune_status"] == row.status  # "stopped by ASHA" is never taken for finished
         assert sorted(trial.intermediate_values) == list(range(1, row.epochs_run + 1))
+        # the study says what each trial is: Ray's id, trials.csv's number, its best epoch, the paper's trial
+        assert (trial.user_attrs["ray_trial_id"], trial.user_attrs["trials_csv_trial"]) == (row.trial_id, row.trial)
+        assert trial.user_attrs["best_epoch"] == row.best_epoch
+        assert trial.user_attrs["paper_trial"] == (row.trial == 1)
+    assert study.metric_names == ["val_acc"]
+    assert {k: study.user_attrs[k] for k in ("model", "smoke")} == {"model": "vgg_spinal", "smoke": True}
+    assert study.user_attrs["data"].endswith("fer2013.csv") and study.user_attrs["fer_tune_version"]
     # the search wrote its analysis on its own, and the report links it
     assert (folder / "analysis.md").is_file() and "[analysis.md](analysis.md)" in (folder / "report.md").read_text()
     assert main(["--analyze", "vgg_spinal-smoke", "--results", str(smoke_chain.results)]) == 0

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from fer_tune import __version__
 from fer_tune.data.fer_data import FerData
 from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.manifest import SearchManifest, read_manifest
@@ -223,8 +225,9 @@ def _search_in_folder(
         space = adopt_base_architecture(space, base, opts.log)
         manifest.base_source = base.source
         manifest.write(folder)
+    study = {"model": space.model, "data": data.source, "smoke": opts.smoke, "fer_tune_version": __version__}
     job = replace(
-        search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log, restore),
+        search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log, restore, study),
         keep_ray=opts.keep_ray,
         storage=storage,
     )
@@ -316,6 +319,7 @@ def search_job(
     seed: int,
     log: Callable[[str], None],
     restore: bool = False,
+    study_attributes: dict[str, Any] | None = None,
 ) -> TuneJob:
     """The Tune experiment of a search: OptunaSearch (seeded TPE, the paper's settings first, its study
     kept in ``optuna.db`` under the search's name) + ASHA. A restored search keeps its own searcher."""
@@ -332,7 +336,7 @@ def search_job(
         space.resources.gpus_per_trial,
         space.resources.cpus_per_trial,
         progress,
-        tune_config={} if restore else optuna_and_asha(space, name, folder, seed),
+        tune_config={} if restore else optuna_and_asha(space, name, folder, seed, study_attributes),
         probe=space.largest_trial(),
         concurrency=Concurrency(budget.max_concurrent, budget.num_trials, 0.0, 0.0),
         board=TrialBoard(

@@ -3,6 +3,7 @@ study with how it ended) and ASHA."""
 
 from __future__ import annotations
 
+import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -20,22 +21,48 @@ STATUS_ATTR = "fer_tune_status"  # each Optuna trial's user attribute: how it en
 REREAD_S = 30.0  # how often max_concurrent auto looks for nodes that joined
 
 
-def optuna_and_asha(space: SearchSpace, name: str, folder: Path, seed: int) -> dict[str, Any]:
+def labelled_study(space: SearchSpace, name: str, storage: Any, attributes: dict[str, Any]) -> None:
+    """Create (or open) the search's study before Ray's OptunaSearch loads it, and say what it is:
+    the metric's name (optuna-dashboard shows it instead of "Objective 0") and ``attributes`` (model,
+    data file, smoke flag, fer-tune version) as study attributes."""
+    import warnings
+
+    import optuna
+
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize" if space.mode == "max" else "minimize",
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([space.metric])
+    for key, value in attributes.items():
+        study.set_user_attr(key, value)
+
+
+def optuna_and_asha(
+    space: SearchSpace, name: str, folder: Path, seed: int, attributes: dict[str, Any] | None = None
+) -> dict[str, Any]:
     import optuna
     from ray.tune.schedulers import ASHAScheduler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budget = space.budget
+    storage = optuna.storages.RDBStorage(SearchFolder(folder).study_storage())
+    labelled_study(space, name, storage, attributes or {})
     searcher = MarkedOptunaSearch(
         max_epochs=budget.max_epochs,
         rungs=budget.asha_rungs(),
+        paper_first=bool(space.paper_trial),
         space=SpaceSampler(space.params),
         points_to_evaluate=[paper_point(space)] if space.paper_trial else None,
         metric=space.metric,  # a define-by-run space needs metric / mode on the searcher itself
         mode=space.mode,
         seed=seed,
         study_name=name,
-        storage=optuna.storages.RDBStorage(SearchFolder(folder).study_storage()),
+        storage=storage,
     )
     scheduler = ASHAScheduler(
         time_attr="epoch",
@@ -73,23 +100,49 @@ class MarkedOptunaSearch(OptunaSearch):
     (user attribute ``fer_tune_status``: completed, stopped by ASHA, stopped by patience, diverged), so
     that a truncated trial is never mistaken for a finished one; its value is its score at that epoch."""
 
-    def __init__(self, *args: Any, max_epochs: int, rungs: set[int] | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, max_epochs: int, rungs: set[int] | None = None, paper_first: bool = False, **kwargs: Any
+    ):
         self.max_epochs = max_epochs
         self.rungs = rungs
+        self.paper_first = paper_first  # the first trial is the paper's settings
+        self.numbers: dict[str, int] = {}  # Tune trial id -> its trials.csv number (creation order)
+        self.best: dict[str, tuple[float, int]] = {}  # Tune trial id -> (best score, its epoch)
         super().__init__(*args, **kwargs)
 
+    def suggest(self, trial_id: str) -> dict | None:
+        suggestion = super().suggest(trial_id)
+        if suggestion is not None and trial_id not in self.numbers:
+            self.numbers[trial_id] = len(self.numbers) + 1
+        return suggestion
+
+    def _track_best(self, trial_id: str, result: dict) -> None:
+        value, epoch = result.get(self.metric), result.get("epoch")
+        if isinstance(value, numbers.Real) and epoch is not None:
+            best = self.best.get(trial_id)
+            if best is None or (value > best[0] if self.mode == "max" else value < best[0]):
+                self.best[trial_id] = (float(value), int(epoch))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._track_best(trial_id, result)
         trial = optuna_trial_of(self, trial_id)
         if trial is not None and result.get("training_iteration") in intermediate_steps(trial):
             return  # an epoch trained again after a restart: the study keeps its first report
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._track_best(trial_id, result or {})  # Tune hands a trial's last epoch to on_trial_complete only
         trial = optuna_trial_of(self, trial_id)
         if trial is not None:
             trial.set_user_attr(
                 STATUS_ATTR, trial_status(result or {}, self.max_epochs, error or not result, self.rungs)
             )
+            number = self.numbers.get(trial_id)
+            trial.set_user_attr("ray_trial_id", trial_id)
+            trial.set_user_attr("trials_csv_trial", number)
+            trial.set_user_attr("paper_trial", number == 1 and self.paper_first)
+            if trial_id in self.best:
+                trial.set_user_attr("best_epoch", self.best[trial_id][1])
             value, step = (result or {}).get(self.metric), (result or {}).get("training_iteration")
             if value is not None and step is not None and step not in intermediate_steps(trial):
                 trial.report(value, step)  # Tune hands the last epoch to on_trial_complete only
