@@ -79,6 +79,8 @@ def factor_table(trials: pd.DataFrame, factor: str, score: str, mode: str = "max
 
 def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
     """Write analysis.md and its PNGs into ``folder``; returns the Markdown's path."""
+    from optuna.trial import TrialState
+
     manifest = read_manifest(require_search_folder(folder, "the analysis"))
     study = load_study(folder, manifest.name)
     trials_csv = folder / "trials.csv"
@@ -97,7 +99,7 @@ def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
         f"(`{SearchFolder.OPTUNA_DB}`: the value Optuna was told, the trial's last reported {manifest.metric}).",
         "",
     ]
-    lines += _importance_lines(found, notes, folder)
+    lines += _importance_lines(found, notes, folder, len(study.get_trials(states=(TrialState.COMPLETE,))))
     lines += _factor_lines(scored, score, manifest.mode)
     lines += _compute_lines(trials, manifest.budget.get("max_epochs"))
     lines += _plot_lines(study, folder)
@@ -106,8 +108,8 @@ def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
     return path
 
 
-def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], folder: Path) -> list[str]:
-    lines = ["## Hyperparameter importance", ""]
+def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], folder: Path, trials: int) -> list[str]:
+    lines = ["## Hyperparameter importance", "", f"From the {trials} finished trials of the study.", ""]
     if found:
         params = sorted(
             {p for values in found.values() for p in values},
@@ -119,7 +121,7 @@ def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], fold
             f"| {p} | " + " | ".join(f"{found[m][p]:.3f}" if p in found[m] else "-" for m in methods) + " |"
             for p in params
         ]
-        plot_importances(found, folder / "importance.png")
+        plot_importances(found, folder / "importance.png", trials)
         write_csv_atomic(pd.DataFrame(found).rename_axis("parameter").reset_index(), folder / IMPORTANCE_CSV)
         lines += ["", "![importance](importance.png)"]
     lines += [f"- {note}" for note in notes]

@@ -110,8 +110,9 @@ def plot_search(
     return save_figure(fig, path)
 
 
-def plot_importances(found: dict[str, dict[str, float]], path: Path) -> Path:
-    """Horizontal bars: each hyperparameter's importance, one bar per method (fANOVA, PED-ANOVA)."""
+def plot_importances(found: dict[str, dict[str, float]], path: Path, trials: int) -> Path:
+    """Horizontal bars: each hyperparameter's importance, one bar per method (fANOVA, PED-ANOVA), the
+    number of trials they rest on in the title."""
     params = sorted({p for values in found.values() for p in values})
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(params) + 1.5), dpi=100)
     height = 0.8 / max(len(found), 1)
@@ -124,7 +125,7 @@ def plot_importances(found: dict[str, dict[str, float]], path: Path) -> Path:
         )
     ax.set_yticks([k + height * (len(found) - 1) / 2 for k in range(len(params))], params)
     ax.set_xlabel("importance")
-    ax.set_title("hyperparameter importance", fontsize=10)
+    ax.set_title(f"hyperparameter importance, from {trials} trials", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
