@@ -20,6 +20,12 @@ SCORED_STATUSES = (
 )  # trials.csv rows a retraining may pick
 
 
+def trial_label(number: int | None, trial_id: str = "") -> str:
+    """``t04``: a search trial by its number in trials.csv (its Tune id where it has none), as run names,
+    plots and the retraining's sources show it."""
+    return f"t{int(number):02d}" if number is not None else trial_id
+
+
 @dataclass(frozen=True)
 class SearchFolder:
     """The files of one search folder, by job."""

@@ -11,7 +11,7 @@ from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.reporting.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.reporting.scoring import ScoredRuns
-from fer_tune.search_folder import read_history
+from fer_tune.search_folder import read_history, trial_label
 
 # FER2013 PrivateTest as Santoso & Kusuma report it (accuracy, macro P, R, F1; VGGNet: Khaireddin & Chen)
 PAPER_RESULTS: dict[str, tuple[str, float, float | None, float | None, float | None]] = {
@@ -140,12 +140,13 @@ def _draw_figures(
         kept = Path(row.history) if isinstance(getattr(row, "history", None), str) else None
         progress = kept or Path(row.trial_path) / "progress.csv"  # a search of an older fer-tune: Ray's log
         history = read_history(progress) if progress.is_file() and progress.stat().st_size > 1 else None
-        search_curves[f"t{row.trial:02d}"] = (
+        search_curves[trial_label(row.trial)] = (
             history["val_acc"].tolist() if history is not None and "val_acc" in history else []
         )
     scores = trials.filter(like="best_val").iloc[:, 0].dropna() if len(trials.filter(like="best_val").columns) else []
-    best = f"t{int(trials.loc[scores.idxmax(), 'trial']):02d}" if len(scores) else None  # the search's best trial
-    stopped = {f"t{t:02d}" for t in trials[trials.status == "stopped by ASHA"].trial} if "status" in trials else set()
+    best = trial_label(trials.loc[scores.idxmax(), "trial"]) if len(scores) else None  # the search's best trial
+    asha = trials[trials.status == "stopped by ASHA"].trial if "status" in trials else []
+    stopped = {trial_label(t) for t in asha}
     plot_search(search_curves, folder / "search.png", model, stopped, best)
 
 

@@ -42,7 +42,7 @@ from fer_tune.search.space_file import load_search_space
 from fer_tune.search.storage import TrialStorage, remove_experiment
 from fer_tune.search.tensorboard_runs import TrialBoard, experiment_columns
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search_folder import SCORED_STATUSES, SearchFolder, run_history
+from fer_tune.search_folder import SCORED_STATUSES, SearchFolder, run_history, trial_label
 from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.training.config import TrainConfig, load_train_config
 from fer_tune.training.transfer import load_base
@@ -195,17 +195,17 @@ def retrain_job(
             folder,
             "retrain",
             experiment_columns(space),
-            sources={w.rank: _short_trial_name(folder, w.trial) for w in plan.winners},
+            sources=_trial_labels(folder, plan.winners),
             sampled={w.rank: {p.name: w.config.get(p.name) for p in space.params} for w in plan.winners},
         ),
     )
 
 
-def _short_trial_name(folder: Path, trial_id: str) -> str:
-    """``t04``: the search trial ``trial_id`` by its number in trials.csv (its id where there is none)."""
-    table = pd.read_csv(folder / SearchFolder.TRIALS)
-    numbers = table.loc[table.trial_id.astype(str) == trial_id, "trial"].dropna()
-    return f"t{int(numbers.iloc[0]):02d}" if len(numbers) else trial_id
+def _trial_labels(folder: Path, winners: tuple[Winner, ...]) -> dict[int, str]:
+    """Each winner's rank -> its search trial as run names show it (``t04``), from trials.csv."""
+    numbers = pd.read_csv(folder / SearchFolder.TRIALS).astype({"trial_id": str})
+    by_id = dict(zip(numbers.trial_id, numbers.trial))
+    return {w.rank: trial_label(by_id.get(w.trial), w.trial) for w in winners}
 
 
 def _kept_runs(results, storage: TrialStorage, plan: RetrainPlan, resources: dict[str, float]) -> pd.DataFrame:

@@ -81,10 +81,16 @@ def _probe_trial(data: TrialData, config: TrainConfig, steps: int = 3) -> tuple[
     return torch.cuda.max_memory_allocated(), torch.cuda.get_device_properties(0).total_memory, rate
 
 
+def creation_number(trial) -> int | None:
+    """A Tune trial's creation order (1 = the first), read from its experiment tag."""
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return int(number) if number.isdigit() else None
+
+
 def trial_dirname(trial) -> str:
     """Short trial folder names in creation order, ``trial_001_<id>`` (Ray's default spells out the config)."""
-    number = str(trial.experiment_tag).split("_", 1)[0]
-    return f"trial_{int(number):03d}_{trial.trial_id}" if number.isdigit() else f"trial_{trial.trial_id}"
+    number = creation_number(trial)
+    return f"trial_{number:03d}_{trial.trial_id}" if number is not None else f"trial_{trial.trial_id}"
 
 
 def trial_number(path: str) -> int | None:

@@ -21,8 +21,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from fer_tune.search.runner import creation_number
 from fer_tune.search.space import SearchSpace
-from fer_tune.search_folder import PATIENCE_STATUS, SearchFolder
+from fer_tune.search_folder import PATIENCE_STATUS, SearchFolder, trial_label
 
 TAGS = {
     "val_acc": "val/acc",
@@ -50,7 +51,7 @@ def short_number(value: float) -> str:
 
 def search_run_name(number: int | None, trial_id: str, config: dict[str, Any]) -> str:
     """``search/t04-adam-cosine-lr7e-4-bs32`` (what was sampled, in a few words)."""
-    parts = [f"t{number:02d}" if number is not None else trial_id]
+    parts = [trial_label(number, trial_id)]
     for key in NAMED_KEYS:
         value = config.get(key)
         if value is None:
@@ -141,10 +142,10 @@ class TrialBoard(Callback):
         if trial.trial_id not in self.runs:
             config = trial.config
             if self.stage == "search":
-                number = _trial_number(trial)
+                number = creation_number(trial)
                 name = search_run_name(number, trial.trial_id, config)
                 values = {k: config.get(k) for k in self.columns}
-                extra = {"stage": "search", "source_trial": f"t{number:02d}" if number is not None else trial.trial_id}
+                extra = {"stage": "search", "source_trial": trial_label(number, trial.trial_id)}
             else:
                 winner, seed = int(config["winner"]), int(config["seed"])
                 source = self.sources.get(winner, f"w{winner}")
@@ -213,8 +214,3 @@ def _failed_end(content: bytes) -> bytes:
     data = plugin_data_pb2.HParamsPluginData.FromString(content)
     data.session_end_info.status = api_pb2.STATUS_FAILURE
     return data.SerializeToString()
-
-
-def _trial_number(trial) -> int | None:
-    number = str(trial.experiment_tag).split("_", 1)[0]
-    return int(number) if number.isdigit() else None
