@@ -7,6 +7,7 @@ Every user mistake ends as one ``error:`` line naming the file / row / key and t
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -21,8 +22,11 @@ from fer_tune.cli_options import (
     search_parser,
     train_parser,
 )
+from fer_tune.console import configure_console
 from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.run_folder import check_run_name
+
+log = logging.getLogger(__name__)
 
 COMMANDS = ("train", "evaluate", "predict", "export", "data", "demo-data")
 
@@ -30,6 +34,7 @@ COMMANDS = ("train", "evaluate", "predict", "export", "data", "demo-data")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``launch.py`` and the ``fer-tune`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    configure_console()
     try:
         if argv and argv[0] in COMMANDS:
             return {
@@ -60,12 +65,12 @@ def _load_data(path: str | None, smoke: bool):
         data = load_fer(path)
     elif smoke:
         demo = default_demo_csv(SMOKE_DEMO)
-        print(f"data: built-in demo faces (not FER2013) from {demo}")
+        log.info(f"data: built-in demo faces (not FER2013) from {demo}")
         data = load_fer(demo)
     else:
         raise UserError("no data given: pass --data PATH/TO/fer2013.csv, or --smoke for the built-in demo data")
     for note in data.notes:
-        print(f"note: {note}")
+        log.info(f"note: {note}")
     data.role("train"), data.role("val")  # both must hold rows before anything starts
     return data
 
@@ -81,7 +86,7 @@ def _cmd_search(argv: list[str]) -> int:
     if args.report:
         from fer_tune.reporting.leaderboard import write_leaderboard
 
-        print(f"leaderboard: {write_leaderboard(Path(args.results))}")
+        log.info(f"leaderboard: {write_leaderboard(Path(args.results))}")
         return 0
     if args.analyze:
         folder = Path(args.results) / args.analyze
@@ -158,7 +163,7 @@ def _cmd_list() -> int:
             for p in space.params
         )
         base = f"base {space.base}" if space.base else "from scratch"
-        print(
+        log.info(
             f"{name:24s} {space.model} ({base}); {space.budget.num_trials} trials x {space.budget.max_epochs} epochs\n"
             f"{'':24s} {space.description}\n{'':24s} explores: {explored}"
         )
@@ -214,13 +219,13 @@ def _cmd_evaluate(argv: list[str]) -> int:
         )
     result = evaluate_checkpoint(args.checkpoint, data, split, args.device)
     for label, s in (("ten-crop", result.ten_crop), ("single-crop", result.single_crop)):
-        print(
+        log.info(
             f"{split} ({s.count} images) {label}: accuracy {s.accuracy:.4f}  macro precision "
             f"{s.macro_precision:.4f}  recall {s.macro_recall:.4f}  F1 (mean of per-class F1) {s.macro_f1:.4f}  "
             f"F1 of macro P and R {s.f1_of_macro_pr:.4f}"
         )
     s = result.ten_crop
-    print(
+    log.info(
         "per class (ten-crop):  "
         + "  ".join(
             f"{e} P{p:.2f}/R{r:.2f}/F{f:.2f}"
@@ -232,7 +237,7 @@ def _cmd_evaluate(argv: list[str]) -> int:
         out / f"confusion_{split}.png",
         f"{Path(args.checkpoint).name} on {split} (ten-crop, row-normalised)",
     )
-    print(f"confusion matrix: {png}")
+    log.info(f"confusion matrix: {png}")
     return 0
 
 
@@ -299,7 +304,7 @@ def _cmd_demo(argv: list[str]) -> int:
         test_per_class=max(1, args.per_class // 4),
         seed=args.seed,
     )
-    print(f"wrote {write_demo_csv(args.out, spec)} (demo faces, not FER2013)")
+    log.info(f"wrote {write_demo_csv(args.out, spec)} (demo faces, not FER2013)")
     return 0
 
 

@@ -8,7 +8,7 @@ reads the test split (PrivateTest); everything before it sees Training and Publi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +23,8 @@ from fer_tune.search.retrain import run_retrain
 from fer_tune.search.retrain_plan import RetrainOptions
 from fer_tune.search.run import SearchOptions, run_search
 
+log = logging.getLogger(__name__)
+
 
 def search_to_report(space_name: str, data: FerData, search: SearchOptions, retrain: RetrainOptions | None) -> Path:
     """Search, then (unless ``retrain`` is None) retrain, score and report; returns the search folder.
@@ -32,20 +34,20 @@ def search_to_report(space_name: str, data: FerData, search: SearchOptions, retr
     started_here = not ray.is_initialized()
     try:
         outcome = run_search(space_name, data, replace(search, keep_ray=retrain is not None))
-        analyze(outcome.folder, search.log)
+        analyze(outcome.folder)
         if retrain is not None:
-            retrain_and_report(outcome.folder, data, retrain, search.log)
+            retrain_and_report(outcome.folder, data, retrain)
     finally:
         if started_here and ray.is_initialized():
             ray.shutdown()
     return outcome.folder
 
 
-def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions, log: Callable[[str], None] = print) -> Path:
+def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Path:
     """Retrain (training and validation splits only), then score on the test split, then write the report."""
-    runs, winners = run_retrain(folder, data, opts, log)
+    runs, winners = run_retrain(folder, data, opts)
     write_csv_atomic(runs, folder / "retrain_runs.csv")
-    log(f"scoring {len(runs)} retrained runs once on the test split")
+    log.info(f"scoring {len(runs)} retrained runs once on the test split")
     scored = score_runs(runs, data, opts.device)
     write_scores(scored, folder)
     report = write_report(
@@ -58,11 +60,11 @@ def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions, log: C
     )
     winners_table = pd.read_csv(folder / "winners.csv")
     best = winners_table[winners_table.winner == headline_winner(winners_table)].iloc[0]
-    log(
+    log.info(
         f"{scored.test_split}: headline winner {int(best.winner)} (chosen on validation: best mean PublicTest "
         f"accuracy in retraining, {best.val_acc_mean:.4f}) accuracy {best.accuracy_mean:.4f} "
         f"+- {best.accuracy_std:.4f} (95% CI {best.accuracy_ci_low:.4f}-{best.accuracy_ci_high:.4f}), "
         f"F1 of macro P and R {best.f1_of_macro_pr_mean:.4f}, macro F1 {best.macro_f1_mean:.4f}"
     )
-    log(f"report: {report}")
+    log.info(f"report: {report}")
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def real_csv() -> Path:
             f"fer2013.csv(.xz) in {SHARED_DATA})"
         )
     return path
+
+
+@pytest.fixture
+def console(caplog):
+    """fer-tune's console lines of this test (``console.messages``), as the CLI shows them."""
+    caplog.set_level(logging.INFO, logger="fer_tune")
+    return caplog
 
 
 @pytest.fixture(autouse=True)

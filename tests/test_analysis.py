@@ -66,7 +66,7 @@ def test_importances_name_the_knob_that_moves_the_score(tmp_path):
     lrs = 10 ** rng.uniform(-4, -1, 16)
     folder = tmp_path / "built"
     _built_search(folder, list(0.2 + 0.2 * (np.log10(lrs) + 4)))
-    text = analyze(folder, log=lambda line: None).read_text()
+    text = analyze(folder).read_text()
     table = pd.read_csv(folder / "importance.csv").set_index("parameter")
     assert table.fANOVA.idxmax() == "lr" and table["PED-ANOVA"].idxmax() == "lr"
     assert "| parameter | fANOVA | PED-ANOVA |" in text and _top_knob(folder).startswith("lr (")
@@ -77,7 +77,7 @@ def test_no_importances_when_every_trial_scored_the_same(tmp_path):
     have given every parameter the same share)."""
     folder = tmp_path / "built"
     _built_search(folder, [1 / 7] * 8)
-    text = analyze(folder, log=lambda line: None).read_text()
+    text = analyze(folder).read_text()
     assert "- not computed: importances explain differences between trial scores, and every trial scored 0.1429" in text
     assert "| parameter |" not in text and not (folder / "importance.csv").exists() and _top_knob(folder) == ""
 

@@ -70,7 +70,7 @@ def test_test_split_is_never_given_to_the_trainer(tiny_data, monkeypatch, tmp_pa
     monkeypatch.setattr(type(tiny_data), "role", spy)
     from fer_tune.training.single_run import run_training
 
-    run_training(TrainConfig(**SMALL, epochs=1), tiny_data, tmp_path / "run", log=lambda s: None)
+    run_training(TrainConfig(**SMALL, epochs=1), tiny_data, tmp_path / "run")
     assert "test" not in seen and set(seen) == {"train", "val"}
 
 

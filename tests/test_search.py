@@ -383,7 +383,7 @@ def test_asha_stops_weak_trials_early(ray_local, chain_data, tmp_path):
         paper_trial: {optimizer: adam, lr: 1.0e-7}
     """,
     )
-    outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
+    outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r"))
     table = outcome.trials
     assert len(table) == 4
     assert table.stopped_early_by_asha.any(), table[["lr", "epochs_run", "status"]]
@@ -438,7 +438,7 @@ def test_unknown_search_name_and_nothing_to_resume(tiny_csv, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chain_data, tmp_path):
+def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(console, ray_local, chain_data, tmp_path):
     """One small search and its retraining. lr 1e+6 diverges at epoch 1: recorded, and the search goes on.
     lr 1e-7 leaves the predictions as they are, so the validation accuracy never improves after epoch 1:
     with patience 1 the trial ends after epoch 2 of 6, and its retraining likewise, each saying so.
@@ -463,15 +463,15 @@ def test_a_diverging_trial_a_patience_stop_and_a_fine_tune_stage(ray_local, chai
         finetune: {epochs: 1, lr: 1.0e-5}
     """,
     )
-    outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", log=lambda s: None))
+    outcome = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r"))
     table = outcome.trials.set_index("lr")
     assert table.loc[1e6, "status"] == "diverged at epoch 1"
     calm = table.loc[1e-7]
     assert (calm.status, calm.epochs_run, calm.epochs_saved_by_patience) == (PATIENCE_STATUS, 2, 4)
     assert not calm.stopped_early_by_asha
 
-    lines: list[str] = []
-    runs, winners = run_retrain(outcome.folder, chain_data, RetrainOptions(top_k=1, seeds=1), log=lines.append)
+    runs, winners = run_retrain(outcome.folder, chain_data, RetrainOptions(top_k=1, seeds=1))
+    lines = console.messages
     assert runs.stage.tolist() == ["finetune", "main"]
     main_run = runs[runs.stage == "main"].iloc[0]
     assert (main_run.epochs_run, main_run.epochs_saved_by_patience) == (2, 4)

@@ -51,15 +51,14 @@ def s3_bucket():
 
 
 def test_a_search_keeps_its_trials_in_s3_and_resumes_retrains_and_reports_from_there(
-    ray_local, chain_data, s3_bucket, tmp_path
+    console, ray_local, chain_data, s3_bucket, tmp_path
 ):
     from pyarrow import fs
 
     uri, s3 = s3_bucket
     space = tmp_path / "in_s3.yaml"
     space.write_text(textwrap.dedent(SPACE))
-    lines: list[str] = []
-    opts = SearchOptions(results_dir=tmp_path / "r", storage=uri, log=lines.append, keep_ray=True)
+    opts = SearchOptions(results_dir=tmp_path / "r", storage=uri, keep_ray=True)
     outcome = run_search(str(space), chain_data, opts)
     folder = outcome.folder
     assert not (folder / "ray").exists()  # Ray's files are in the bucket, not in the search folder
@@ -68,18 +67,19 @@ def test_a_search_keeps_its_trials_in_s3_and_resumes_retrains_and_reports_from_t
     assert sum(f.base_name == "best.pt" for f in stored) == 2  # each trial's checkpoint
     trials = pd.read_csv(folder / "trials.csv")
     assert (trials.status == "completed").all() and trials.trial_path.str.startswith("s3://fer-bucket/").all()
-    assert (outcome.best_model.is_file()) and any(f"trials kept in {uri}" in line for line in lines)
+    assert (outcome.best_model.is_file()) and any(f"trials kept in {uri}" in line for line in console.messages)
 
     # the same command again continues from the bucket (the manifest names the storage)
-    resumed = run_search(
-        str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", resume=True, log=lines.append)
+    resumed = run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", resume=True))
+    assert any(
+        re.search(r"resuming search in_s3 from fer-bucket/searches/in_s3/ray: 2 trial", line)
+        for line in console.messages
     )
-    assert any(re.search(r"resuming search in_s3 from fer-bucket/searches/in_s3/ray: 2 trial", line) for line in lines)
     assert resumed.best_score == outcome.best_score
     with pytest.raises(UserError, match=r"keeps its trials in s3://fer-bucket/searches.*not --storage /elsewhere"):
         run_search(str(space), chain_data, SearchOptions(results_dir=tmp_path / "r", storage="/elsewhere"))
 
-    report = retrain_and_report(folder, chain_data, RetrainOptions(top_k=1, seeds=1), lines.append)
+    report = retrain_and_report(folder, chain_data, RetrainOptions(top_k=1, seeds=1))
     runs = pd.read_csv(folder / "retrain_runs.csv")
     assert report.is_file() and len(runs) == 1 and pd.read_csv(runs.history.iloc[0]).epoch.tolist() == [1]
     assert s3.get_file_info("fer-bucket/searches/in_s3/retrain").type == fs.FileType.Directory

@@ -119,7 +119,7 @@ def _constructed_search(folder: Path) -> tuple[pd.DataFrame, object, dict]:
     return pd.DataFrame(runs), scored, configs
 
 
-def test_headline_is_the_validation_best_winner_not_the_test_best(tmp_path, monkeypatch):
+def test_headline_is_the_validation_best_winner_not_the_test_best(console, tmp_path, monkeypatch):
     from fer_tune import pipeline
     from fer_tune.reporting.leaderboard import write_leaderboard
     from fer_tune.search.retrain_plan import RetrainOptions
@@ -129,8 +129,8 @@ def test_headline_is_the_validation_best_winner_not_the_test_best(tmp_path, monk
     winners = [type("W", (), {"rank": w, "config": c})() for w, c in configs.items()]
     monkeypatch.setattr(pipeline, "run_retrain", lambda *a, **k: (runs, winners))
     monkeypatch.setattr(pipeline, "score_runs", lambda *a, **k: scored)
-    lines: list[str] = []
-    pipeline.retrain_and_report(folder, None, RetrainOptions(), log=lines.append)
+    pipeline.retrain_and_report(folder, None, RetrainOptions())
+    lines = console.messages
 
     assert any("headline winner 1 (chosen on validation" in line and "accuracy 0.6000" in line for line in lines), lines
     report = (folder / "report.md").read_text()
@@ -337,7 +337,7 @@ def test_transfer_refuses_a_base_of_another_width():
         transfer_weights(create_model("vgg_spinal", width=0.125), {"other.weight": torch.zeros(1)})
 
 
-def test_search_takes_width_and_activation_from_the_base(tmp_path):
+def test_search_takes_width_and_activation_from_the_base(console, tmp_path):
     from fer_tune.search.run import adopt_base_architecture
     from fer_tune.training.transfer import load_base
 
@@ -348,8 +348,8 @@ def test_search_takes_width_and_activation_from_the_base(tmp_path):
     )
     space = load_search_space("effnetv2s_spinal")
     assert space.fixed["activation"] == "mish"
-    lines: list[str] = []
-    adopted = adopt_base_architecture(space, load_base(path, space.model), lines.append)
+    adopted = adopt_base_architecture(space, load_base(path, space.model))
+    lines = console.messages
     assert adopted.fixed["activation"] == "swish"
     assert adopted.train_config(paper_point(adopted)).activation == "swish"
     assert any("the trials use 'swish'" in line for line in lines)

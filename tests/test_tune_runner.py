@@ -25,17 +25,16 @@ def _job(gpus) -> TuneJob:
     return TuneJob("ray", None, None, None, {}, gpus, 2.0, progress)
 
 
-def test_auto_gpu_share_is_probed_on_a_gpu_cluster_and_zero_without_one(monkeypatch):
+def test_auto_gpu_share_is_probed_on_a_gpu_cluster_and_zero_without_one(console, monkeypatch):
     import ray
 
-    lines: list[str] = []
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
-    assert trial_resources(_job("auto"), lines.append) == {"cpu": 2.0, "gpu": 0.0}
-    assert lines == ["gpus_per_trial auto: Ray sees no GPU, so the trials run on CPUs"]
+    assert trial_resources(_job("auto")) == {"cpu": 2.0, "gpu": 0.0}
+    assert console.messages == ["gpus_per_trial auto: Ray sees no GPU, so the trials run on CPUs"]
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
-    monkeypatch.setattr(tune_runner, "probe_gpu_share", lambda job, log: 0.25)
-    assert trial_resources(_job("auto"), lines.append) == {"cpu": 2.0, "gpu": 0.25}
-    assert trial_resources(_job(0.5), lines.append) == {"cpu": 2.0, "gpu": 0.5}
+    monkeypatch.setattr(tune_runner, "probe_gpu_share", lambda job: 0.25)
+    assert trial_resources(_job("auto")) == {"cpu": 2.0, "gpu": 0.25}
+    assert trial_resources(_job(0.5)) == {"cpu": 2.0, "gpu": 0.5}
 
 
 def test_auto_is_accepted_in_the_yaml_and_on_the_command_line(tmp_path, capsys):
@@ -52,7 +51,7 @@ def test_auto_is_accepted_in_the_yaml_and_on_the_command_line(tmp_path, capsys):
 
 
 def test_progress_line_shows_elapsed_time_left_and_the_best():
-    progress = Progress("search demo", "val_acc", "max", trials=2, epochs_per_trial=2, log=print)
+    progress = Progress("search demo", "val_acc", "max", trials=2, epochs_per_trial=2)
     first = progress.line("a", 1, 0.5, {"running": 2})
     assert re.match(
         r"\[\d\d:\d\d:\d\d 0:00:\d\d left ~\d:\d\d:\d\d\] search demo a epoch 1/2: val_acc 0.5000 \| "

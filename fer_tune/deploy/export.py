@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from fer_tune.deploy.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier
 from fer_tune.errors import DEPLOY_INSTALL, UserError
 from fer_tune.files import write_atomic, write_text_atomic
 from fer_tune.yaml_files import yaml_plain
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "pt2")
 PARITY_LIMIT = 1e-3
@@ -152,7 +155,6 @@ def export_checkpoint(
     out: Path | None = None,
     crops: str = "ten",
     data_path: str | None = None,
-    log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export ``checkpoint`` as ``fmt`` to ``out``, check parity, write the card; the file appears only
     when the check passed (a :class:`ParityError` otherwise)."""
@@ -222,9 +224,9 @@ def export_checkpoint(
             sort_keys=False,
         ),
     )
-    log(
+    log.info(
         f"export: {out} ({size / 1e6:.1f} MB, {fmt}); parity with PyTorch on {about}, batch sizes {len(faces)} and 1: "
         f"max |logit difference| {measured['diff']:.2g} (limit {PARITY_LIMIT:g}; logits up to {measured['scale']:.3g})"
     )
-    log(f"export: card {card}")
+    log.info(f"export: card {card}")
     return ExportResult(out, card, size, measured["diff"], about)

@@ -8,8 +8,8 @@ the reason; with ``--annotate DIR`` a copy of each image with its boxes and labe
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from fer_tune.deploy.faces import (
 from fer_tune.deploy.inference import open_face_model
 from fer_tune.errors import UserError
 from fer_tune.files import write_atomic, write_csv_atomic
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ["file", "frame", "face", "x", "y", "w", "h", "found_by", "label", *(f"p_{e}" for e in EMOTIONS), "error"]
 ANNOTATION_MARK = ".fer-tune-annotations"  # in an --annotate folder fer-tune made
@@ -193,7 +195,7 @@ class _Predictor:
             write_atomic(self.opts.annotate / name, lambda tmp: tmp.write_bytes(encoded.tobytes()))
 
 
-def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> PredictSummary:
+def run_predict(opts: PredictOptions) -> PredictSummary:
     """Predict every face in ``opts.paths``; write the CSV (and annotated copies). Input mistakes are
     found before any file is read; a file that cannot be read is one CSV row, and the others go on."""
     check_outputs(opts)
@@ -204,7 +206,7 @@ def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> Pre
     if opts.annotate is not None:
         opts.annotate.mkdir(parents=True, exist_ok=True)
         (opts.annotate / ANNOTATION_MARK).touch()
-    log(
+    log.info(
         f"predict: {len(files)} file(s) with {run.model.model} from {opts.checkpoint} "
         f"({run.model.views} view(s) per face, {run.model.about})"
     )
@@ -215,21 +217,21 @@ def run_predict(opts: PredictOptions, log: Callable[[str], None] = print) -> Pre
             run.add(frame)
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
-                log(_progress_line(started, done, len(files), frame, run.summary))
+                log.info(_progress_line(started, done, len(files), frame, run.summary))
         run.summary.files += 1
     run.flush()
     summary = run.summary
     summary.seconds = time.monotonic() - started
     table = pd.DataFrame(run.rows, columns=COLUMNS).astype({c: "Int64" for c in ("frame", "face", "x", "y", "w", "h")})
     summary.csv = write_csv_atomic(table, opts.out)
-    log(
+    log.info(
         f"predict: {summary.faces} face(s) in {summary.pictures} picture(s) from {summary.files} file(s) in "
         f"{summary.seconds:.1f} s: {summary.faces_per_second:.1f} faces/s end to end (reading, detection, "
         f"classification), {summary.classifier_faces_per_second:.1f} faces/s for the classifier alone"
     )
     if summary.problems:
-        log(f"predict: {summary.problems} file(s) or frame(s) gave no face; the CSV's error column says why")
-    log(f"predictions: {summary.csv}" + (f"; annotated copies: {opts.annotate}" if opts.annotate else ""))
+        log.info(f"predict: {summary.problems} file(s) or frame(s) gave no face; the CSV's error column says why")
+    log.info(f"predictions: {summary.csv}" + (f"; annotated copies: {opts.annotate}" if opts.annotate else ""))
     return summary
 
 

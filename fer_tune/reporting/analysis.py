@@ -9,8 +9,8 @@ Each Optuna trial carries how it ended (user attribute ``fer_tune_status``).
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,8 @@ from fer_tune.reporting.plots import plot_importances, save_figure
 from fer_tune.reporting.report import epochs_saved_by_patience
 from fer_tune.run_folder import require_search_folder
 from fer_tune.search_folder import SCORED_STATUSES, SearchFolder
+
+log = logging.getLogger(__name__)
 
 FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
 IMPORTANCE_CSV = "importance.csv"
@@ -77,7 +79,7 @@ def factor_table(trials: pd.DataFrame, factor: str, score: str, mode: str = "max
     return table.sort_values("best", ascending=mode == "min")
 
 
-def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
+def analyze(folder: Path) -> Path:
     """Write analysis.md and its PNGs into ``folder``; returns the Markdown's path."""
     from optuna.trial import TrialState
 
@@ -104,7 +106,7 @@ def analyze(folder: Path, log: Callable[[str], None] = print) -> Path:
     lines += _compute_lines(trials, manifest.budget.get("max_epochs"))
     lines += _plot_lines(study, folder)
     path = write_text_atomic(folder / "analysis.md", "\n".join(lines) + "\n")
-    log(f"analysis: {path}")
+    log.info(f"analysis: {path}")
     return path
 
 

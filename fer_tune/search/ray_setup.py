@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fer_tune.compat import RAY_QUIET_LOGGERS, local_ray_on_loopback, ray_errors_to_logger
 from fer_tune.errors import UserError
+
+log = logging.getLogger(__name__)
 
 QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Ray's "Configuration for experiment" boxes and TensorBoard hint: off
@@ -31,7 +33,7 @@ def _quiet_ray() -> None:
 
 
 @contextmanager
-def ray_session(log: Callable[[str], None], keep: bool = False) -> Iterator[None]:
+def ray_session(keep: bool = False) -> Iterator[None]:
     """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (dashboard off); shut it down at the
     end only if it was started here and ``keep`` is off (a search keeps it for its retraining)."""
     import ray
@@ -56,7 +58,7 @@ def ray_session(log: Callable[[str], None], keep: bool = False) -> Iterator[None
             raise
         raise UserError(connection_problem(address, exc)) from None
     resources = ray.cluster_resources()
-    log(
+    log.info(
         f"Ray: {f'cluster at {address}' if address else 'a local Ray instance'}; "
         f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
     )

@@ -12,8 +12,8 @@ Only the train and validation arrays reach a retraining trial; PrivateTest is re
 
 from __future__ import annotations
 
+import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.training.config import TrainConfig, load_train_config
 from fer_tune.training.transfer import load_base
 from fer_tune.yaml_files import read_yaml, write_yaml, yaml_plain
+
+log = logging.getLogger(__name__)
 
 
 def pick_winners(folder: Path, space: SearchSpace, top_k: int, epochs: int | None = None) -> list[Winner]:
@@ -90,9 +92,7 @@ def _same_retraining(folder: Path, settings: dict[str, Any], storage: TrialStora
     return read_yaml(recorded) == yaml_plain(settings)
 
 
-def run_retrain(
-    folder: Path, data: FerData, opts: RetrainOptions, log: Callable[[str], None] = print
-) -> tuple[pd.DataFrame, list[Winner]]:
+def run_retrain(folder: Path, data: FerData, opts: RetrainOptions) -> tuple[pd.DataFrame, list[Winner]]:
     """Retrain the winners of the search in ``folder``; returns one row per (winner, seed, stage) with
     the path of its kept checkpoint under ``folder/winners/``, and the winners."""
     if opts.protocol not in PROTOCOLS:
@@ -118,7 +118,7 @@ def run_retrain(
         space.budget.checkpoint_every,
         space.budget.checkpoint_every_s,
     )
-    job = replace(retrain_job(folder, space, plan, _trial_data(folder, data, winners[0]), opts, log), storage=storage)
+    job = replace(retrain_job(folder, space, plan, _trial_data(folder, data, winners[0]), opts), storage=storage)
     settings = {
         "top_k": len(winners),
         "seeds": opts.seeds,
@@ -130,7 +130,7 @@ def run_retrain(
     }
     resume = _same_retraining(folder, settings, storage)
     if resume:
-        log(
+        log.info(
             f"resuming the retraining of {folder.name}: {finished_trials(job)} of {job.progress.trials} runs "
             "already finished"
         )
@@ -144,11 +144,11 @@ def run_retrain(
             if space.finetune
             else ""
         )
-        log(
+        log.info(
             f"retraining the top {len(winners)} configurations of {folder.name} with {opts.seeds} seeds each "
             f"({winners[0].config['epochs']} epochs, protocol '{opts.protocol}'{stage})"
         )
-    results, resources = run_trials(job, resume, log)
+    results, resources = run_trials(job, resume)
     return _kept_runs(results, storage, plan, resources), winners
 
 
@@ -167,7 +167,6 @@ def retrain_job(
     plan: RetrainPlan,
     trial_data: TrialData,
     opts: RetrainOptions,
-    log: Callable[[str], None],
 ) -> TuneJob:
     """The Tune experiment of a retraining: every winner x every seed, the latest checkpoint kept
     (it holds the kept model)."""
@@ -185,7 +184,7 @@ def retrain_job(
         {"plan": plan},
         gpus,
         cpus,
-        Progress(f"retraining {folder.name}", "val_acc", "max", runs, epochs, log),
+        Progress(f"retraining {folder.name}", "val_acc", "max", runs, epochs),
         probe=max((TrainConfig.from_mapping(w.config) for w in plan.winners), key=lambda c: c.batch_size),
         param_space={
             "winner": tune.grid_search([w.rank for w in plan.winners]),

@@ -8,11 +8,12 @@ A search that was interrupted continues when the same command runs again.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from fer_tune.search_folder import SearchFolder
 from fer_tune.training.single_run import run_training
 from fer_tune.training.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class SearchOptions:
@@ -64,7 +67,6 @@ class SearchOptions:
     storage: str | None = None  # where Ray Tune keeps trials (a shared folder or a URI); None: the search folder
     max_concurrent: int | str | None = None  # trials at once (auto: as the cluster places them)
     allow_failed_trials: bool = False  # trials that ended in error still give results (else exit 3)
-    log: Callable[[str], None] = field(default=print)
 
 
 @contextmanager
@@ -104,7 +106,7 @@ def resolve_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder:
     """
     if space.base is None:
         if opts.base_checkpoint:
-            opts.log(f"note: {space.model} trains from scratch; --base-checkpoint is ignored")
+            log.info(f"note: {space.model} trains from scratch; --base-checkpoint is ignored")
         return None
     if opts.base_checkpoint:
         source = Path(opts.base_checkpoint)
@@ -114,17 +116,17 @@ def resolve_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder:
         if not source.is_file():
             source = _train_base(space, data, opts, folder)
     base = load_base(source, space.model)
-    opts.log(f"base model: {source} ({base.config.get('model')})")
+    log.info(f"base model: {source} ({base.config.get('model')})")
     return base
 
 
-def adopt_base_architecture(space: SearchSpace, base: BaseWeights, log: Callable[[str], None]) -> SearchSpace:
+def adopt_base_architecture(space: SearchSpace, base: BaseWeights) -> SearchSpace:
     """Fix the base's width / activation for every trial (a transfer needs the same architecture),
     then check on one model that the base fits, and log what a transfer moves."""
     inherited = architecture_of_base(model_info(space.model).options, base.config)
     for key, value in inherited.items():
         if key in space.fixed and space.fixed[key] != value:
-            log(
+            log.info(
                 f"note: {space.path} fixes {key} {space.fixed[key]!r}, but the base was trained with {value!r}; "
                 f"the trials use {value!r}"
             )
@@ -132,7 +134,7 @@ def adopt_base_architecture(space: SearchSpace, base: BaseWeights, log: Callable
     config = space.train_config(paper_point(space))
     model = create_model(space.model, width=config.width, activation=config.activation)
     report = transfer_weights(model, base.state, freeze=True)
-    log(f"base {base.source}: {report.summary()} (frozen only in trials with freeze on)")
+    log.info(f"base {base.source}: {report.summary()} (frozen only in trials with freeze on)")
     return space
 
 
@@ -148,13 +150,13 @@ def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: 
     config = config.replace(
         seed=opts.seed, **{k: v for k, v in space.fixed.items() if k in ("width", "pretrained_path")}
     )
-    opts.log(
+    log.info(
         f"no finished '{space.base}' search under {opts.results_dir} and no --base-checkpoint: training the "
         f"base {space.base} first with the paper's recipe{' (smoke preset)' if opts.smoke else ''} "
         f"({config.epochs} epochs, {config.optimizer}, "
         f"lr {config.lr:g}) into {base_dir}; the per-epoch lines below show how long each epoch takes"
     )
-    run_training(config, data, base_dir, log=opts.log)
+    run_training(config, data, base_dir)
     return best
 
 
@@ -222,24 +224,24 @@ def _search_in_folder(
         )
     base = resolve_base(space, data, opts, folder)
     if base is not None:
-        space = adopt_base_architecture(space, base, opts.log)
+        space = adopt_base_architecture(space, base)
         manifest.base_source = base.source
         manifest.write(folder)
     study = {"model": space.model, "data": data.source, "smoke": opts.smoke, "fer_tune_version": __version__}
     job = replace(
-        search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, opts.log, restore, study),
+        search_job(space, name, folder, TrialData.of(data, base, pretrained), opts.seed, restore, study),
         keep_ray=opts.keep_ray,
         storage=storage,
     )
     if restore:
-        opts.log(f"resuming search {name} from {job.path}: {finished_trials(job)} trial(s) already finished")
+        log.info(f"resuming search {name} from {job.path}: {finished_trials(job)} trial(s) already finished")
     else:
-        opts.log(
+        log.info(
             f"search {name}: {space.budget.num_trials} trials of {space.model}, up to "
             f"{space.budget.max_epochs} epochs each, ASHA grace {space.budget.grace_period}; data {data.source}; "
             f"trials kept in {storage.describe()}"
         )
-    results, resources = run_trials(job, restore, opts.log)
+    results, resources = run_trials(job, restore)
     manifest.gpus_per_trial = resources["gpu"]  # the share the trials had (auto: what the probe chose)
     manifest.max_concurrent = resources.get("max_concurrent", manifest.max_concurrent)  # trials at once, at the start
     outcome = write_outputs(results, space, folder, resources, job.data, manifest.base_source, storage)
@@ -247,19 +249,19 @@ def _search_in_folder(
     manifest.failed_trials = len(failed)
     manifest.write(folder)
     ran, full = asha_savings(outcome.trials, space.budget.max_epochs)
-    opts.log(
+    log.info(
         f"search {name} {'done' if failed.empty else 'ended with failed trials'} in "
         f"{time.perf_counter() - started:.0f}s: best {space.metric} {outcome.best_score:.4f}; "
         f"ASHA ran {ran} of {full} trial-epochs"
     )
-    opts.log(
+    log.info(
         f"results: {folder}\n  trials:      {outcome.trials_csv}\n  best config: {outcome.best_config}\n"
         f"  TensorBoard: tensorboard --logdir {folder / SearchFolder.TENSORBOARD}   (every trial and retraining run; "
         "HParams compares them)"
     )
     if not failed.empty:
         for row in failed.itertuples():
-            opts.log(f"  trial {row.trial} ({row.trial_id}) failed: {row.error_file}")
+            log.info(f"  trial {row.trial} ({row.trial_id}) failed: {row.error_file}")
         if not opts.allow_failed_trials:
             raise TrialsFailed(
                 f"{len(failed)} of {len(outcome.trials)} trials of search {name} ended in error (files above); its "
@@ -288,7 +290,7 @@ def _fresh_manifest(
     """Clear the folder first under ``--fresh``, then write the manifest (what this folder holds)."""
     if opts.fresh:
         kept = clear_search_outputs(folder)
-        opts.log(
+        log.info(
             f"--fresh: starting {name} over"
             + (f"; left in place {len(kept)} file(s) fer-tune did not write: {', '.join(kept[:3])}" if kept else "")
         )
@@ -317,7 +319,6 @@ def search_job(
     folder: Path,
     trial_data: TrialData,
     seed: int,
-    log: Callable[[str], None],
     restore: bool = False,
     study_attributes: dict[str, Any] | None = None,
 ) -> TuneJob:
@@ -325,7 +326,7 @@ def search_job(
     kept in ``optuna.db`` under the search's name) + ASHA. A restored search keeps its own searcher."""
     budget = space.budget
     progress = Progress(
-        f"search {name}", space.metric, space.mode, budget.num_trials, budget.max_epochs, log, upper_bound=True
+        f"search {name}", space.metric, space.mode, budget.num_trials, budget.max_epochs, upper_bound=True
     )
     return TuneJob(
         SearchFolder.SEARCH_EXPERIMENT,

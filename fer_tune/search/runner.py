@@ -6,6 +6,7 @@ train and validation arrays: the test split never reaches it.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -23,12 +24,14 @@ from fer_tune.search.storage import TrialStorage
 from fer_tune.search.trial_data import TrialData
 from fer_tune.training.config import TrainConfig
 
+log = logging.getLogger(__name__)
+
 MAX_TRIALS_PER_GPU = 8
 MEMORY_HEADROOM = 1.25  # a trial's measured peak memory x this must fit, for each trial on a GPU
 MAX_FAILURES = 2  # a trial whose worker dies is retried this many times from its last checkpoint
 
 
-def trial_resources(job: TuneJob, log: Callable[[str], None]) -> dict[str, float]:
+def trial_resources(job: TuneJob) -> dict[str, float]:
     """What one trial asks Ray for: no GPU where the cluster has none (a GPU request would leave every
     trial PENDING forever), no more CPUs than the cluster has, and with ``gpus_per_trial: auto`` the
     share a probe of one trial measured."""
@@ -38,9 +41,9 @@ def trial_resources(job: TuneJob, log: Callable[[str], None]) -> dict[str, float
     cpus = min(job.cpus, max(cluster.get("CPU", 1), 1))
     if cluster.get("GPU", 0) <= 0:
         if job.gpus == AUTO:
-            log("gpus_per_trial auto: Ray sees no GPU, so the trials run on CPUs")
+            log.info("gpus_per_trial auto: Ray sees no GPU, so the trials run on CPUs")
         return {"cpu": cpus, "gpu": 0.0}
-    return {"cpu": cpus, "gpu": probe_gpu_share(job, log) if job.gpus == AUTO else float(job.gpus)}
+    return {"cpu": cpus, "gpu": probe_gpu_share(job) if job.gpus == AUTO else float(job.gpus)}
 
 
 def trials_per_gpu(peak_bytes: int, total_bytes: int) -> int:
@@ -49,7 +52,7 @@ def trials_per_gpu(peak_bytes: int, total_bytes: int) -> int:
     return max(1, min(MAX_TRIALS_PER_GPU, int(total_bytes // max(peak_bytes * MEMORY_HEADROOM, 1))))
 
 
-def probe_gpu_share(job: TuneJob, log: Callable[[str], None]) -> float:
+def probe_gpu_share(job: TuneJob) -> float:
     """``gpus_per_trial: auto``: train a few batches of one trial (the job's largest batch) alone on a
     whole GPU, measure its peak memory and speed, and give each trial 1/k of a GPU, k as many as fit."""
     import ray
@@ -57,7 +60,7 @@ def probe_gpu_share(job: TuneJob, log: Callable[[str], None]) -> float:
     probe = ray.remote(num_gpus=1, num_cpus=1)(_probe_trial)
     peak, total, rate = ray.get(probe.remote(job.data, job.probe))
     k = trials_per_gpu(peak, total)
-    log(
+    log.info(
         f"gpus_per_trial auto: one {job.probe.model} trial (batch {job.probe.batch_size}) peaks at "
         f"{peak / 1e9:.2f} GB of {total / 1e9:.0f} GB and trains {rate:.0f} images/s alone; {k} trial(s) per GPU, "
         f"a share of {1 / k:.4g} each"
@@ -112,7 +115,6 @@ class Progress:
     mode: str
     trials: int
     epochs_per_trial: int
-    log: Callable[[str], None]
     upper_bound: bool = False
     started: float = field(default_factory=time.monotonic)
     epochs_done: dict[str, int] = field(default_factory=dict)
@@ -156,7 +158,7 @@ def progress_callback(progress: Progress, storage: TrialStorage):
                 name = {"TERMINATED": "done", "ERROR": "failed"}.get(t.status, t.status.lower())
                 states[name] = states.get(name, 0) + 1
             note = " DIVERGED" if result.get("diverged") else ""
-            progress.log(
+            log.info(
                 progress.line(trial.trial_id, int(result.get("epoch", 0)), result.get(progress.metric), states, note)
             )
 
@@ -164,14 +166,14 @@ def progress_callback(progress: Progress, storage: TrialStorage):
             progress.ended.add(trial.trial_id)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            progress.log(
+            log.info(
                 f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last "
                 f"checkpoint (why: Ray's logs in {ray_logs_folder()} on the node that ran it)"
             )
 
         def on_trial_error(self, iteration, trials, trial, **info):
             progress.ended.add(trial.trial_id)
-            progress.log(
+            log.info(
                 f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed and has no retries left; "
                 f"its error is in {storage.address(trial.path)}/error.txt"
             )
@@ -240,7 +242,7 @@ def time_budget_spent(job: TuneJob, started: float) -> bool:
     return bool(job.time_budget_s) and time.monotonic() - started >= job.time_budget_s
 
 
-def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple[Any, dict[str, float]]:
+def run_trials(job: TuneJob, restore: bool) -> tuple[Any, dict[str, float]]:
     """Run (or continue) ``job``; return Tune's ResultGrid once every trial ended, and the resources
     each trial had. A Ctrl-C that stopped it early is a KeyboardInterrupt (Tune saved its state: the
     same command continues); a spent time budget is not."""
@@ -250,11 +252,11 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # Ray's TensorBoard logger off: fer-tune writes its own
     callbacks = [progress_callback(job.progress, job.trial_storage), CSVLoggerCallback(), JsonLoggerCallback()]
     storage = job.trial_storage
-    with ray_session(log, keep=job.keep_ray):
+    with ray_session(keep=job.keep_ray):
         local = storage.local_root()
         if local is not None:
             check_nodes_see(local)
-        resources = trial_resources(job, log)
+        resources = trial_resources(job)
         trainable = tune.with_resources(tune.with_parameters(job.trainable, data=job.data, **job.extra), resources)
         started = time.monotonic()
         if restore:
@@ -272,7 +274,7 @@ def run_trials(job: TuneJob, restore: bool, log: Callable[[str], None]) -> tuple
 
                 concurrency = replace(job.concurrency, cpus=resources["cpu"], gpus=resources["gpu"])
                 resources["max_concurrent"] = concurrency.limit(node_resources())  # at the start (auto follows)
-                log(f"{job.progress.label}: {concurrency.why(node_resources())}")
+                log.info(f"{job.progress.label}: {concurrency.why(node_resources())}")
                 tune_config["search_alg"] = ClusterConcurrencyLimiter(tune_config["search_alg"], concurrency)
             if job.time_budget_s:
                 tune_config["time_budget_s"] = job.time_budget_s

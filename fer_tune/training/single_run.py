@@ -3,8 +3,8 @@ first): config.yaml, metrics.csv, best.pt (weights of the best validation epoch)
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,8 @@ from fer_tune.training.config import TrainConfig
 from fer_tune.training.engine import EpochResult, Trainer
 from fer_tune.training.transfer import architecture_of_base, load_base
 from fer_tune.yaml_files import write_yaml
+
+log = logging.getLogger(__name__)
 
 METRIC_FIELDS = list(EpochResult.__dataclass_fields__)
 
@@ -44,14 +46,13 @@ def run_training(
     out_dir: Path,
     *,
     device: str | None = None,
-    log: Callable[[str], None] = print,
 ) -> list[EpochResult]:
     """Train ``config`` on the train split, select on val, write config.yaml, metrics.csv,
     best.pt (best val accuracy) and last.pt into ``out_dir``."""
     base_state = load_base_state(config)
     with removed_if_nothing_ran(out_dir, ("metrics.csv",)):
         make_run_folder(out_dir)
-        return _train_into(config, data, out_dir, base_state, device, log)
+        return _train_into(config, data, out_dir, base_state, device)
 
 
 def _train_into(
@@ -60,15 +61,14 @@ def _train_into(
     out_dir: Path,
     base_state: dict | None,
     device: str | None,
-    log: Callable[[str], None],
 ) -> list[EpochResult]:
     trainer = Trainer(config, data.role("train"), data.role("val"), device=device, base_state=base_state)
     if trainer.transfer is not None:
-        log(f"base {config.base_checkpoint}: {trainer.transfer.summary()}")
+        log.info(f"base {config.base_checkpoint}: {trainer.transfer.summary()}")
     write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"# fer-tune train config; data: {data.source}\n")
     metrics_path = out_dir / "metrics.csv"
     started = time.perf_counter()
-    log(
+    log.info(
         f"training {config.model} on {trainer.device} for {config.epochs} epochs "
         f"({len(trainer.train_labels)} train / {len(trainer.val_labels)} val images) -> {out_dir}"
     )
@@ -76,7 +76,7 @@ def _train_into(
     def on_epoch(tr: Trainer, result: EpochResult) -> None:
         write_csv_atomic(pd.DataFrame([r.as_dict() for r in tr.history], columns=METRIC_FIELDS), metrics_path)
         if result.diverged:
-            log(
+            log.info(
                 f"epoch {result.epoch}/{config.epochs}: loss is not finite: the run diverged "
                 f"(lr {config.lr:g} is probably too high); stopped"
             )
@@ -88,14 +88,14 @@ def _train_into(
                 model_payload(config.to_dict(), tr.model.state_dict(), result.epoch, result.val_acc, data=data.source),
             )
         save_checkpoint(out_dir / "last.pt", tr.state_dict())
-        log(
+        log.info(
             f"epoch {result.epoch:3d}/{config.epochs}  train loss {result.train_loss:.4f} acc {result.train_acc:.3f}  "
             f"val loss {result.val_loss:.4f} acc {result.val_acc:.3f} (single crop {result.val_acc_single:.3f}) "
             f"F1 {result.val_f1:.3f}  lr {result.lr:.2e}  {result.epoch_time:.1f}s{'  *best' if best else ''}"
         )
 
     history = trainer.fit(on_epoch)
-    log(
+    log.info(
         f"done in {time.perf_counter() - started:.0f}s; best val accuracy {trainer.best_val_acc:.4f}; "
         f"files in {out_dir}"
     )
