@@ -6,7 +6,9 @@ import argparse
 from collections.abc import Callable
 
 from fer_tune.errors import UserError
+from fer_tune.rules import Rule, check_fields, whole
 from fer_tune.search.space import AUTO, RANGES
+from fer_tune.training.config import SEED
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,7 +28,7 @@ SEARCH_NUMBERS = {
         name: RANGES[name]
         for name in ("max_epochs", "max_concurrent", "gpus_per_trial", "cpus_per_trial", "top_k", "seeds")
     },
-    "seed": ("0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
+    "seed": SEED,
 }
 
 
@@ -50,10 +52,8 @@ gpu_share = number_or_auto(float, "a number such as 0.5")  # --gpus-per-trial
 
 def check_numbers(args: argparse.Namespace, rules: dict) -> None:
     """One :class:`UserError` for the first option outside its range (before anything starts)."""
-    for dest, (allowed, ok) in rules.items():
-        value = getattr(args, dest, None)
-        if value is not None and not ok(value):
-            raise UserError(f"--{dest.replace('_', '-')} {value!r} is not allowed; use {allowed}")
+    given = {dest: rule for dest, rule in rules.items() if getattr(args, dest, None) is not None}
+    check_fields(given, args, lambda dest, value: f"--{dest.replace('_', '-')} {value!r}")
 
 
 SEARCH_HELP = """\
@@ -240,9 +240,9 @@ def predict_parser() -> argparse.ArgumentParser:
 
 
 PREDICT_NUMBERS = {
-    "batch_size": ("a whole number 1 to 4096", lambda v: 1 <= v <= 4096),
-    "every": ("a whole number 1 or more", lambda v: v >= 1),
-    "min_face": ("a whole number 8 to 4096", lambda v: 8 <= v <= 4096),
+    "batch_size": whole(1, 4096),
+    "every": Rule("a whole number 1 or more", lambda v: v >= 1),
+    "min_face": whole(8, 4096),
 }
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 from fer_tune.data.fer_data import FerData
 from fer_tune.files import write_csv_atomic
 from fer_tune.reporting.analysis import analyze
-from fer_tune.reporting.report import headline_winner, write_report
+from fer_tune.reporting.headline import headline_winner
+from fer_tune.reporting.report import write_report
 from fer_tune.reporting.scoring import score_runs, write_scores
 from fer_tune.search.retrain import run_retrain
 from fer_tune.search.retrain_plan import RetrainOptions

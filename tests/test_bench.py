@@ -72,7 +72,7 @@ def test_kit_data_reads_like_any_layout_and_keeps_no_test_split(kit):
     described = subprocess.run(
         [sys.executable, "launch.py", "data", str(data_file)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
-    assert described.returncode == 0 and "| Training |" in described.stdout and "PrivateTest" not in described.stdout
+    assert described.returncode == 0 and "| Training " in described.stdout and "PrivateTest" not in described.stdout
 
 
 def test_kit_refuses_a_folder_git_does_not_ignore(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from md_tables import table_rows
 
 from fer_tune.data.demo import DemoSpec, write_demo_csv
 from fer_tune.data.describe import describe
@@ -184,7 +185,7 @@ def test_describe_counts_duplicates_and_leakage(tmp_path):
     data = load_fer(_write(tmp_path, "\n".join(lines) + "\n"), use_cache=False)
     text = describe(data)
     assert "NOT the canonical" in text
-    assert "| Training | 1 | 1 | 1 | 1 | 1 | 1 | 1 | 7 |" in text
+    assert ["Training"] + ["1"] * 7 + ["7"] in table_rows(text)
     assert (
         "exact duplicate groups: 1 covering 3 rows; 1 groups span more than one split, 1 carry conflicting labels"
         in text

@@ -11,6 +11,7 @@ from fer_tune.data.compact import COMPACT_SUFFIX
 from fer_tune.data.csv_layout import content_md5
 from fer_tune.data.fer_data import CANONICAL_MD5, FerData
 from fer_tune.data.leakage import duplicate_groups, rows_with_copy_in
+from fer_tune.markdown import markdown_table
 
 
 def data_identity(source: str | None, demo: bool) -> tuple[str, bool]:
@@ -43,13 +44,12 @@ def describe(data: FerData) -> str:
         lines.append(f"note: {note}")
     lines += [f"roles: {', '.join(f'{k} = {v}' for k, v in data.roles.items())}", ""]
 
-    header = "| split | " + " | ".join(EMOTIONS) + " | total |"
-    lines += [header, "|" + "---|" * (len(EMOTIONS) + 2)]
-    for code, name in enumerate(data.split_names):
-        counts = np.bincount(data.labels[data.usage == code], minlength=len(EMOTIONS))
-        lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + f" | {counts.sum()} |")
-    total = np.bincount(data.labels, minlength=len(EMOTIONS))
-    lines += ["| all | " + " | ".join(str(c) for c in total) + f" | {total.sum()} |", ""]
+    splits = [(name, data.labels[data.usage == code]) for code, name in enumerate(data.split_names)]
+    rows = []
+    for name, labels in [*splits, ("all", data.labels)]:
+        counts = np.bincount(labels, minlength=len(EMOTIONS))
+        rows.append({"split": name, **dict(zip(EMOTIONS, counts.tolist())), "total": int(counts.sum())})
+    lines += [markdown_table(rows), ""]
 
     flat = data.images.reshape(len(data.images), -1)
     blank = flat.max(axis=1) == 0

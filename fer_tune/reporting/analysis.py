@@ -18,6 +18,7 @@ import pandas as pd
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
+from fer_tune.markdown import markdown_table
 from fer_tune.reporting.plots import plot_importances, save_figure
 from fer_tune.reporting.report import epochs_saved_by_patience
 from fer_tune.run_folder import require_search_folder
@@ -117,12 +118,11 @@ def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], fold
             {p for values in found.values() for p in values},
             key=lambda p: -max(values.get(p, 0.0) for values in found.values()),
         )
-        methods = list(found)
-        lines += ["| parameter | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-        lines += [
-            f"| {p} | " + " | ".join(f"{found[m][p]:.3f}" if p in found[m] else "-" for m in methods) + " |"
+        rows = [
+            {"parameter": p, **{m: f"{values[p]:.3f}" if p in values else "-" for m, values in found.items()}}
             for p in params
         ]
+        lines.append(markdown_table(rows))
         plot_importances(found, folder / "importance.png", trials)
         write_csv_atomic(pd.DataFrame(found).rename_axis("parameter").reset_index(), folder / IMPORTANCE_CSV)
         lines += ["", "![importance](importance.png)"]
@@ -149,15 +149,20 @@ def _factor_lines(scored: pd.DataFrame, score: str, mode: str) -> list[str]:
         lines += [
             f"### {factor}",
             "",
-            "| value | trials | best | median | mean epochs run | GPU-hours | CPU-hours |",
-            "|---|---|---|---|---|---|---|",
         ]
-        for value, row in factor_table(scored, factor, score, mode).iterrows():
-            lines.append(
-                f"| {value} | {int(row.trials)} | {row.best:.4f} | {row['median']:.4f} | {row.epochs:.1f} | "
-                f"{row.gpu_hours:.4f} | {row.cpu_hours:.4f} |"
-            )
-        lines.append("")
+        rows = [
+            {
+                "value": value,
+                "trials": int(row.trials),
+                "best": f"{row.best:.4f}",
+                "median": f"{row['median']:.4f}",
+                "mean epochs run": f"{row.epochs:.1f}",
+                "GPU-hours": f"{row.gpu_hours:.4f}",
+                "CPU-hours": f"{row.cpu_hours:.4f}",
+            }
+            for value, row in factor_table(scored, factor, score, mode).iterrows()
+        ]
+        lines += [markdown_table(rows), ""]
     if {"optimizer", "scheduler"} <= set(scored):
         pivot = scored.pivot_table(
             index="optimizer", columns=scored.scheduler.fillna("none"), values=score, aggfunc=mode
@@ -165,12 +170,9 @@ def _factor_lines(scored: pd.DataFrame, score: str, mode: str) -> list[str]:
         lines += [
             "### best score, optimizer x scheduler",
             "",
-            "| optimizer | " + " | ".join(pivot.columns) + " |",
-            "|---|" + "---|" * len(pivot.columns),
+            markdown_table(pivot.map(lambda v: "" if pd.isna(v) else f"{v:.4f}").reset_index()),
+            "",
         ]
-        for optimizer, row in pivot.iterrows():
-            lines.append(f"| {optimizer} | " + " | ".join("" if pd.isna(v) else f"{v:.4f}" for v in row) + " |")
-        lines.append("")
     return lines
 
 
@@ -186,14 +188,18 @@ def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
         f"- {trials.wall_time_s.sum() / 3600:.4f} hours of trial time, {trials.gpu_hours.sum():.4f} GPU-hours, "
         f"{trials.cpu_hours.sum():.4f} CPU-hours",
         "",
-        "| trial | status | epochs run | GPU-hours | CPU-hours |",
-        "|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {row.trial} | {row.status} | {row.epochs_run} | {row.gpu_hours:.4f} | {row.cpu_hours:.4f} |"
+    rows = [
+        {
+            "trial": row.trial,
+            "status": row.status,
+            "epochs run": row.epochs_run,
+            "GPU-hours": f"{row.gpu_hours:.4f}",
+            "CPU-hours": f"{row.cpu_hours:.4f}",
+        }
         for row in trials.itertuples()
     ]
-    return lines + [""]
+    return lines + [markdown_table(rows), ""]
 
 
 def _plot_lines(study, folder: Path) -> list[str]:

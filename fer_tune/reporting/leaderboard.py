@@ -9,7 +9,8 @@ import pandas as pd
 
 from fer_tune.files import write_text_atomic
 from fer_tune.manifest import read_manifest
-from fer_tune.reporting.report import HEADLINE_RULE, PAPER_RESULTS, _num, _pct, headline_winner
+from fer_tune.markdown import markdown_table
+from fer_tune.reporting.headline import HEADLINE_RULE, PAPER_RESULTS, headline_winner, num, pct
 
 WINNERS_COLUMNS = (
     "winner",
@@ -50,10 +51,18 @@ def write_leaderboard(results_dir: Path) -> Path:
         model = _model_of(folder)
         paper = PAPER_RESULTS.get(model)
         rows.append(
-            f"| {folder.name} | {model} | {int(best.winner)} | {_pct(best.accuracy_mean)} +- "
-            f"{_pct(best.accuracy_std)} | {_num(best.get('f1_of_macro_pr_mean'))} | {_num(best.macro_f1_mean)} | "
-            f"{_pct(best.leak_free_accuracy_mean)} | {best.protocol} | {_pct(paper[1]) if paper else ''} | "
-            f"{_top_knob(folder)} |"
+            {
+                "search": folder.name,
+                "model": model,
+                "winner": int(best.winner),
+                "accuracy": f"{pct(best.accuracy_mean)} +- {pct(best.accuracy_std)}",
+                "F1 of macro P and R": num(best.get("f1_of_macro_pr_mean")),
+                "macro F1 (mean of per-class F1)": num(best.macro_f1_mean),
+                "leakage-free acc.": pct(best.leak_free_accuracy_mean),
+                "protocol": best.protocol,
+                "paper": pct(paper[1]) if paper else "",
+                "most important knob (fANOVA, analysis.md)": _top_knob(folder),
+            }
         )
     if not rows:
         from fer_tune.errors import UserError
@@ -65,10 +74,7 @@ def write_leaderboard(results_dir: Path) -> Path:
         f"One row per search: its headline winner, {HEADLINE_RULE}. Its PrivateTest figures (ten-crop), "
         "mean +- std over seeds.",
         "",
-        "| search | model | winner | accuracy | F1 of macro P and R | macro F1 (mean of per-class F1) | "
-        "leakage-free acc. | protocol | paper | most important knob (fANOVA, analysis.md) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
+        markdown_table(rows),
     ]
     return write_text_atomic(results_dir / "leaderboard.md", "\n".join(lines) + "\n")
 

@@ -9,43 +9,11 @@ import pandas as pd
 from fer_tune.data.describe import data_identity
 from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
+from fer_tune.markdown import markdown_table
+from fer_tune.reporting.headline import HEADLINE_RULE, PAPER_RESULTS, headline_winner, num, pct
 from fer_tune.reporting.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.reporting.scoring import ScoredRuns
 from fer_tune.search_folder import read_history, trial_label
-
-# FER2013 PrivateTest as Santoso & Kusuma report it (accuracy, macro P, R, F1; VGGNet: Khaireddin & Chen)
-PAPER_RESULTS: dict[str, tuple[str, float, float | None, float | None, float | None]] = {
-    "vgg_spinal": ("VGGSpinalNet", 0.7445, 0.740, 0.727, 0.733),
-    "vgg_progressive_spinal": ("VGGProgressiveSpinalNet", 0.7439, 0.740, 0.725, 0.732),
-    "effnetv2s_spinal": ("EfficientNetV2-S-SpinalNet", 0.7211, 0.720, 0.704, 0.712),
-    "effnetv2s": ("EfficientNetV2-S", 0.7183, None, None, None),
-    "vit_l32_spinal": ("ViT-L/32(21k)-SpinalNet", 0.7160, 0.718, 0.702, 0.710),
-    "vit_l32": ("ViT-L/32(21k)", 0.7127, None, None, None),
-    "vgg": ("VGGNet (Khaireddin & Chen; PublicTest, selected on PrivateTest)", 0.7328, None, None, None),
-}
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None or pd.isna(value) else f"{value * 100:.2f}%"
-
-
-def _num(value: float | None) -> str:
-    return "" if value is None or pd.isna(value) else f"{value:.3f}"
-
-
-HEADLINE_RULE = (
-    "the winner with the best mean PublicTest (validation) accuracy over its retraining seeds "
-    "(ties: the better search rank); PrivateTest chooses nothing"
-)
-
-
-def headline_winner(winners: pd.DataFrame) -> int:
-    """The winner whose test figures stand beside the paper's, chosen on validation only (HEADLINE_RULE)."""
-    if "headline" in winners and winners.headline.any():
-        return int(winners[winners.headline.astype(bool)].winner.iloc[0])
-    ranked = winners.sort_values(["val_acc_mean", "winner"], ascending=[False, True], kind="stable")
-    return int(ranked.winner.iloc[0])
-
 
 SETTINGS = ["optimizer", "scheduler", "lr", "weight_decay", "batch_size", "freeze", "epochs"]
 
@@ -179,13 +147,18 @@ def _winners_lines(summary: pd.DataFrame, settings: list[str]) -> list[str]:
     lines = [
         "## Winners (top configurations of the search by validation score)",
         "",
-        "| winner | trial | val score in search | mean val acc. in retraining | " + " | ".join(settings) + " |",
-        "|" + "---|" * (4 + len(settings)),
     ]
-    for row in summary.itertuples():
-        values = " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in (getattr(row, k) for k in settings))
-        lines.append(f"| {row.winner} | {row.trial} | {row.search_score:.4f} | {row.val_acc_mean:.4f} | {values} |")
-    return lines + [""]
+    rows = [
+        {
+            "winner": row.winner,
+            "trial": row.trial,
+            "val score in search": f"{row.search_score:.4f}",
+            "mean val acc. in retraining": f"{row.val_acc_mean:.4f}",
+            **{k: f"{v:.3g}" if isinstance(v, float) else v for k, v in ((k, getattr(row, k)) for k in settings)},
+        }
+        for row in summary.itertuples()
+    ]
+    return lines + [markdown_table(rows), ""]
 
 
 def _headline_lines(summary: pd.DataFrame, test_split: str, model: str, comparable: bool) -> list[str]:
@@ -195,25 +168,39 @@ def _headline_lines(summary: pd.DataFrame, test_split: str, model: str, comparab
         "",
         f"Chosen as {HEADLINE_RULE}." + _within_noise(summary),
         "",
-        f"| | accuracy ({test_split}, ten-crop) | macro precision | macro recall | "
-        "F1 of macro P and R | macro F1 (mean of per-class F1) |",
-        "|---|---|---|---|---|---|",
-        f"| fer-tune winner {head.winner} (mean +- std over {head.seeds} seeds) | {_pct(head.accuracy_mean)} +- "
-        f"{_pct(head.accuracy_std)} | {_num(head.macro_precision_mean)} | {_num(head.macro_recall_mean)} | "
-        f"{_num(head.f1_of_macro_pr_mean)} | {_num(head.macro_f1_mean)} |",
+    ]
+    accuracy = f"accuracy ({test_split}, ten-crop)"
+    rows = [
+        {
+            "": f"fer-tune winner {head.winner} (mean +- std over {head.seeds} seeds)",
+            accuracy: f"{pct(head.accuracy_mean)} +- {pct(head.accuracy_std)}",
+            "macro precision": num(head.macro_precision_mean),
+            "macro recall": num(head.macro_recall_mean),
+            "F1 of macro P and R": num(head.f1_of_macro_pr_mean),
+            "macro F1 (mean of per-class F1)": num(head.macro_f1_mean),
+        }
     ]
     paper = PAPER_RESULTS.get(model)
     if paper and not comparable:
         return lines + [
+            markdown_table(rows),
             "",
-            f"The paper's {paper[0]} ({_pct(paper[1])} on FER2013) is left out: these data are not FER2013.",
+            f"The paper's {paper[0]} ({pct(paper[1])} on FER2013) is left out: these data are not FER2013.",
             "",
         ]
     if paper:
-        lines.append(
-            f"| paper: {paper[0]} | {_pct(paper[1])} | {_num(paper[2])} | {_num(paper[3])} | {_num(paper[4])} | |"
+        rows.append(
+            {
+                "": f"paper: {paper[0]}",
+                accuracy: pct(paper[1]),
+                "macro precision": num(paper[2]),
+                "macro recall": num(paper[3]),
+                "F1 of macro P and R": num(paper[4]),
+                "macro F1 (mean of per-class F1)": "",
+            }
         )
     return lines + [
+        markdown_table(rows),
         "",
         'The paper\'s "macro F1" equals 2PR/(P+R) of its macro precision and recall (its four F1 values match '
         "that to the third decimal), so it is compared with the column *F1 of macro P and R*; scikit-learn's "
@@ -244,19 +231,24 @@ def _every_winner_lines(summary: pd.DataFrame, test_split: str) -> list[str]:
         "",
         "Shown for completeness; these figures choose nothing.",
         "",
-        "| winner | seeds | accuracy | 95% CI | single-crop acc. | macro precision | macro recall | "
-        "F1 of macro P and R | macro F1 (mean of per-class F1) | leakage-free acc. |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in summary.itertuples():
-        lines.append(
-            f"| {row.winner}{' (headline)' if row.headline else ''} | {row.seeds} | {_pct(row.accuracy_mean)} +- "
-            f"{_pct(row.accuracy_std)} | {_pct(row.accuracy_ci_low)} - {_pct(row.accuracy_ci_high)} | "
-            f"{_pct(row.single_crop_accuracy_mean)} | {_num(row.macro_precision_mean)} | "
-            f"{_num(row.macro_recall_mean)} | {_num(row.f1_of_macro_pr_mean)} | {_num(row.macro_f1_mean)} | "
-            f"{_pct(row.leak_free_accuracy_mean)} |"
-        )
+    rows = [
+        {
+            "winner": f"{row.winner}{' (headline)' if row.headline else ''}",
+            "seeds": row.seeds,
+            "accuracy": f"{pct(row.accuracy_mean)} +- {pct(row.accuracy_std)}",
+            "95% CI": f"{pct(row.accuracy_ci_low)} - {pct(row.accuracy_ci_high)}",
+            "single-crop acc.": pct(row.single_crop_accuracy_mean),
+            "macro precision": num(row.macro_precision_mean),
+            "macro recall": num(row.macro_recall_mean),
+            "F1 of macro P and R": num(row.f1_of_macro_pr_mean),
+            "macro F1 (mean of per-class F1)": num(row.macro_f1_mean),
+            "leakage-free acc.": pct(row.leak_free_accuracy_mean),
+        }
+        for row in summary.itertuples()
+    ]
     return lines + [
+        markdown_table(rows),
         "",
         "Compare only like with like: the figures above are for the data in this folder "
         f"(`{test_split}` of the file the search ran on; demo data is not FER2013).",
@@ -296,17 +288,19 @@ def _finetune_lines(winners: pd.DataFrame, runs: pd.DataFrame, test_split: str) 
         "Each retrained run's kept weights trained on at the fine-tune learning rate; scored once more on "
         f"{test_split}. Reported apart from the main run; it chooses nothing.",
         "",
-        "| winner | seeds | val acc. after fine-tune | accuracy | F1 of macro P and R "
-        "| macro F1 (mean of per-class F1) |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in tuned.itertuples():
-        lines.append(
-            f"| {row.winner} | {row.seeds} | {val.get(row.winner, float('nan')):.4f} | "
-            f"{_pct(row.accuracy_mean)} +- {_pct(row.accuracy_std)} | {_num(row.f1_of_macro_pr_mean)} | "
-            f"{_num(row.macro_f1_mean)} |"
-        )
-    return lines + [""]
+    rows = [
+        {
+            "winner": row.winner,
+            "seeds": row.seeds,
+            "val acc. after fine-tune": f"{val.get(row.winner, float('nan')):.4f}",
+            "accuracy": f"{pct(row.accuracy_mean)} +- {pct(row.accuracy_std)}",
+            "F1 of macro P and R": num(row.f1_of_macro_pr_mean),
+            "macro F1 (mean of per-class F1)": num(row.macro_f1_mean),
+        }
+        for row in tuned.itertuples()
+    ]
+    return lines + [markdown_table(rows), ""]
 
 
 def _transfer_lines(trials: pd.DataFrame, summary: pd.DataFrame) -> list[str]:

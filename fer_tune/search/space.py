@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from fer_tune.errors import UserError
+from fer_tune.rules import Rule, check_fields, whole
 from fer_tune.training.config import TrainConfig, runs_own_schedule, with_own_schedule
 
 METRICS = {"val_acc": "max", "val_acc_single": "max", "val_f1": "max", "val_loss": "min"}
@@ -43,10 +43,8 @@ class Budget:
 
     def check(self, where: str) -> Budget:
         """Itself, when every count is in range and consistent; else a :class:`UserError` naming ``where``."""
-        _check_rules(
-            where,
-            self,
-            [("grace_period", 1 <= self.grace_period <= self.max_epochs, f"1 to max_epochs ({self.max_epochs})")],
+        _check_fields(
+            where, self, {"grace_period": Rule(f"1 to max_epochs ({self.max_epochs})", self.max_epochs.__ge__)}
         )
         return self
 
@@ -76,7 +74,7 @@ class Resources:
 
     def check(self, where: str) -> Resources:
         """Itself, when the shares are finite and Ray can place them; else a :class:`UserError`."""
-        _check_rules(where, self, [])
+        _check_fields(where, self)
         return self
 
 
@@ -89,39 +87,32 @@ class RetrainPreset:
 
     def check(self, where: str) -> RetrainPreset:
         """Itself, when both counts are 1 to 100; else a :class:`UserError` naming ``where``."""
-        _check_rules(where, self, [])
+        _check_fields(where, self)
         return self
 
 
 # The allowed values of every single-number setting, whether it comes from a YAML (budget, resources,
 # retrain) or from its command-line option: (what is allowed, the check)
-RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "max_epochs": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
-    "num_trials": ("a whole number 1 to 100000", lambda v: 1 <= v <= 100_000),
-    "reduction_factor": ("2 to 100 (ASHA keeps 1 in reduction_factor)", lambda v: 2 <= v <= 100),
-    "max_concurrent": ("auto (as many as the cluster places) or a whole number 1 to 10000", concurrency_ok),
-    "patience": ("0 (off) to 100000 epochs without improvement", lambda v: 0 <= v <= 100_000),
-    "checkpoint_every": ("0 (automatic) to 100000 epochs", lambda v: 0 <= v <= 100_000),
-    "checkpoint_every_s": ("0 (automatic) to 604800 seconds", lambda v: 0 <= v <= 7 * 86_400),
-    "time_budget_s": ("0 (no limit) to 31536000 seconds", lambda v: 0 <= v <= 365 * 86_400),
-    "gpus_per_trial": (GPU_SHARES, gpu_share_ok),
-    "cpus_per_trial": ("above 0 and at most 1024", lambda v: math.isfinite(v) and 0 < v <= 1024),
-    "top_k": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
-    "seeds": ("a whole number 1 to 100", lambda v: 1 <= v <= 100),
+RANGES: dict[str, Rule] = {
+    "max_epochs": whole(1, 100_000),
+    "num_trials": whole(1, 100_000),
+    "reduction_factor": Rule("2 to 100 (ASHA keeps 1 in reduction_factor)", lambda v: 2 <= v <= 100),
+    "max_concurrent": Rule("auto (as many as the cluster places) or a whole number 1 to 10000", concurrency_ok),
+    "patience": Rule("0 (off) to 100000 epochs without improvement", lambda v: 0 <= v <= 100_000),
+    "checkpoint_every": Rule("0 (automatic) to 100000 epochs", lambda v: 0 <= v <= 100_000),
+    "checkpoint_every_s": Rule("0 (automatic) to 604800 seconds", lambda v: 0 <= v <= 7 * 86_400),
+    "time_budget_s": Rule("0 (no limit) to 31536000 seconds", lambda v: 0 <= v <= 365 * 86_400),
+    "gpus_per_trial": Rule(GPU_SHARES, gpu_share_ok),
+    "cpus_per_trial": Rule("above 0 and at most 1024", lambda v: math.isfinite(v) and 0 < v <= 1024),
+    "top_k": whole(1, 100),
+    "seeds": whole(1, 100),
 }
 
 
-def _check_rules(where: str, values: Any, rules: list[tuple[str, bool, str]]) -> None:
-    """A :class:`UserError` for the first field of ``values`` outside :data:`RANGES`, or the first
-    of ``rules`` (name, ok, allowed) that fails."""
-    ranged = [
-        (f.name, RANGES[f.name][1](getattr(values, f.name)), RANGES[f.name][0])
-        for f in fields(values)
-        if f.name in RANGES
-    ]
-    for name, ok, allowed in ranged + rules:
-        if not ok:
-            raise UserError(f"{where}.{name} = {getattr(values, name)!r} is not allowed; use {allowed}")
+def _check_fields(where: str, values: Any, more: dict[str, Rule] | None = None) -> None:
+    """A :class:`UserError` for the first field of ``values`` outside :data:`RANGES` (or ``more``)."""
+    rules = {f.name: RANGES[f.name] for f in fields(values) if f.name in RANGES} | (more or {})
+    check_fields(rules, values, lambda name, value: f"{where}.{name} = {value!r}")
 
 
 @dataclass(frozen=True)

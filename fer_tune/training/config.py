@@ -11,12 +11,39 @@ from pathlib import Path
 from typing import Any
 
 from fer_tune.errors import UserError
+from fer_tune.rules import Rule, check_fields, one_of, whole
 from fer_tune.yaml_files import read_yaml
 
 OPTIMIZERS = ("sgd_nesterov", "adam", "ranger", "ranger21")
 SCHEDULERS = ("plateau", "cosine", "step", "none")
 ACTIVATIONS = ("swish", "mish")
 OWN_SCHEDULE = ("ranger21",)  # optimizers that run their own warm-up / warm-down: no scheduler beside them
+SEED = Rule("0 to 2**32 - 1", lambda v: 0 <= v < 2**32)
+
+# what each TrainConfig field may be (the model's names are the registry's, checked where it is imported)
+TRAIN_RULES: dict[str, Rule] = {
+    "optimizer": one_of(OPTIMIZERS),
+    "scheduler": one_of(SCHEDULERS),
+    "activation": one_of(ACTIVATIONS),
+    "lr": Rule("a number above 0", lambda v: v > 0),
+    "weight_decay": Rule("0 to 1", lambda v: 0 <= v <= 1),
+    "momentum": Rule("0 or more and below 1", lambda v: 0 <= v < 1),
+    "batch_size": whole(1, 65536, what=""),
+    "eval_batch_size": whole(1, 65536, what=""),
+    "epochs": whole(1, 100_000, what=""),
+    "seed": SEED,
+    "width": Rule("above 0 and at most 8 (1 = the paper's widths)", lambda v: 0 < v <= 8),
+    "plateau_factor": Rule("above 0 and below 1", lambda v: 0 < v < 1),
+    "plateau_patience": Rule("0 or more", lambda v: v >= 0),
+    "step_size": Rule("1 or more", lambda v: v >= 1),
+    "step_gamma": Rule("above 0 and at most 1", lambda v: 0 < v <= 1),
+    "ranger21_norm_loss_factor": Rule("0 to 1", lambda v: 0 <= v <= 1),
+    "ranger21_warmdown_start": Rule("above 0 and below 1", lambda v: 0 < v < 1),
+    "ranger21_warmdown_min_lr": Rule("0 to 1", lambda v: 0 <= v <= 1),
+    "ranger21_pnm_momentum": Rule(
+        "1 (ranger21 0.1.0 weighs positive-negative momentum by 1 whatever this says)", lambda v: v == 1.0
+    ),
+}
 
 
 def runs_own_schedule(optimizer: Any) -> bool:
@@ -77,35 +104,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{source}: {f.name} = {value!r} is not allowed; use a finite number")
-        checks = [
-            ("model", self.model in MODELS, f"one of {', '.join(MODELS)}"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-            ("scheduler", self.scheduler in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
-            ("activation", self.activation in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
-            ("lr", self.lr > 0, "a number above 0"),
-            ("weight_decay", 0 <= self.weight_decay <= 1, "0 to 1"),
-            ("momentum", 0 <= self.momentum < 1, "0 or more and below 1"),
-            ("batch_size", 1 <= self.batch_size <= 65536, "1 to 65536"),
-            ("eval_batch_size", 1 <= self.eval_batch_size <= 65536, "1 to 65536"),
-            ("epochs", 1 <= self.epochs <= 100_000, "1 to 100000"),
-            ("seed", 0 <= self.seed < 2**32, "0 to 2**32 - 1"),
-            ("width", 0 < self.width <= 8, "above 0 and at most 8 (1 = the paper's widths)"),
-            ("plateau_factor", 0 < self.plateau_factor < 1, "above 0 and below 1"),
-            ("plateau_patience", self.plateau_patience >= 0, "0 or more"),
-            ("step_size", self.step_size >= 1, "1 or more"),
-            ("step_gamma", 0 < self.step_gamma <= 1, "above 0 and at most 1"),
-            ("ranger21_norm_loss_factor", 0 <= self.ranger21_norm_loss_factor <= 1, "0 to 1"),
-            ("ranger21_warmdown_start", 0 < self.ranger21_warmdown_start < 1, "above 0 and below 1"),
-            ("ranger21_warmdown_min_lr", 0 <= self.ranger21_warmdown_min_lr <= 1, "0 to 1"),
-            (
-                "ranger21_pnm_momentum",
-                self.ranger21_pnm_momentum == 1.0,
-                "1 (ranger21 0.1.0 weighs positive-negative momentum by 1 whatever this says)",
-            ),
-        ]
-        for name, ok, allowed in checks:
-            if not ok:
-                raise UserError(f"{source}: {name} = {getattr(self, name)!r} is not allowed; use {allowed}")
+        rules = {"model": one_of(list(MODELS)), **TRAIN_RULES}
+        check_fields(rules, self, lambda name, value: f"{source}: {name} = {value!r}")
         if runs_own_schedule(self.optimizer) and self.scheduler != "none":
             raise UserError(
                 f"{source}: optimizer ranger21 runs its own warm-up / warm-down schedule, so scheduler "
