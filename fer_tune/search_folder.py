@@ -52,20 +52,18 @@ class SearchFolder:
     REPORT = "report.md"
     ANALYSIS = "analysis.md"
     IMPORTANCE_CSV = "importance.csv"
-    PLOTS = (
-        "confusion_matrix.png",
-        "learning_curves.png",
-        "search.png",
-        "importance.png",
-        "slice.png",
-        "parallel_coordinate.png",
-    )
+    LEADERBOARD = "leaderboard.md"  # beside the search folders, in the results folder
+    CONFUSION_PNG = "confusion_matrix.png"
+    CURVES_PNG = "learning_curves.png"
+    SEARCH_PNG = "search.png"
+    IMPORTANCE_PNG = "importance.png"
+    SLICE_PNG = "slice.png"
+    PARALLEL_PNG = "parallel_coordinate.png"
 
     @classmethod
     def outputs(cls) -> tuple[str, ...]:
         """Every name fer-tune writes into a search folder (what it may replace or delete there)."""
-        names = [v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str)]
-        return (*names, *cls.PLOTS)
+        return tuple(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str) and k != "LEADERBOARD")
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

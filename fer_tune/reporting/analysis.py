@@ -27,7 +27,7 @@ from fer_tune.search_folder import SCORED_STATUSES, SearchFolder
 log = logging.getLogger(__name__)
 
 FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
-IMPORTANCE_CSV = "importance.csv"
+IMPORTANCE_CSV = SearchFolder.IMPORTANCE_CSV
 
 
 def load_study(folder: Path, name: str):
@@ -86,7 +86,7 @@ def analyze(folder: Path) -> Path:
 
     manifest = read_manifest(require_search_folder(folder, "the analysis"))
     study = load_study(folder, manifest.name)
-    trials_csv = folder / "trials.csv"
+    trials_csv = folder / SearchFolder.TRIALS
     if not trials_csv.is_file():
         raise UserError(f"{folder}: no trials.csv yet; let the search finish (run the same --search again)")
     trials = pd.read_csv(trials_csv)
@@ -106,7 +106,7 @@ def analyze(folder: Path) -> Path:
     lines += _factor_lines(scored, score, manifest.mode)
     lines += _compute_lines(trials, manifest.budget.get("max_epochs"))
     lines += _plot_lines(study, folder)
-    path = write_text_atomic(folder / "analysis.md", "\n".join(lines) + "\n")
+    path = write_text_atomic(folder / SearchFolder.ANALYSIS, "\n".join(lines) + "\n")
     log.info(f"analysis: {path}")
     return path
 
@@ -123,7 +123,7 @@ def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], fold
             for p in params
         ]
         lines.append(markdown_table(rows))
-        plot_importances(found, folder / "importance.png", trials)
+        plot_importances(found, folder / SearchFolder.IMPORTANCE_PNG, trials)
         write_csv_atomic(pd.DataFrame(found).rename_axis("parameter").reset_index(), folder / IMPORTANCE_CSV)
         lines += ["", "![importance](importance.png)"]
     lines += [f"- {note}" for note in notes]

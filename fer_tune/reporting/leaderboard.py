@@ -11,6 +11,7 @@ from fer_tune.files import write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.markdown import markdown_table
 from fer_tune.reporting.headline import HEADLINE_RULE, PAPER_RESULTS, headline_winner, num, pct
+from fer_tune.search_folder import SearchFolder
 
 WINNERS_COLUMNS = (
     "winner",
@@ -76,12 +77,12 @@ def write_leaderboard(results_dir: Path) -> Path:
         "",
         markdown_table(rows),
     ]
-    return write_text_atomic(results_dir / "leaderboard.md", "\n".join(lines) + "\n")
+    return write_text_atomic(results_dir / SearchFolder.LEADERBOARD, "\n".join(lines) + "\n")
 
 
 def _top_knob(folder: Path) -> str:
     """The hyperparameter fANOVA found most important in the search's analysis (blank without one)."""
-    path = folder / "importance.csv"
+    path = folder / SearchFolder.IMPORTANCE_CSV
     if not path.is_file():
         return ""
     table = pd.read_csv(path)

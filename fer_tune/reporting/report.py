@@ -13,7 +13,7 @@ from fer_tune.markdown import markdown_table
 from fer_tune.reporting.headline import HEADLINE_RULE, PAPER_RESULTS, headline_winner, num, pct
 from fer_tune.reporting.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.reporting.scoring import ScoredRuns
-from fer_tune.search_folder import read_history, trial_label
+from fer_tune.search_folder import SearchFolder, read_history, trial_label
 
 SETTINGS = ["optimizer", "scheduler", "lr", "weight_decay", "batch_size", "freeze", "epochs"]
 
@@ -27,14 +27,14 @@ def write_report(
     base_source: str | None,
 ) -> Path:
     """Write report.md, winners.csv and the PNGs into ``folder``; returns the report's path."""
-    trials = pd.read_csv(folder / "trials.csv")
+    trials = pd.read_csv(folder / SearchFolder.TRIALS)
     if "stage" not in runs:
         runs = runs.assign(stage="main")
     finetuned = _finetune_lines(scored.winners, runs, scored.test_split)
     runs = runs[runs.stage == "main"]
     settings = SETTINGS + (["activation"] if model.startswith("effnet") else [])
     summary = winners_summary(runs, scored, winners_config, settings)
-    write_csv_atomic(summary, folder / "winners.csv")
+    write_csv_atomic(summary, folder / SearchFolder.WINNERS)
     _draw_figures(folder, model, summary, runs, trials, scored)
     manifest = read_manifest(folder)
     smoke = bool(manifest and manifest.smoke)
@@ -60,7 +60,7 @@ def write_report(
         "Files: `winners.csv`, `scores.csv` (per run), `predictions.csv` (every test image of every run), "
         "`winners/*.pt` (the runs' checkpoints), `trials.csv`.",
     ]
-    return write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
+    return write_text_atomic(folder / SearchFolder.REPORT, "\n".join(lines) + "\n")
 
 
 def winners_summary(
@@ -92,7 +92,7 @@ def _draw_figures(
     best = int(summary[summary.headline].winner.iloc[0])
     plot_confusion(
         scored.confusion_by_winner[best],
-        folder / "confusion_matrix.png",
+        folder / SearchFolder.CONFUSION_PNG,
         f"{model} winner {best}, {scored.test_split} (ten-crop, all seeds, row-normalised)",
     )
     curves, train, selected = {}, {}, {}
@@ -102,7 +102,7 @@ def _draw_figures(
         curves[name], selected[name] = picked.val_acc.tolist(), getattr(run, "selected_epoch", None)
         if "train_acc" in picked:
             train[name] = picked.train_acc.tolist()
-    plot_curves(curves, folder / "learning_curves.png", f"{model}: retraining", "accuracy", train, selected)
+    plot_curves(curves, folder / SearchFolder.CURVES_PNG, f"{model}: retraining", "accuracy", train, selected)
     search_curves = {}
     for row in trials.sort_values("trial").itertuples():
         kept = Path(row.history) if isinstance(getattr(row, "history", None), str) else None
@@ -115,7 +115,7 @@ def _draw_figures(
     best = trial_label(trials.loc[scores.idxmax(), "trial"]) if len(scores) else None  # the search's best trial
     asha = trials[trials.status == "stopped by ASHA"].trial if "status" in trials else []
     stopped = {trial_label(t) for t in asha}
-    plot_search(search_curves, folder / "search.png", model, stopped, best)
+    plot_search(search_curves, folder / SearchFolder.SEARCH_PNG, model, stopped, best)
 
 
 def _protocol_lines(
@@ -132,7 +132,7 @@ def _protocol_lines(
         f"Search folder `{folder}`; base weights: {base_source or 'none (trained from scratch)'}."
         + (
             " What the search learned (importances, factor tables): [analysis.md](analysis.md)."
-            if (folder / "analysis.md").is_file()
+            if (folder / SearchFolder.ANALYSIS).is_file()
             else ""
         ),
         f"Protocol: **{protocol}** ({how}); test split **{scored.test_split}** scored once per run, ten-crop "

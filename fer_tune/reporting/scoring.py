@@ -20,6 +20,7 @@ from fer_tune.data.fer_data import FerData
 from fer_tune.data.leakage import rows_seen_in_training
 from fer_tune.files import write_csv_atomic
 from fer_tune.metrics import Scores, score
+from fer_tune.search_folder import SearchFolder
 from fer_tune.training.device import pick_device
 from fer_tune.training.evaluate import evaluate_model, model_from_checkpoint
 
@@ -151,5 +152,5 @@ def summarise(per_run: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
 
 def write_scores(scored: ScoredRuns, folder: Path) -> None:
     """scores.csv (per run), predictions.csv (every image of every run)."""
-    write_csv_atomic(scored.runs, folder / "scores.csv")
-    write_csv_atomic(scored.predictions, folder / "predictions.csv")
+    write_csv_atomic(scored.runs, folder / SearchFolder.SCORES)
+    write_csv_atomic(scored.predictions, folder / SearchFolder.PREDICTIONS)

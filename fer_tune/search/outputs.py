@@ -140,7 +140,7 @@ def write_outputs(
     table = trials_table(
         results, space, space.budget.max_epochs, resources["gpu"], resources["cpu"], base_source, storage
     )
-    trials_csv = write_csv_atomic(table, folder / "trials.csv")
+    trials_csv = write_csv_atomic(table, folder / SearchFolder.TRIALS)
     scored = [
         r
         for r in results
@@ -164,7 +164,7 @@ def write_outputs(
     with best.checkpoint.as_directory() as ckpt_dir:  # a trial keeps one checkpoint, its last: it carries best.pt
         kept = _best_epoch_in(Path(ckpt_dir))
     best_model = save_checkpoint(
-        folder / "best_model.pt",
+        folder / SearchFolder.BEST_MODEL,
         model_payload(kept["config"], trial_data.full_weights(kept), kept["epoch"], kept["val_acc"], search=space.name),
     )
     config = space.train_config(best.config).to_dict()
@@ -175,7 +175,7 @@ def write_outputs(
         f"{Path(best.path).name}\n# base weights: {base_source or 'none (trained from scratch)'}\n"
         f"# train it again: python launch.py train --config {folder / 'best_config.yaml'}\n"
     )
-    best_config = write_yaml(folder / "best_config.yaml", config, header=header)
+    best_config = write_yaml(folder / SearchFolder.BEST_CONFIG, config, header=header)
     return SearchOutcome(folder, trials_csv, best_config, best_model, best_score, table)
 
 

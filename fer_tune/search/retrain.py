@@ -29,8 +29,6 @@ from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import require_search_folder
 from fer_tune.search.retrain_plan import (
     PROTOCOLS,
-    RETRAIN_EXPERIMENT,
-    RETRAIN_SETTINGS,
     RetrainOptions,
     RetrainPlan,
     Winner,
@@ -53,11 +51,11 @@ log = logging.getLogger(__name__)
 
 def pick_winners(folder: Path, space: SearchSpace, top_k: int, epochs: int | None = None) -> list[Winner]:
     """The top-k trials of ``folder/trials.csv`` by their best validation score (ties: earlier trial)."""
-    trials_csv = folder / "trials.csv"
+    trials_csv = folder / SearchFolder.TRIALS
     if not trials_csv.is_file():
         raise UserError(f"{folder}: no trials.csv, so no finished search to retrain; run --search first")
     table = pd.read_csv(trials_csv)
-    best_config = load_train_config(folder / "best_config.yaml")
+    best_config = load_train_config(folder / SearchFolder.BEST_CONFIG)
     metric_col = f"best_{space.metric}"
     usable = table[table.status.isin(SCORED_STATUSES) & table[metric_col].notna()]
     if usable.empty:
@@ -86,8 +84,8 @@ def search_space_of(folder: Path) -> SearchSpace:
 
 def _same_retraining(folder: Path, settings: dict[str, Any], storage: TrialStorage) -> bool:
     """True when ``folder`` holds an interrupted retraining with these settings (so it resumes)."""
-    recorded = folder / RETRAIN_SETTINGS
-    if not (recorded.is_file() and can_resume(storage, RETRAIN_EXPERIMENT)):
+    recorded = folder / SearchFolder.RETRAIN_SETTINGS
+    if not (recorded.is_file() and can_resume(storage, SearchFolder.RETRAIN_EXPERIMENT)):
         return False
     return read_yaml(recorded) == yaml_plain(settings)
 
@@ -135,10 +133,10 @@ def run_retrain(folder: Path, data: FerData, opts: RetrainOptions) -> tuple[pd.D
             "already finished"
         )
     else:  # a retraining with other settings starts over as a whole
-        remove_experiment(storage, RETRAIN_EXPERIMENT)
+        remove_experiment(storage, SearchFolder.RETRAIN_EXPERIMENT)
         if (folder / "winners").exists():
             shutil.rmtree(folder / "winners")
-        write_yaml(folder / RETRAIN_SETTINGS, settings, header="# what the retraining in retrain/ runs\n")
+        write_yaml(folder / SearchFolder.RETRAIN_SETTINGS, settings, header="# what the retraining in retrain/ runs\n")
         stage = (
             f"; then a fine-tune of {space.finetune['epochs']} epochs at lr {space.finetune['lr']:g}, scored separately"
             if space.finetune
@@ -155,7 +153,7 @@ def run_retrain(folder: Path, data: FerData, opts: RetrainOptions) -> tuple[pd.D
 def _trial_data(folder: Path, data: FerData, first: Winner) -> TrialData:
     """The shared data of the retraining trials, with the base and pretrained weights the search used."""
     config = TrainConfig.from_mapping(first.config)
-    check_pretrained_choice(config.model, config.pretrained_path, str(folder / "best_config.yaml"))
+    check_pretrained_choice(config.model, config.pretrained_path, str(folder / SearchFolder.BEST_CONFIG))
     base = load_base(config.base_checkpoint, config.model) if config.base_checkpoint else None
     weights = resolve_pretrained(config.pretrained_path) if model_info(config.model).recipe == "vit" else None
     return TrialData.of(data, base, weights)
@@ -177,7 +175,7 @@ def retrain_job(
     gpus = space.resources.gpus_per_trial if opts.gpus_per_trial is None else opts.gpus_per_trial
     cpus = space.resources.cpus_per_trial if opts.cpus_per_trial is None else opts.cpus_per_trial
     return TuneJob(
-        RETRAIN_EXPERIMENT,
+        SearchFolder.RETRAIN_EXPERIMENT,
         folder,
         retrain_trainable,
         trial_data,

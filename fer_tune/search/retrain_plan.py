@@ -8,12 +8,6 @@ from typing import Any
 PROTOCOLS = ("paper", "trainval")
 
 
-RETRAIN_EXPERIMENT = "retrain"
-
-
-RETRAIN_SETTINGS = "retrain.yaml"
-
-
 @dataclass(frozen=True)
 class Winner:
     """One configuration chosen for retraining (rank 1 = best validation score in the search)."""

@@ -112,7 +112,7 @@ def resolve_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder:
         source = Path(opts.base_checkpoint)
     else:
         base_name = f"{space.base}-smoke" if opts.smoke else space.base
-        source = opts.results_dir / base_name / "best_model.pt"
+        source = opts.results_dir / base_name / SearchFolder.BEST_MODEL
         if not source.is_file():
             source = _train_base(space, data, opts, folder)
     base = load_base(source, space.model)
