@@ -49,6 +49,7 @@ class SearchManifest:
     max_concurrent: int | None = None  # trials at once when the search started (max_concurrent auto: the cluster's)
     storage: str | None = None  # where Ray Tune keeps the trials (--storage); None: this folder
     failed_trials: int | None = None  # trials that ended in error (results incomplete when above 0)
+    sampler: dict[str, Any] = field(default_factory=dict)  # Optuna's sampler and its settings
     kind: str = KIND
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     versions: dict[str, str] = field(default_factory=_versions)

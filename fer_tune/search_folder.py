@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
+ASHA_STATUS = "stopped by ASHA"  # ASHA ended it at a rung: its score is a truncated one
 PATIENCE_STATUS = "stopped: no better score within patience"  # the budget's early stopping
 TIME_BUDGET_STATUS = "stopped by the time budget"  # budget.time_budget_s ran out while it trained
 SCORED_STATUSES = (
     "completed",
-    "stopped by ASHA",
+    ASHA_STATUS,
     PATIENCE_STATUS,
     TIME_BUDGET_STATUS,
 )  # trials.csv rows a retraining may pick

@@ -33,7 +33,7 @@ def _built_search(folder: Path, scores: list[float]) -> None:
     study = optuna.create_study(study_name="built", storage=SearchFolder(folder).study_storage(), direction="maximize")
     rng = np.random.default_rng(0)
     lrs = 10 ** rng.uniform(-4, -1, len(scores))
-    optimizers = ["adam", "sgd_nesterov"] * (len(scores) // 2)
+    optimizers = [("adam", "sgd_nesterov")[i % 2] for i in range(len(scores))]
     distributions = {
         "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
         "optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd_nesterov"]),
@@ -77,7 +77,7 @@ def test_no_importances_when_every_trial_scored_the_same(tmp_path):
     """Tied scores have nothing to explain: one note, no table, no importance.csv (PED-ANOVA would
     have given every parameter the same share)."""
     folder = tmp_path / "built"
-    _built_search(folder, [1 / 7] * 8)
+    _built_search(folder, [1 / 7] * 16)
     text = analyze(folder).read_text()
     assert "- not computed: importances explain differences between trial scores, and every trial scored 0.1429" in text
     assert (
@@ -103,3 +103,18 @@ def test_factor_tables_take_the_best_by_the_search_mode():
     table = factor_table(trials, "optimizer", "best_val_loss", "min")
     assert table.index.tolist() == ["adam", "sgd_nesterov"] and table.loc["adam", "best"] == 0.9
     assert factor_table(trials, "optimizer", "best_val_loss", "max").loc["adam", "best"] == 1.4
+
+
+def test_no_importances_from_fewer_finished_trials_than_the_calibrated_minimum(tmp_path):
+    """Issue 23: 15 finished trials are below MIN_TRIALS_FOR_IMPORTANCE (16, bench/bench_importance.py): the
+    analysis says so and why, and draws no importance; the plots of every trial say how many they show."""
+    from fer_tune.reporting.analysis import MIN_TRIALS_FOR_IMPORTANCE
+
+    rng = np.random.default_rng(0)
+    lrs = 10 ** rng.uniform(-4, -1, MIN_TRIALS_FOR_IMPORTANCE - 1)
+    folder = tmp_path / "built"
+    _built_search(folder, list(0.2 + 0.2 * (np.log10(lrs) + 4)))
+    text = analyze(folder).read_text()
+    assert "- not computed: 15 of 15 trials finished" in text and "at least 16 finished trials" in text
+    assert not (folder / "importance.png").exists() and not (folder / "importance.csv").exists()
+    assert "plots of the 15 finished trials" in text and (folder / "slice.png").is_file()

@@ -155,7 +155,7 @@ def test_ray_starts_without_a_public_dashboard(monkeypatch):
     monkeypatch.setattr(ray, "shutdown", lambda: stopped.append(True))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2})
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with ray_session(lambda s: None):
+    with ray_session():
         pass
     assert seen["include_dashboard"] is False and seen["address"] is None
     assert stopped == [True]  # the Ray it started, it stops

@@ -341,7 +341,7 @@ def test_transfer_refuses_a_base_of_another_width():
 
 
 def test_search_takes_width_and_activation_from_the_base(console, tmp_path):
-    from fer_tune.search.run import adopt_base_architecture
+    from fer_tune.search.base_model import adopt_base_architecture
     from fer_tune.training.transfer import load_base
 
     swish = create_model("effnetv2s", activation="swish")

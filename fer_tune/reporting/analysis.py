@@ -19,7 +19,7 @@ from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.markdown import markdown_table
-from fer_tune.reporting.plots import plot_importances, save_figure
+from fer_tune.reporting.plots import plot_importances, readable_optuna_plot, save_figure
 from fer_tune.reporting.report import epochs_saved_by_patience
 from fer_tune.run_folder import require_search_folder
 from fer_tune.search_folder import SCORED_STATUSES, SearchFolder
@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
 IMPORTANCE_CSV = SearchFolder.IMPORTANCE_CSV
+# importances from fewer finished trials than this are not shown: calibrated by bench/bench_importance.py
+# (bench/README.md, 40 synthetic studies per size): the smallest size at which fANOVA named the parameter
+# that mattered in at least 90% of them (92% at 16, 75% at 12, 28% at 4; PED-ANOVA 72-80% from 16 up)
+MIN_TRIALS_FOR_IMPORTANCE = 16
+MIN_TRIALS_WHY = "75% of 40 studies (28% with 4 trials)"
 
 
 def load_study(folder: Path, name: str):
@@ -44,14 +49,29 @@ def load_study(folder: Path, name: str):
 
 
 def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """{method: {parameter: importance}} by fANOVA and PED-ANOVA, and a note for each that could not run."""
-    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+    """{method: {parameter: importance}} by fANOVA and PED-ANOVA over the finished (COMPLETE) trials, and a
+    note for each that could not run; none below :data:`MIN_TRIALS_FOR_IMPORTANCE` finished trials."""
     from optuna.trial import TrialState
 
-    values = {t.value for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return {}, [
+            f"not computed: {len(complete)} of {len(study.trials)} trials finished (trials stopped by ASHA, by the "
+            f"time budget or by divergence are PRUNED in the study and left out); importances need at least "
+            f"{MIN_TRIALS_FOR_IMPORTANCE} finished trials (below that, in bench/bench_importance.py's synthetic "
+            f"studies, fANOVA named the parameter that mattered in at most {MIN_TRIALS_WHY})"
+        ]
+    values = {t.value for t in complete if t.value is not None}
     if len(values) < 2:  # nothing to explain (PED-ANOVA would report equal shares for every parameter)
         told = f"every trial scored {values.pop():.4f}" if values else "no trial finished with a score"
         return {}, [f"not computed: importances explain differences between trial scores, and {told}"]
+    return rank_parameters(study)
+
+
+def rank_parameters(study) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """fANOVA's and PED-ANOVA's importances over the study's complete trials, whatever their number."""
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+
     found, notes = {}, []
     for method, evaluator in (
         ("fANOVA", FanovaImportanceEvaluator(seed=0)),
@@ -98,21 +118,23 @@ def analyze(folder: Path) -> Path:
         "",
         f"{len(trials)} trials, {len(scored)} with a score. Scores: `{score}`, the best validation "
         f"({'PublicTest' if manifest.metric.startswith('val') else manifest.metric}) {manifest.metric} of each "
-        "trial; PrivateTest is not read here. Importances are computed from the Optuna study "
-        f"(`{SearchFolder.OPTUNA_DB}`: the value Optuna was told, the trial's last reported {manifest.metric}).",
+        "trial; PrivateTest is not read here. Importances and the plots of every trial use the Optuna "
+        f"study's finished (COMPLETE) trials only, each told its best {manifest.metric} "
+        f"(`{SearchFolder.OPTUNA_DB}`); a trial stopped by ASHA, the time budget or divergence is PRUNED there. "
+        "The factor tables use every scored trial at its best epoch.",
         "",
     ]
     lines += _importance_lines(found, notes, folder, len(study.get_trials(states=(TrialState.COMPLETE,))))
     lines += _factor_lines(scored, score, manifest.mode)
     lines += _compute_lines(trials, manifest.budget.get("max_epochs"))
-    lines += _plot_lines(study, folder)
+    lines += _plot_lines(study, folder, manifest.metric)
     path = write_text_atomic(folder / SearchFolder.ANALYSIS, "\n".join(lines) + "\n")
     log.info(f"analysis: {path}")
     return path
 
 
 def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], folder: Path, trials: int) -> list[str]:
-    lines = ["## Hyperparameter importance", "", f"From the {trials} finished trials of the study.", ""]
+    lines = ["## Hyperparameter importance", "", f"From the {trials} finished (COMPLETE) trials of the study.", ""]
     if found:
         params = sorted(
             {p for values in found.values() for p in values},
@@ -125,14 +147,16 @@ def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], fold
         lines.append(markdown_table(rows))
         plot_importances(found, folder / SearchFolder.IMPORTANCE_PNG, trials)
         write_csv_atomic(pd.DataFrame(found).rename_axis("parameter").reset_index(), folder / IMPORTANCE_CSV)
-        lines += ["", "![importance](importance.png)"]
-    lines += [f"- {note}" for note in notes]
-    return lines + [
-        "",
-        "`-`: a method that leaves out a parameter not every trial has (fANOVA and the scheduler, "
-        "which is not sampled when Ranger21 is drawn).",
-        "",
-    ]
+        lines += [
+            "",
+            "`-`: a method that leaves out a parameter not every trial has (fANOVA and the scheduler, "
+            "which is not sampled when Ranger21 is drawn). PED-ANOVA named the parameter that mattered less "
+            "often than fANOVA in bench/bench_importance.py's synthetic studies (72-80% against 92-100% "
+            "from 16 trials up): where the two disagree, trust fANOVA more.",
+            "",
+            "![importance](importance.png)",
+        ]
+    return lines + [f"- {note}" for note in notes] + [""]
 
 
 def _factor_lines(scored: pd.DataFrame, score: str, mode: str) -> list[str]:
@@ -202,23 +226,30 @@ def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
     return lines + [markdown_table(rows), ""]
 
 
-def _plot_lines(study, folder: Path) -> list[str]:
-    """slice.png and parallel_coordinate.png from Optuna's matplotlib plots."""
-    import numpy as np
+def _plot_lines(study, folder: Path, metric: str) -> list[str]:
+    """slice.png and parallel_coordinate.png from Optuna's matplotlib plots, made readable."""
+    from optuna.trial import TrialState
     from optuna.visualization import matplotlib as optuna_plots
 
-    lines = ["## Every trial", ""]
-    for name, draw in (
-        ("slice", optuna_plots.plot_slice),
-        ("parallel_coordinate", optuna_plots.plot_parallel_coordinate),
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete, knobs = len(finished), len({name for t in finished for name in t.params}) or 1
+    lines = [
+        "## Every finished trial",
+        "",
+        f"Optuna's slice and parallel-coordinate plots of the {complete} finished trials.",
+        "",
+    ]
+    for name, draw, width in (
+        ("slice", optuna_plots.plot_slice, 2.6 * knobs + 1.5),
+        ("parallel_coordinate", optuna_plots.plot_parallel_coordinate, 1.6 * knobs + 5),
     ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = draw(study)
+                axes = draw(study, target_name=f"{metric} (best)")
         except (RuntimeError, ValueError) as exc:
             lines.append(f"- {name}: not drawn ({str(exc).splitlines()[0]})")
             continue
-        save_figure(np.atleast_1d(axes).ravel()[0].figure, folder / f"{name}.png")
+        save_figure(readable_optuna_plot(axes, complete, width), folder / f"{name}.png")
         lines += [f"![{name}]({name}.png)", ""]
     return lines

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from fer_tune import EMOTIONS  # noqa: E402
@@ -129,3 +129,31 @@ def plot_importances(found: dict[str, dict[str, float]], path: Path, trials: int
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def readable_optuna_plot(axes, trials: int, width: float) -> plt.Figure:
+    """Optuna's slice or parallel-coordinate plot made readable: a colour map whose low end is not
+    white (Optuna's Blues draws the worst trial white, invisible), slanted tick labels that do not
+    overprint, ``width`` inches of room, axes left of Optuna's colour bar, and the trial count in the title."""
+    axes = list(np.atleast_1d(axes).ravel())
+    fig = axes[0].figure
+    fig.set_size_inches(width, 4.5)
+    for ax in fig.axes:
+        for collection in ax.collections:
+            if collection.get_array() is not None:
+                collection.set_cmap("viridis")
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_minor_formatter(NullFormatter())  # 2x10^-4, 3x10^-4, ... overprint each other
+        for label in ax.get_xticklabels():
+            label.set(rotation=30, ha="right", fontsize=8)
+        ax.tick_params(axis="y", which="both", labelsize=8)
+        ax.xaxis.label.set_fontsize(9)
+    fig.suptitle(f"{axes[0].get_title() or fig.get_suptitle()}, {trials} trials", fontsize=10)
+    for ax in axes:
+        ax.set_title("")
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    if len(axes) > 1 and bars:  # the slice plot's subplots span the figure: keep them left of the bar
+        fig.subplots_adjust(right=bars[0].get_position().x0 - 0.06)
+    fig.subplots_adjust(bottom=0.2, top=0.88)  # no tight_layout: Optuna's colour bar has axes of its own
+    return fig

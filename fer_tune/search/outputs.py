@@ -16,7 +16,7 @@ from fer_tune.search.runner import trial_number
 from fer_tune.search.space import SearchSpace
 from fer_tune.search.storage import TrialStorage
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search_folder import PATIENCE_STATUS, TIME_BUDGET_STATUS, SearchFolder, run_history
+from fer_tune.search_folder import ASHA_STATUS, PATIENCE_STATUS, TIME_BUDGET_STATUS, SearchFolder, run_history
 from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.yaml_files import write_yaml
 
@@ -48,7 +48,7 @@ def trial_status(last: dict[str, Any], max_epochs: int, error: bool = False, run
         return PATIENCE_STATUS
     if epochs >= max_epochs:
         return "completed"
-    return TIME_BUDGET_STATUS if rungs is not None and epochs not in rungs else "stopped by ASHA"
+    return TIME_BUDGET_STATUS if rungs is not None and epochs not in rungs else ASHA_STATUS
 
 
 def trials_table(
@@ -87,7 +87,7 @@ def trials_table(
         )
         status = trial_status(metrics, max_epochs, error=result.error is not None, rungs=space.budget.asha_rungs())
         row["status"] = status
-        row["stopped_early_by_asha"] = status == "stopped by ASHA"
+        row["stopped_early_by_asha"] = status == ASHA_STATUS
         row["epochs_saved_by_patience"] = max_epochs - epochs if status == PATIENCE_STATUS else 0
         row["restarts"] = int(metrics.get("restarts", 0) or 0)
         wall = float(history["epoch_time"].sum()) if history is not None and "epoch_time" in history else 0.0

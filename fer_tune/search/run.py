@@ -21,7 +21,7 @@ from fer_tune import __version__
 from fer_tune.data.fer_data import FerData
 from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.manifest import SearchManifest, read_manifest
-from fer_tune.models import check_pretrained_choice, create_model, model_info
+from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import (
     check_run_name,
@@ -30,19 +30,19 @@ from fer_tune.run_folder import (
     make_run_folder,
     removed_if_nothing_ran,
 )
+from fer_tune.search.base_model import adopt_base_architecture, resolve_base
 from fer_tune.search.cluster import Concurrency
 from fer_tune.search.outputs import SearchOutcome, asha_savings, trial_status, write_outputs
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
-from fer_tune.search.searcher import optuna_and_asha
-from fer_tune.search.space import Resources, SearchSpace, paper_point
+from fer_tune.search.searcher import optuna_and_asha, sampler_settings
+from fer_tune.search.space import Resources, SearchSpace
 from fer_tune.search.space_file import load_search_space
 from fer_tune.search.storage import TrialStorage, remove_experiment
 from fer_tune.search.tensorboard_runs import TrialBoard, experiment_columns
 from fer_tune.search.trainable import search_trainable
 from fer_tune.search.trial_data import TrialData
 from fer_tune.search_folder import SearchFolder
-from fer_tune.training.single_run import run_training
-from fer_tune.training.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
+from fer_tune.training.transfer import load_base
 
 log = logging.getLogger(__name__)
 
@@ -93,74 +93,6 @@ def search_lock(folder: Path) -> Iterator[None]:
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
-
-
-# ------------------------------------------------------------------ base model
-
-
-def resolve_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: Path) -> BaseWeights | None:
-    """The weights a transfer search starts from.
-
-    Order: ``--base-checkpoint``; the best model of a finished search of the base
-    (``results/<base>/best_model.pt``); else the base is trained first with its paper recipe.
-    """
-    if space.base is None:
-        if opts.base_checkpoint:
-            log.info(f"note: {space.model} trains from scratch; --base-checkpoint is ignored")
-        return None
-    if opts.base_checkpoint:
-        source = Path(opts.base_checkpoint)
-    else:
-        base_name = f"{space.base}-smoke" if opts.smoke else space.base
-        source = opts.results_dir / base_name / SearchFolder.BEST_MODEL
-        if not source.is_file():
-            source = _train_base(space, data, opts, folder)
-    base = load_base(source, space.model)
-    log.info(f"base model: {source} ({base.config.get('model')})")
-    return base
-
-
-def adopt_base_architecture(space: SearchSpace, base: BaseWeights) -> SearchSpace:
-    """Fix the base's width / activation for every trial (a transfer needs the same architecture),
-    then check on one model that the base fits, and log what a transfer moves."""
-    inherited = architecture_of_base(model_info(space.model).options, base.config)
-    for key, value in inherited.items():
-        if key in space.fixed and space.fixed[key] != value:
-            log.info(
-                f"note: {space.path} fixes {key} {space.fixed[key]!r}, but the base was trained with {value!r}; "
-                f"the trials use {value!r}"
-            )
-    space = space.with_fixed(**inherited)
-    config = space.train_config(paper_point(space))
-    model = create_model(space.model, width=config.width, activation=config.activation)
-    report = transfer_weights(model, base.state, freeze=True)
-    log.info(f"base {base.source}: {report.summary()} (frozen only in trials with freeze on)")
-    return space
-
-
-def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: Path) -> Path:
-    base_space = load_search_space(space.base)
-    if opts.smoke:
-        base_space = base_space.for_smoke()
-    base_dir = folder / "base"
-    best = base_dir / "best.pt"
-    if best.is_file():
-        return best
-    config = base_space.train_config(paper_point(base_space))
-    config = config.replace(
-        seed=opts.seed, **{k: v for k, v in space.fixed.items() if k in ("width", "pretrained_path")}
-    )
-    log.info(
-        f"no finished '{space.base}' search under {opts.results_dir} and no --base-checkpoint: training the "
-        f"base {space.base} first with the paper's recipe{' (smoke preset)' if opts.smoke else ''} "
-        f"({config.epochs} epochs, {config.optimizer}, "
-        f"lr {config.lr:g}) into {base_dir}; the per-epoch lines below show how long each epoch takes"
-    )
-    run_training(config, data, base_dir)
-    return best
-
-
-# ------------------------------------------------------------------ outputs
 
 
 def configured_space(space_name: str, opts: SearchOptions) -> SearchSpace:
@@ -308,6 +240,7 @@ def _fresh_manifest(
         pretrained=space.fixed.get("pretrained_path"),
         data=data.source,
         storage=storage.uri,
+        sampler=sampler_settings(opts.seed),
     )
     manifest.write(folder)
     return manifest

@@ -3,6 +3,7 @@ study with how it ended) and ASHA."""
 
 from __future__ import annotations
 
+import math
 import numbers
 import time
 from pathlib import Path
@@ -15,9 +16,10 @@ from fer_tune.compat import intermediate_steps, optuna_trial_of
 from fer_tune.search.cluster import Concurrency, node_resources
 from fer_tune.search.outputs import trial_status
 from fer_tune.search.space import AUTO, SearchSpace, SpaceSampler, paper_point
-from fer_tune.search_folder import SearchFolder
+from fer_tune.search_folder import ASHA_STATUS, TIME_BUDGET_STATUS, SearchFolder
 
 STATUS_ATTR = "fer_tune_status"  # each Optuna trial's user attribute: how it ended
+TRUNCATED = (ASHA_STATUS, TIME_BUDGET_STATUS)  # a trial stopped before it ended by itself: PRUNED
 REREAD_S = 30.0  # how often max_concurrent auto looks for nodes that joined
 
 
@@ -42,6 +44,24 @@ def labelled_study(space: SearchSpace, name: str, storage: Any, attributes: dict
         study.set_user_attr(key, value)
 
 
+def sampler_settings(seed: int) -> dict[str, Any]:
+    """The TPE sampler's settings, as the manifest records them: multivariate TPE with the constant
+    liar (trials running in parallel are counted as bad, so they are not sampled twice), the first
+    ``n_startup_trials`` random; ``group`` stays off (experimental in Optuna 5, and it warns)."""
+    return {"sampler": "TPESampler", "seed": seed, "multivariate": True, "constant_liar": True, "n_startup_trials": 10}
+
+
+def tpe_sampler(settings: dict[str, Any]):
+    """Optuna's TPESampler with ``settings`` (:func:`sampler_settings`)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(**{k: v for k, v in settings.items() if k != "sampler"})
+
+
 def optuna_and_asha(
     space: SearchSpace, name: str, folder: Path, seed: int, attributes: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -60,7 +80,7 @@ def optuna_and_asha(
         points_to_evaluate=[paper_point(space)] if space.paper_trial else None,
         metric=space.metric,  # a define-by-run space needs metric / mode on the searcher itself
         mode=space.mode,
-        seed=seed,
+        sampler=tpe_sampler(sampler_settings(seed)),
         study_name=name,
         storage=storage,
     )
@@ -96,9 +116,12 @@ class ClusterConcurrencyLimiter(ConcurrencyLimiter):
 
 
 class MarkedOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch that, before a trial is told, marks it in the study with how it ended
-    (user attribute ``fer_tune_status``: completed, stopped by ASHA, stopped by patience, diverged), so
-    that a truncated trial is never mistaken for a finished one; its value is its score at that epoch."""
+    """Ray's OptunaSearch that tells Optuna the truth about each trial (multi-fidelity TPE): a trial ASHA
+    (or the time budget) stopped, or one that diverged, is PRUNED at the epoch it reached (its per-epoch
+    values are in the study, and TPE ranks pruned trials by the step they reached); a trial that ran its
+    budget or stopped by patience is COMPLETE with its **best** score (the one trials.csv and the winners
+    use). Each trial is marked with how it ended (user attribute ``fer_tune_status``), its Ray id, its
+    trials.csv number, its best epoch and whether it is the paper's."""
 
     def __init__(
         self, *args: Any, max_epochs: int, rungs: set[int] | None = None, paper_first: bool = False, **kwargs: Any
@@ -118,7 +141,7 @@ class MarkedOptunaSearch(OptunaSearch):
 
     def _track_best(self, trial_id: str, result: dict) -> None:
         value, epoch = result.get(self.metric), result.get("epoch")
-        if isinstance(value, numbers.Real) and epoch is not None:
+        if isinstance(value, numbers.Real) and math.isfinite(value) and epoch is not None:
             best = self.best.get(trial_id)
             if best is None or (value > best[0] if self.mode == "max" else value < best[0]):
                 self.best[trial_id] = (float(value), int(epoch))
@@ -130,20 +153,31 @@ class MarkedOptunaSearch(OptunaSearch):
             return  # an epoch trained again after a restart: the study keeps its first report
         super().on_trial_result(trial_id, result)
 
+    def told(self, trial_id: str, result: dict, status: str) -> dict:
+        """What Optuna is told of a trial that ended with ``status``: without the metric for a truncated
+        trial (Ray's OptunaSearch then tells it PRUNED), with its best score for a finished one."""
+        if status in TRUNCATED or status.startswith("diverged"):
+            return {k: v for k, v in result.items() if k != self.metric}
+        if trial_id in self.best:
+            return {**result, self.metric: self.best[trial_id][0]}
+        return result
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self._track_best(trial_id, result or {})  # Tune hands a trial's last epoch to on_trial_complete only
+        result = result or {}
+        self._track_best(trial_id, result)  # Tune hands a trial's last epoch to on_trial_complete only
         trial = optuna_trial_of(self, trial_id)
+        status = trial_status(result, self.max_epochs, error or not result, self.rungs)
         if trial is not None:
-            trial.set_user_attr(
-                STATUS_ATTR, trial_status(result or {}, self.max_epochs, error or not result, self.rungs)
-            )
+            trial.set_user_attr(STATUS_ATTR, status)
             number = self.numbers.get(trial_id)
             trial.set_user_attr("ray_trial_id", trial_id)
             trial.set_user_attr("trials_csv_trial", number)
             trial.set_user_attr("paper_trial", number == 1 and self.paper_first)
             if trial_id in self.best:
                 trial.set_user_attr("best_epoch", self.best[trial_id][1])
-            value, step = (result or {}).get(self.metric), (result or {}).get("training_iteration")
+            value, step = result.get(self.metric), result.get("training_iteration")
             if value is not None and step is not None and step not in intermediate_steps(trial):
                 trial.report(value, step)  # Tune hands the last epoch to on_trial_complete only
-        super().on_trial_complete(trial_id, result=result, error=error)
+        super().on_trial_complete(
+            trial_id, result=self.told(trial_id, result, status) if not error else result, error=error
+        )
