@@ -206,6 +206,8 @@ def test_smoke_tensorboard_has_one_hparams_table_of_every_run(smoke_chain):
         assert run.startswith(f"search/t{row.trial:02d}-{row.optimizer}-{row.scheduler}-lr")
         assert keys <= set(hparams) and hparams["lr"].number_value == pytest.approx(row.lr)
         assert hparams["stage"].string_value == "search" and hparams["stop"].string_value == row.status
+        if "freeze" in hparams:  # a switch reads true / false, not 1.0 / 0.0
+            assert hparams["freeze"].string_value == str(bool(row.freeze)).lower()
         tags = {t for t in multiplexer.GetAccumulator(run).Tags()["tensors"] if not t.startswith("_hparams_")}
         assert tags == {
             "val/acc", "val/acc_single", "val/loss", "val/f1", "train/acc", "train/loss", "lr", "time/epoch_s",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray.tune import Callback
 
 from fer_tune.search.runner import creation_number
@@ -71,7 +72,11 @@ def retrain_run_name(winner: int, seed: int, source: str) -> str:
 
 
 def _hparam_value(value: Any) -> Any:
-    if isinstance(value, bool) or isinstance(value, str):
+    """A value as its HParams column shows it: a switch as "true" / "false" (torch's ``hparams`` would
+    write a bool as the number 1.0), a finite number as a float, anything else as text."""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
