@@ -17,12 +17,14 @@ import pandas as pd
 from fer_tune.data.fer_data import FerData
 from fer_tune.files import write_csv_atomic
 from fer_tune.reporting.analysis import analyze
+from fer_tune.reporting.ensemble import choose_combinations, write_ensemble
 from fer_tune.reporting.headline import headline_winner
 from fer_tune.reporting.report import write_report
-from fer_tune.reporting.scoring import score_runs, write_scores
+from fer_tune.reporting.scoring import ScoredRuns, score_combination, score_runs, write_scores
 from fer_tune.search.retrain import run_retrain
 from fer_tune.search.retrain_plan import RetrainOptions
 from fer_tune.search.run import SearchOptions, run_search
+from fer_tune.search_folder import SearchFolder
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Pat
     log.info(f"scoring {len(runs)} retrained runs once on the test split")
     scored = score_runs(runs, data, opts.device)
     write_scores(scored, folder)
+    ensembles = ensemble_scores(folder, runs, data, scored, opts)
     report = write_report(
         folder,
         winners[0].config["model"],
@@ -58,6 +61,7 @@ def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Pat
         scored,
         {w.rank: w.config for w in winners},
         winners[0].config.get("base_checkpoint"),
+        ensembles,
     )
     winners_table = pd.read_csv(folder / "winners.csv")
     best = winners_table[winners_table.winner == headline_winner(winners_table)].iloc[0]
@@ -69,3 +73,35 @@ def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Pat
     )
     log.info(f"report: {report}")
     return report
+
+
+def ensemble_scores(
+    folder: Path, runs: pd.DataFrame, data: FerData, scored: ScoredRuns, opts: RetrainOptions
+) -> pd.DataFrame | str:
+    """The ensemble chosen on PublicTest (written to ``ensemble.yaml``) and the plain average of every run,
+    each scored once on the test split (``ensembles.csv``); or the reason there is none."""
+    combinations, why_not = choose_combinations(runs, data, opts.protocol, opts.device)
+    SearchFolder(folder).remove_stale(SearchFolder.ENSEMBLE, SearchFolder.ENSEMBLES)
+    if why_not:
+        log.info(why_not)
+        return why_not
+    written = write_ensemble(folder, runs, combinations[0])
+    table = pd.DataFrame(
+        [
+            {
+                "combination": c.name,
+                "networks": len(c.weights),
+                "val_acc": c.val_acc,
+                "best_member_val_acc": c.best_member_val_acc,
+                **score_combination(scored, c.weights),
+            }
+            for c in combinations
+        ]
+    )
+    write_csv_atomic(table, folder / SearchFolder.ENSEMBLES)
+    chosen = table.iloc[0]
+    log.info(
+        f"ensemble of {chosen.networks} networks (chosen on PublicTest: {chosen.val_acc:.4f}, best member "
+        f"{chosen.best_member_val_acc:.4f}): {scored.test_split} accuracy {chosen.accuracy:.4f}; {written}"
+    )
+    return table

@@ -50,6 +50,8 @@ class SearchFolder:
     SCORES = "scores.csv"
     PREDICTIONS = "predictions.csv"
     WINNERS = "winners.csv"
+    ENSEMBLE = "ensemble.yaml"  # the ensemble chosen on PublicTest (evaluate / predict / export take it)
+    ENSEMBLES = "ensembles.csv"  # the ensemble's and the plain average's PrivateTest scores
     REPORT = "report.md"
     ANALYSIS = "analysis.md"
     IMPORTANCE_CSV = "importance.csv"
@@ -65,6 +67,15 @@ class SearchFolder:
     def outputs(cls) -> tuple[str, ...]:
         """Every name fer-tune writes into a search folder (what it may replace or delete there)."""
         return tuple(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str) and k != "LEADERBOARD")
+
+    def remove_stale(self, *names: str) -> None:
+        """Delete outputs of an earlier run that this one replaces (only names fer-tune writes here)."""
+        for name in names:
+            if name not in self.outputs():
+                raise ValueError(f"{name} is not a file fer-tune writes into a search folder")
+            path = self.path / name
+            if path.is_file():
+                path.unlink()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

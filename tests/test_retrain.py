@@ -37,3 +37,13 @@ def test_pick_winners_orders_by_validation_score_and_skips_failures(tmp_path):
     assert winners[1].config["batch_size"] == 128
     with pytest.raises(UserError, match="no trials.csv"):
         pick_winners(tmp_path, space, top_k=1)
+
+
+def test_retraining_seeds_are_new_seeds():
+    """Issue 22: run 0 of a retraining is not the search trial again (which would carry the search's
+    winner's curse into the validation mean that picks the headline)."""
+    from fer_tune.search.retrain_plan import retrain_seed
+
+    for search_seed in (0, 1, 7, 2**32 - 1):
+        seeds = [retrain_seed(search_seed, run) for run in range(100)]
+        assert search_seed not in seeds and len(set(seeds)) == 100 and all(0 <= s < 2**32 for s in seeds)

@@ -86,6 +86,7 @@ def test_smoke_console_shows_fer_tune_lines_only(smoke_chain):
     assert "Configuration for experiment" not in out and "/tmp/ray/session" not in out
     assert out.count("tensorboard --logdir") == 1 and f"tensorboard --logdir {folder / 'tensorboard'}   (every" in out
     assert f"results: {folder}" in out and f"report: {folder / 'report.md'}" in out
+    assert "sampler: Optuna TPE, multivariate with the constant liar, seed 0, the first 10 trials random" in out
     # one progress format for the search and the retraining: clock, elapsed, time left, trial, epoch
     assert re.search(
         r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left <=\d:\d\d:\d\d\] search vgg_spinal-smoke \w+ epoch \d/2: "
@@ -101,7 +102,8 @@ def test_smoke_console_shows_fer_tune_lines_only(smoke_chain):
 
 def test_smoke_reads_privatetest_only_after_scoring_starts(smoke_chain):
     events = smoke_chain.events
-    assert "split:PrivateTest" in events
+    runs = len(pd.read_csv(smoke_chain.folder / "retrain_runs.csv"))
+    assert events.count("split:PrivateTest") == 1 + runs  # the scoring's read, one per run; the ensembles none
     assert events.index("split:PrivateTest") > events.index("scoring starts")
     assert "split:Training" in events[: events.index("scoring starts")]
 
@@ -299,10 +301,13 @@ def test_smoke_manifest_and_leaderboard(smoke_chain):
     assert manifest.base_source.endswith("base/best.pt") and manifest.budget["num_trials"] == 4
     assert (manifest.max_concurrent, manifest.storage, manifest.failed_trials) == (2, None, 0)  # the smoke preset
     assert manifest.sampler == sampler_settings(manifest.seed)  # the TPE settings the searcher was built with
+    runs = pd.read_csv(smoke_chain.folder / "retrain_runs.csv")  # issue 22: retraining seeds are new seeds
+    assert manifest.seed not in set(runs.train_seed) and runs.train_seed.nunique() == runs.seed.nunique() == 2
     assert main(["--report", "--results", str(smoke_chain.results)]) == 0
     board = (smoke_chain.results / "leaderboard.md").read_text()
-    header, row = table_rows(board)
+    header, row, ensemble_row = table_rows(board)  # the headline single model, then the ensemble's own row
     assert row[:2] == ["vgg_spinal-smoke", "vgg_spinal"] and header[-1] == "most important knob (fANOVA, analysis.md)"
+    assert re.fullmatch(r"vgg_spinal-smoke: ensemble of \d networks", ensemble_row[0]) and ensemble_row[2] == "-"
     assert row[-1] == ""  # 4 trials are too few for importances (test_analysis has a search with enough)
 
 
@@ -500,3 +505,37 @@ def test_stalled_counts_epochs_since_the_first_best():
     assert not stalled([0.1, 0.2, 0.3], 1) and stalled([0.1, 0.3, 0.3], 1) and not stalled([0.1, 0.3, 0.3], 2)
     assert stalled([0.5, float("nan"), 0.4], 2) and not stalled([0.5, 0.4], 0)
     assert stalled([2.0, 1.0, 1.5], 1, mode="min") and not stalled([2.0, 1.0], 1, mode="min")
+
+
+def test_smoke_ensemble_is_chosen_on_publictest_and_evaluates_predicts_and_exports(smoke_chain, chain_data, tmp_path):
+    """Issue 22, part 2: greedy selection starts from the best member, so the ensemble's PublicTest accuracy
+    is at least that member's; ensemble.yaml is taken by evaluate (the same PrivateTest figure as the
+    report), predict and export (one ONNX graph computing what PyTorch computes)."""
+    cv2 = pytest.importorskip("cv2", reason="the deploy extra (opencv-python-headless) is not installed")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the deploy extra (onnxruntime) is not installed")
+    from fer_tune import EMOTIONS
+    from fer_tune.training.evaluate import evaluate_checkpoint
+
+    folder = smoke_chain.folder
+    table = pd.read_csv(folder / "ensembles.csv")
+    chosen, average = table.iloc[0], table.iloc[1]
+    assert (chosen.combination, average.combination, average.networks) == ("ensemble", "average", 4)
+    assert chosen.val_acc >= chosen.best_member_val_acc
+    report = (folder / "report.md").read_text()
+    assert f"ensemble of {chosen.networks} networks (greedy selection)" in report and "## Headline: winner" in report
+    ensemble = folder / "ensemble.yaml"
+    scored = evaluate_checkpoint(ensemble, chain_data, "PrivateTest")
+    assert scored.ten_crop.accuracy == pytest.approx(chosen.accuracy)
+    images, _ = chain_data.role("test")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i, face in enumerate(images[:5]):
+        cv2.imwrite(str(faces / f"{i}.png"), face)
+    assert main(["predict", "--checkpoint", str(ensemble), str(faces), "--out", str(tmp_path / "p.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "p.csv").sort_values("file")
+    assert [EMOTIONS.index(label) for label in predicted.label] == scored.predictions[:5].tolist()
+    assert main(["export", "--checkpoint", str(ensemble), "--out", str(tmp_path / "ensemble.onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"images": images[:, None].astype("float32")})[0]
+    assert logits.argmax(1).tolist() == scored.predictions.tolist()
+    assert "networks, logits averaged" in (tmp_path / "ensemble.onnx.yaml").read_text()

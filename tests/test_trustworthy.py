@@ -130,6 +130,7 @@ def test_headline_is_the_validation_best_winner_not_the_test_best(console, tmp_p
     winners = [type("W", (), {"rank": w, "config": c})() for w, c in configs.items()]
     monkeypatch.setattr(pipeline, "run_retrain", lambda *a, **k: (runs, winners))
     monkeypatch.setattr(pipeline, "score_runs", lambda *a, **k: scored)
+    monkeypatch.setattr(pipeline, "ensemble_scores", lambda *a, **k: None)  # test_ensemble covers the ensemble
     pipeline.retrain_and_report(folder, None, RetrainOptions())
     lines = console.messages
 

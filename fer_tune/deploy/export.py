@@ -149,6 +149,15 @@ def parity(
     return max(worst, float(np.abs(run(x[:1]) - expected[:1]).max())), float(np.abs(expected).max())
 
 
+def _ensemble_card(model: nn.Module) -> dict:
+    """The card's line for an ensemble (``ensemble.yaml`` exported as one graph): its member count."""
+    from fer_tune.training.ensemble_model import WeightedEnsemble
+
+    if not isinstance(model, WeightedEnsemble):
+        return {}
+    return {"ensemble": f"{len(model.members)} networks, logits averaged with their weights (one graph)"}
+
+
 def export_checkpoint(
     checkpoint: Path,
     fmt: str = "onnx",
@@ -202,6 +211,7 @@ def export_checkpoint(
                     "bytes": size,
                     "checkpoint": str(checkpoint),
                     "model": config.model,
+                    **_ensemble_card(classifier.model),
                     "input": {
                         "name": "images",
                         "shape": ["batch", 1, 48, 48],

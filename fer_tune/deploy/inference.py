@@ -50,11 +50,11 @@ class FaceClassifier(nn.Module):
 def load_face_classifier(
     checkpoint: str | Path, device: torch.device, crops: str = "ten"
 ) -> tuple[FaceClassifier, TrainConfig]:
-    """The classifier a fer-tune checkpoint holds (a :class:`~fer_tune.errors.UserError` for anything
-    else), on ``device``, in evaluation mode."""
-    from fer_tune.training.evaluate import model_from_checkpoint
+    """The classifier a fer-tune checkpoint (or ensemble file) holds (a :class:`~fer_tune.errors.UserError`
+    for anything else), on ``device``, in evaluation mode."""
+    from fer_tune.training.evaluate import model_from_file
 
-    model, config = model_from_checkpoint(checkpoint, device)
+    model, config = model_from_file(checkpoint, device)
     return FaceClassifier(model, model_info(config.model).recipe, crops).to(device).eval(), config
 
 

@@ -43,7 +43,7 @@ def read_winners(path: Path) -> pd.DataFrame:
 
 
 def write_leaderboard(results_dir: Path) -> Path:
-    """One row per search folder under ``results_dir`` that has a scored retraining."""
+    """One row per search folder under ``results_dir`` that has a scored retraining (and its ensemble's row)."""
     rows = []
     for scores in sorted(results_dir.glob("*/winners.csv")):
         folder = scores.parent
@@ -65,6 +65,23 @@ def write_leaderboard(results_dir: Path) -> Path:
                 "most important knob (fANOVA, analysis.md)": _top_knob(folder),
             }
         )
+        ensembles = folder / SearchFolder.ENSEMBLES
+        if ensembles.is_file():  # a separate row beside the headline single model, never instead of it
+            chosen = pd.read_csv(ensembles).iloc[0]
+            rows.append(
+                {
+                    "search": f"{folder.name}: ensemble of {int(chosen.networks)} networks",
+                    "model": model,
+                    "winner": "-",
+                    "accuracy": pct(chosen.accuracy),
+                    "F1 of macro P and R": num(chosen.f1_of_macro_pr),
+                    "macro F1 (mean of per-class F1)": num(chosen.macro_f1),
+                    "leakage-free acc.": pct(chosen.leak_free_accuracy),
+                    "protocol": best.protocol,
+                    "paper": "",
+                    "most important knob (fANOVA, analysis.md)": "",
+                }
+            )
     if not rows:
         from fer_tune.errors import UserError
 
@@ -73,7 +90,8 @@ def write_leaderboard(results_dir: Path) -> Path:
         "# Leaderboard",
         "",
         f"One row per search: its headline winner, {HEADLINE_RULE}. Its PrivateTest figures (ten-crop), "
-        "mean +- std over seeds.",
+        "mean +- std over seeds. Below it, where the retraining chose one, the search's ensemble (chosen on "
+        "PublicTest by greedy selection, scored once on PrivateTest): a separate row, never the headline.",
         "",
         markdown_table(rows),
     ]

@@ -10,6 +10,7 @@ from fer_tune.data.describe import data_identity
 from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.markdown import markdown_table
+from fer_tune.reporting.ensemble import ensemble_lines
 from fer_tune.reporting.headline import HEADLINE_RULE, PAPER_RESULTS, headline_winner, num, pct
 from fer_tune.reporting.plots import plot_confusion, plot_curves, plot_search
 from fer_tune.reporting.scoring import ScoredRuns
@@ -25,8 +26,10 @@ def write_report(
     scored: ScoredRuns,
     winners_config: dict[int, dict],
     base_source: str | None,
+    ensembles: pd.DataFrame | str | None = None,
 ) -> Path:
-    """Write report.md, winners.csv and the PNGs into ``folder``; returns the report's path."""
+    """Write report.md, winners.csv and the PNGs into ``folder``; returns the report's path (``ensembles``:
+    the ensemble's scores, or why there is none)."""
     trials = pd.read_csv(folder / SearchFolder.TRIALS)
     if "stage" not in runs:
         runs = runs.assign(stage="main")
@@ -46,6 +49,7 @@ def write_report(
         *_winners_lines(summary, settings),
         *_headline_lines(summary, scored.test_split, model, comparable),
         *_every_winner_lines(summary, scored.test_split),
+        *ensemble_lines(ensembles, scored.test_split),
         *_transfer_lines(trials, summary),
         *finetuned,
         *_compute_lines(trials, runs),

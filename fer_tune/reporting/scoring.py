@@ -9,7 +9,7 @@ is chosen on validation scores (:func:`fer_tune.reporting.report.headline_winner
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,9 @@ class ScoredRuns:
     test_split: str
     left_out: int
     confusion_by_winner: dict[int, list[list[int]]]
+    logits: dict[tuple[int, int, str], np.ndarray] = field(default_factory=dict)  # each run's ten-crop test logits
+    labels: np.ndarray | None = None  # the test split's labels (read once, with its images)
+    leaked: np.ndarray | None = None  # test images whose pixels the models trained on
 
 
 def _flat(prefix: str, s: Scores) -> dict[str, float]:
@@ -72,13 +75,14 @@ def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> 
         raise ValueError(f"one protocol per scoring, got {sorted(protocols)}")
     leaked = rows_seen_in_training(data, protocols.pop())
     keep = ~leaked
-    rows, predictions = [], []
+    rows, predictions, logits = [], [], {}
     confusion: dict[int, np.ndarray] = {}
     for run in runs.itertuples():
         model, config = model_from_checkpoint(run.checkpoint, dev)
         result = evaluate_model(model, config, data, test_split, dev)
         clean = score(labels[keep], result.predictions[keep])
         stage = getattr(run, "stage", "main")
+        logits[(run.winner, run.seed, stage)] = result.logits
         rows.append(
             {
                 "winner": run.winner,
@@ -117,7 +121,25 @@ def score_runs(runs: pd.DataFrame, data: FerData, device: str | None = None) -> 
         test_split,
         int(leaked.sum()),
         {k: v.tolist() for k, v in confusion.items()},
+        logits,
+        labels,
+        leaked,
     )
+
+
+def score_combination(scored: ScoredRuns, weights: dict[tuple[int, int, str], float]) -> dict[str, float]:
+    """The test scores of the weighted mean of runs' logits (an ensemble chosen on validation), from the
+    logits :func:`score_runs` kept: the test split is not read again."""
+    mean = sum(scored.logits[key] * w for key, w in weights.items()) / sum(weights.values())
+    prediction = mean.argmax(1)
+    keep = ~scored.leaked
+    low, high = bootstrap_ci(prediction == scored.labels)
+    return {
+        **_flat("", score(scored.labels, prediction)),
+        **_flat("leak_free_", score(scored.labels[keep], prediction[keep])),
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+    }
 
 
 def summarise(per_run: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from fer_tune.search.retrain_plan import (
     RetrainOptions,
     RetrainPlan,
     Winner,
+    retrain_seed,
 )
 from fer_tune.search.retrain_trial import retrain_trainable
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
@@ -229,6 +230,7 @@ def _kept_runs(results, storage: TrialStorage, plan: RetrainPlan, resources: dic
                     {
                         "winner": rank,
                         "seed": seed,
+                        "train_seed": retrain_seed(winner.config.get("seed", 0), seed),
                         "stage": stage,
                         "protocol": plan.protocol,
                         "trial": winner.trial,

@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOLS = ("paper", "trainval")
+RETRAIN_SEED_STRIDE = 1_000_003  # a prime: retraining seeds never meet the search's seed
+
+
+def retrain_seed(search_seed: int, run: int) -> int:
+    """The training seed of retraining run ``run`` (0, 1, ...) of a configuration the search trained with
+    ``search_seed``: a new seed, never the search's own, so that "N seeds" are N new runs and the
+    validation mean that picks the headline is not the one the search's winner was chosen on."""
+    return (int(search_seed) + RETRAIN_SEED_STRIDE * (run + 1)) % 2**32
 
 
 @dataclass(frozen=True)

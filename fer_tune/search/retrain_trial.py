@@ -8,7 +8,7 @@ from typing import Any
 
 from fer_tune.search.cluster import this_trial_device
 from fer_tune.search.in_trial import STATE_FILE, CheckpointSchedule, report_epoch, restored_state
-from fer_tune.search.retrain_plan import RetrainPlan
+from fer_tune.search.retrain_plan import RetrainPlan, retrain_seed
 from fer_tune.search.trial_data import TrialData
 from fer_tune.training.checkpoint import model_payload
 from fer_tune.training.config import TrainConfig
@@ -36,8 +36,9 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
     With a ``finetune`` stage (paper Table 11), the kept main-run weights train on at the fine-tune
     learning rate; its last checkpoint adds ``finetune.pt``, so that each model is scored on its own."""
     winner = plan.winners[config["winner"] - 1]
-    seed = int(config["seed"])
-    trainer = data.trainer(TrainConfig.from_mapping({**winner.config, "seed": seed}), device=this_trial_device())
+    seed = int(config["seed"])  # the run's number among the winner's seeds
+    train_seed = retrain_seed(winner.config.get("seed", 0), seed)
+    trainer = data.trainer(TrainConfig.from_mapping({**winner.config, "seed": train_seed}), device=this_trial_device())
     resume = restored_state()
     kept: dict[str, Any] | None = resume["kept"] if resume else None
     restarts = resume["restarts"] + 1 if resume else 0
@@ -83,6 +84,7 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
                     "patience_stop": int(_no_better(phase, current, plan.patience)),
                     "winner": winner.rank,
                     "seed": seed,
+                    "train_seed": train_seed,
                     "restarts": restarts,
                 },
                 files,

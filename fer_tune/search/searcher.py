@@ -3,6 +3,7 @@ study with how it ended) and ASHA."""
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import time
@@ -17,6 +18,8 @@ from fer_tune.search.cluster import Concurrency, node_resources
 from fer_tune.search.outputs import trial_status
 from fer_tune.search.space import AUTO, SearchSpace, SpaceSampler, paper_point
 from fer_tune.search_folder import ASHA_STATUS, TIME_BUDGET_STATUS, SearchFolder
+
+log = logging.getLogger(__name__)
 
 STATUS_ATTR = "fer_tune_status"  # each Optuna trial's user attribute: how it ended
 TRUNCATED = (ASHA_STATUS, TIME_BUDGET_STATUS)  # a trial stopped before it ended by itself: PRUNED
@@ -83,6 +86,11 @@ def optuna_and_asha(
         sampler=tpe_sampler(sampler_settings(seed)),
         study_name=name,
         storage=storage,
+    )
+    log.info(
+        f"sampler: Optuna TPE, multivariate with the constant liar, seed {seed}, the first "
+        f"{sampler_settings(seed)['n_startup_trials']} trials random; trials ASHA stops are told PRUNED; "
+        f"ASHA: grace {budget.grace_period}, reduction {budget.reduction_factor}, up to {budget.max_epochs} epochs"
     )
     scheduler = ASHAScheduler(
         time_attr="epoch",

@@ -48,6 +48,13 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch
     return model.to(device), config
 
 
+def model_from_file(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, TrainConfig]:
+    """A checkpoint's model, or the ensemble an ``ensemble.yaml`` describes (its first member's config)."""
+    from fer_tune.training.ensemble_model import ensemble_from_file, is_ensemble_file
+
+    return ensemble_from_file(path, device) if is_ensemble_file(path) else model_from_checkpoint(path, device)
+
+
 def evaluate_model(
     model: torch.nn.Module, config: TrainConfig, data: FerData, split: str, device: torch.device
 ) -> Evaluation:
@@ -67,7 +74,7 @@ def evaluate_model(
 
 
 def evaluate_checkpoint(path: str | Path, data: FerData, split: str, device: str | None = None) -> Evaluation:
-    """Load ``path`` and score it on ``split``."""
+    """Load ``path`` (a checkpoint or an ensemble file) and score it on ``split``."""
     dev = pick_device(device)
-    model, config = model_from_checkpoint(path, dev)
+    model, config = model_from_file(path, dev)
     return evaluate_model(model, config, data, split, dev)
