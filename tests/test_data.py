@@ -193,3 +193,27 @@ def test_describe_counts_duplicates_and_leakage(tmp_path):
     assert "PublicTest rows whose exact pixels also appear in Training: 1 of 2" in text
     assert "all-black images: 1" in text
     assert rows_with_copy_in(data, "PrivateTest").tolist() == [True, False]
+
+
+def test_the_md5_is_hashed_while_the_file_is_read_and_kept_in_the_cache(tmp_path, monkeypatch):
+    """A report names its data by md5: the loader hashes the decompressed content in the same pass as the
+    parse and keeps it in its cache, so a report on FER2013 does not decompress 300 MB a second time."""
+    import hashlib
+    import lzma
+
+    from fer_tune.data import describe as describe_module
+    from fer_tune.data import fer2013
+
+    plain = write_demo_csv(tmp_path / "demo.csv", DemoSpec(train_per_class=2, val_per_class=1, test_per_class=1, seed=3))
+    packed = tmp_path / "demo.csv.xz"
+    packed.write_bytes(lzma.compress(plain.read_bytes()))
+    expected = hashlib.md5(plain.read_bytes()).hexdigest()
+    assert load_fer(packed).content_md5 == expected
+
+    def refuse(path):
+        raise AssertionError(f"{path} read again for its md5")
+
+    monkeypatch.setattr(fer2013, "content_md5", refuse)
+    assert fer2013.file_md5(packed) == expected and load_fer(packed).content_md5 == expected  # from the cache
+    sentence, comparable = describe_module.data_identity(str(packed), demo=True)
+    assert f"md5 {expected}" in sentence and not comparable

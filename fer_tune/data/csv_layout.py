@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,11 @@ from fer_tune.errors import UserError
 
 
 def _read_csv_layout(path: Path) -> FerData:
-    frame = _read_csv_frame(path)
+    frame, md5 = _read_csv_frame(path)
+    return replace(_csv_data(path, frame), content_md5=md5)
+
+
+def _csv_data(path: Path, frame: pd.DataFrame) -> FerData:
     columns = list(frame.columns)
     if "Usage" in columns:
         expected = {"emotion", "pixels", "Usage"}
@@ -87,7 +93,9 @@ def content_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_csv_frame(path: Path) -> pd.DataFrame:
+def _read_csv_frame(path: Path) -> tuple[pd.DataFrame, str]:
+    """The CSV's rows as text (the header row as column names) and the md5 of its content: the file is
+    decompressed once, into memory, for both."""
     try:
         with _open_binary(path) as f:
             head = f.read(4096)
@@ -101,8 +109,10 @@ def _read_csv_frame(path: Path) -> pd.DataFrame:
     if b"\x00" in head:
         raise UserError(f"{path}: this is a binary file, not a CSV; give the FER2013 CSV (header emotion,pixels,Usage)")
     try:
+        with _open_binary(path) as f:
+            raw = f.read()
         # header=None: a row with more fields than the header is an error, not a silent index column
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, header=None)
+        frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, skipinitialspace=True, header=None)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text CSV (bytes that are not UTF-8); give the FER2013 CSV") from None
     except pd.errors.ParserError as exc:
@@ -114,7 +124,7 @@ def _read_csv_frame(path: Path) -> pd.DataFrame:
             f"{path}: column {repeated[0]!r} appears more than once in the header; "
             "a FER2013 CSV has the header emotion,pixels,Usage"
         )
-    return frame.iloc[1:].reset_index(drop=True)
+    return frame.iloc[1:].reset_index(drop=True), hashlib.md5(raw).hexdigest()
 
 
 def _bad_rows_message(path: Path, bad: np.ndarray, describe) -> str:
@@ -208,7 +218,7 @@ def _labelled_test_csv_beside(path: Path) -> tuple[np.ndarray, np.ndarray] | Non
     test = path.with_name("test.csv")
     if path.name != "train.csv" or not test.is_file():
         return None
-    frame = _read_csv_frame(test)
+    frame, _ = _read_csv_frame(test)
     if "emotion" not in frame.columns:
         return None  # Kaggle's test.csv carries no labels
     return _parse_pixels(test, frame["pixels"]), _parse_labels(test, frame["emotion"])

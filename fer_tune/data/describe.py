@@ -8,7 +8,7 @@ import numpy as np
 
 from fer_tune import EMOTIONS
 from fer_tune.data.compact import COMPACT_SUFFIX
-from fer_tune.data.csv_layout import content_md5
+from fer_tune.data.fer2013 import file_md5
 from fer_tune.data.fer_data import CANONICAL_MD5, FerData
 from fer_tune.data.leakage import duplicate_groups, rows_with_copy_in
 from fer_tune.markdown import markdown_table
@@ -19,7 +19,7 @@ def data_identity(source: str | None, demo: bool) -> tuple[str, bool]:
     FER2013 figures): FER2013 named by its md5; ``demo`` (a smoke run's data) or any other file is not
     comparable."""
     path = Path(source) if source else None
-    md5 = content_md5(path) if path is not None and path.is_file() else None
+    md5 = file_md5(path) if path is not None and path.is_file() else None
     if md5 == CANONICAL_MD5:
         return f"**Data: FER2013** (`{source}`, md5 {md5}: the canonical Kaggle fer2013.csv).", True
     named = f"`{source}`" + (f", md5 {md5}" if md5 else "")
@@ -37,7 +37,7 @@ def describe(data: FerData) -> str:
     lines = [f"# {data.source}", ""]
     source = Path(data.source)
     if source.is_file() and not source.name.lower().endswith(COMPACT_SUFFIX):  # a compact file's note names its source
-        md5 = content_md5(source)
+        md5 = data.content_md5 or file_md5(source)
         verdict = "the canonical Kaggle fer2013.csv" if md5 == CANONICAL_MD5 else "NOT the canonical Kaggle fer2013.csv"
         lines += [f"md5 {md5}: {verdict} (canonical md5 {CANONICAL_MD5})", ""]
     for note in data.notes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tune.data.compact import COMPACT_SUFFIX, read_compact
-from fer_tune.data.csv_layout import _read_csv_layout
+from fer_tune.data.csv_layout import _read_csv_layout, content_md5
 from fer_tune.data.fer_data import CACHE_VERSION, FerData
 from fer_tune.data.image_folder import _read_image_folder
 from fer_tune.errors import UserError
@@ -78,6 +78,7 @@ def _cached(path: Path, reader, use_cache: bool) -> FerData:
                         roles=json.loads(str(z["roles"])),
                         source=str(path),
                         notes=tuple(str(s) for s in z["notes"]),
+                        content_md5=str(z["md5"]) if "md5" in z.files else "",
                     )
         except (OSError, ValueError, KeyError):
             pass  # a stale or damaged cache is rebuilt below
@@ -85,6 +86,20 @@ def _cached(path: Path, reader, use_cache: bool) -> FerData:
     if use_cache:
         _write_cache(cache, key, data)
     return data
+
+
+def file_md5(path: Path) -> str:
+    """The md5 of a data file's (decompressed) content: the one the loader hashed while it read the file,
+    from its cache when that is fresh, else read again."""
+    cache = cache_path_for(path)
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["key"]) == _fingerprint(path) and "md5" in z.files and str(z["md5"]):
+                    return str(z["md5"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return content_md5(path)
 
 
 def _write_cache(cache: Path, key: str, data: FerData) -> None:
@@ -101,6 +116,7 @@ def _write_cache(cache: Path, key: str, data: FerData) -> None:
                 split_names=np.array(data.split_names),
                 roles=np.array(json.dumps(data.roles)),
                 notes=np.array(data.notes, dtype=str),
+                md5=np.array(data.content_md5),
             )
         os.replace(tmp, cache)
     except OSError:

@@ -46,6 +46,7 @@ class FerData:
     roles: dict[str, str]
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    content_md5: str = ""  # md5 of the file's (decompressed) content, hashed while it was read; "" unknown
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels of one split, by its name (e.g. ``PublicTest``)."""
