@@ -49,7 +49,7 @@ def search_to_report(space_name: str, data: FerData, search: SearchOptions, retr
 def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Path:
     """Retrain (training and validation splits only), then score on the test split, then write the report."""
     runs, winners = run_retrain(folder, data, opts)
-    write_csv_atomic(runs, folder / "retrain_runs.csv")
+    write_csv_atomic(runs, folder / SearchFolder.RETRAIN_RUNS)
     log.info(f"scoring {len(runs)} retrained runs once on the test split")
     scored = score_runs(runs, data, opts.device)
     write_scores(scored, folder)
@@ -63,7 +63,7 @@ def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Pat
         winners[0].config.get("base_checkpoint"),
         ensembles,
     )
-    winners_table = pd.read_csv(folder / "winners.csv")
+    winners_table = pd.read_csv(folder / SearchFolder.WINNERS)
     best = winners_table[winners_table.winner == headline_winner(winners_table)].iloc[0]
     log.info(
         f"{scored.test_split}: headline winner {int(best.winner)} (chosen on validation: best mean PublicTest "

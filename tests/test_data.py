@@ -204,7 +204,9 @@ def test_the_md5_is_hashed_while_the_file_is_read_and_kept_in_the_cache(tmp_path
     from fer_tune.data import describe as describe_module
     from fer_tune.data import fer2013
 
-    plain = write_demo_csv(tmp_path / "demo.csv", DemoSpec(train_per_class=2, val_per_class=1, test_per_class=1, seed=3))
+    plain = write_demo_csv(
+        tmp_path / "demo.csv", DemoSpec(train_per_class=2, val_per_class=1, test_per_class=1, seed=3)
+    )
     packed = tmp_path / "demo.csv.xz"
     packed.write_bytes(lzma.compress(plain.read_bytes()))
     expected = hashlib.md5(plain.read_bytes()).hexdigest()
