@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fer_tune.cli_options import (
+    DEMO_NUMBERS,
     PREDICT_NUMBERS,
     SEARCH_NUMBERS,
     Parser,
@@ -298,6 +299,13 @@ def _cmd_demo(argv: list[str]) -> int:
     p.add_argument("--per-class", type=int, default=160, help="Training rows per class")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    check_numbers(args, DEMO_NUMBERS)
+    out = Path(args.out)
+    if out.exists() or out.is_symlink():  # never replace a file fer-tune did not write
+        raise UserError(f"{out}: already exists; demo-data writes only a new file: remove it or give another path")
+    existing = next(parent for parent in out.parents if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"{out}: {existing} is a file, not a folder; give a path in a folder")
     spec = DemoSpec(
         train_per_class=args.per_class,
         val_per_class=max(1, args.per_class // 4),

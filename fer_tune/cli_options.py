@@ -239,6 +239,8 @@ def predict_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEMO_NUMBERS = {"per_class": whole(1, 10_000), "seed": SEED}  # launch.py demo-data
+
 PREDICT_NUMBERS = {
     "batch_size": whole(1, 4096),
     "every": Rule("a whole number 1 or more", lambda v: v >= 1),

@@ -4,6 +4,7 @@ naming the file and line), written atomically in plain types."""
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,25 @@ import yaml
 from fer_tune.errors import UserError
 from fer_tune.files import write_text_atomic
 
+MAX_EXPANDED_NODES = 100_000  # a search space has a few hundred; an alias bomb expands to billions
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (the last would silently win)."""
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (the last would silently win) and
+    a key that is not a plain value; merge keys (``<<: *defaults``) work as YAML defines them."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue  # merged keys may be overridden by the mapping's own keys, as YAML says
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):
+                raise UserError(
+                    f"{self.name} line {line}: a key must be a plain name or number, not a {type(key).__name__}"
+                )
             if key in seen:
                 raise UserError(f"{self.name}: key {key!r} appears twice (lines {seen[key]} and {line}); keep one")
             seen[key] = line
@@ -39,7 +50,15 @@ def read_yaml(path: str | os.PathLike) -> Any:
     loader = _UniqueKeyLoader(text)
     loader.name = str(path)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise UserError(
+                f"{path}: its aliases expand to more than {MAX_EXPANDED_NODES} values (an alias bomb?); "
+                "write the values out, or use fewer nested aliases"
+            )
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -47,8 +66,22 @@ def read_yaml(path: str | os.PathLike) -> Any:
             where = f" line {mark.line + 1} column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{path}{where}: YAML syntax error ({problem}); fix the file") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to read (a search space needs a few levels); flatten the file") from None
     finally:
         loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is written out (each node counted once, so a
+    billion-laughs document is measured without being expanded)."""
+    if id(node) not in sizes:
+        sizes[id(node)] = 1  # a node that refers to itself counts once
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        sizes[id(node)] = min(1 + sum(_expanded_size(child, sizes) for child in children), 2 * MAX_EXPANDED_NODES)
+    return sizes[id(node)]
 
 
 def yaml_plain(values: Any) -> Any:

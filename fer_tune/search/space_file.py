@@ -45,6 +45,16 @@ TOP_LEVEL_KEYS = (
 
 FINETUNE_KEYS = ("epochs", "lr", "scheduler")  # an extra stage after the main run (paper Table 11)
 
+# settings that do not change what a trial learns: sampling them makes trials differ by luck or not at all
+NOT_SAMPLED = {
+    "seed": "the search's --seed sets every trial's seed; a sampled seed makes trials differ by luck, not settings",
+    "amp": "bf16 autocast changes speed, not the configuration being compared",
+    "channels_last": "the memory layout changes speed, not the configuration being compared",
+    "deterministic": "exact repeats change speed, not the configuration being compared",
+    "eval_batch_size": "it changes only how many images are scored at once",
+}
+MODEL_OPTIONS = ("width", "activation")  # TrainConfig fields only some models use (the registry's options)
+
 
 def available_spaces() -> list[str]:
     """Names of the search spaces shipped in ``search_spaces/``."""
@@ -81,17 +91,18 @@ def load_search_space(name_or_path: str) -> SearchSpace:
         )
     _no_unknown(src, "", raw, TOP_LEVEL_KEYS)
     model = raw.get("model")
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise UserError(f"{src}: model = {model!r} is unknown; allowed: {', '.join(MODELS)}")
     base = model_info(model).base  # the registry says which model a transfer starts from
     metric = raw.get("metric", "val_acc")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise UserError(f"{src}: metric = {metric!r} is unknown; allowed: {', '.join(METRICS)}")
     budget = _dataclass_from(src, "budget", Budget, raw.get("budget", {})).check(f"{src}: budget")
     resources = _dataclass_from(src, "resources", Resources, raw.get("resources", {})).check(f"{src}: resources")
     fixed = _config_values(src, "fixed", raw.get("fixed", {}))
     paper_trial = _config_values(src, "paper_trial", raw.get("paper_trial", {}))
     params = _params(src, raw.get("space", {}))
+    _check_meaningful(src, model, params)
     smoke = raw.get("smoke", {}) or {}
     if not isinstance(smoke, dict):
         raise UserError(f"{src}: smoke must be a mapping with budget: and fixed:")
@@ -201,6 +212,7 @@ def _params(src: str, space: Any) -> tuple[Param, ...]:
             continue
         if not isinstance(value, list) or len(value) != 2:
             raise UserError(f"{where}.{kind} must be [low, high]")
+        _check_kind(where, name, kind, value)
         try:
             low, high = float(value[0]), float(value[1])
             if not (math.isfinite(low) and math.isfinite(high)):
@@ -220,6 +232,33 @@ def _params(src: str, space: Any) -> tuple[Param, ...]:
             _check_value(src, name, bound if kind != "int" else int(bound))
         params.append(Param(name, kind, low=low, high=high))
     return tuple(params)
+
+
+def _check_kind(where: str, name: str, kind: str, value: list) -> None:
+    """Whole numbers only from ``int`` or ``choice``, named values (and switches) only from ``choice``."""
+    takes = type(getattr(TrainConfig(), name))
+    if takes in (bool, str):
+        raise UserError(f"{where}.{kind}: {name} takes named values; sample it with {{choice: [...]}}")
+    if takes is int and kind in ("uniform", "loguniform"):
+        raise UserError(
+            f"{where}.{kind}: {name} is a whole number and {kind} draws fractions; "
+            f"use {{int: [{value[0]}, {value[1]}]}} or {{choice: [...]}}"
+        )
+
+
+def _check_meaningful(src: str, model: str, params: tuple[Param, ...]) -> None:
+    """Every sampled key changes what this model's trials learn (or the space is refused, naming the keys
+    it uses)."""
+    info = model_info(model)
+    used = [k for k in TUNABLE if k not in NOT_SAMPLED and (k not in MODEL_OPTIONS or k in info.options)]
+    used = [k for k in used if k != "freeze" or info.base is not None]
+    for p in params:
+        where = f"{src}: space.{p.name}"
+        if p.name in NOT_SAMPLED:
+            raise UserError(f"{where} is not sampled: {NOT_SAMPLED[p.name]}; set it under fixed: if at all")
+        if p.name not in used:
+            why = "trains from scratch (no base to freeze)" if p.name == "freeze" else f"has no {p.name} option"
+            raise UserError(f"{where}: model {model} {why}; the keys it uses: {', '.join(used)}")
 
 
 def _check_value(src: str, name: str, value: Any) -> Any:

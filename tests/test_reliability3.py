@@ -1,0 +1,115 @@
+"""Reliability round 3 (issue 24), one table per class of bad input. This file holds class 7 so far:
+settings that validate but mean nothing are refused before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from fer_tune.cli import main
+
+# (model, space line, what the one error line says)
+MEANINGLESS = [
+    ("vgg", "batch_size: {uniform: [16, 64]}", "batch_size is a whole number and uniform draws fractions"),
+    ("vgg", "plateau_patience: {loguniform: [1, 8]}", "use {int: [1, 8]} or {choice: [...]}"),
+    ("vgg", "optimizer: {uniform: [0, 1]}", "optimizer takes named values; sample it with {choice: [...]}"),
+    ("vgg_spinal", "freeze: {uniform: [0, 1]}", "freeze takes named values"),
+    ("vgg", "activation: {choice: [swish, mish]}", "model vgg has no activation option"),
+    ("effnetv2s", "width: {choice: [0.5, 1.0]}", "model effnetv2s has no width option"),
+    ("vgg", "freeze: {choice: [true, false]}", "model vgg trains from scratch (no base to freeze)"),
+    ("vgg", "seed: {int: [0, 9]}", "space.seed is not sampled: the search's --seed sets every trial's seed"),
+    ("vgg", "amp: {choice: [true, false]}", "space.amp is not sampled"),
+    ("vgg", "eval_batch_size: {choice: [64, 256]}", "space.eval_batch_size is not sampled"),
+]
+
+
+@pytest.mark.parametrize("model,line,expect", MEANINGLESS)
+def test_a_sampled_setting_that_means_nothing_is_refused(tiny_csv, tmp_path, capsys, model, line, expect):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"model: {model}\nbudget: {{max_epochs: 2, grace_period: 1}}\nspace:\n  {line}\n")
+    results = tmp_path / "results"
+    rc = main(["--search", str(space), "--data", str(tiny_csv), "--results", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {space}: space.") and len(err.splitlines()) == 1, err
+    assert expect in err and "Traceback" not in err, err
+    assert not results.exists()
+
+
+def test_every_shipped_space_samples_only_what_its_model_uses():
+    from fer_tune.search.space_file import available_spaces, load_search_space
+
+    assert all(load_search_space(name).params for name in available_spaces())
+
+
+# (arguments of demo-data, what the one error line says); class 3 (a user's file is never replaced) and 6
+DEMO_CASES = [
+    (["--per-class", "0"], "--per-class 0 is not allowed; use a whole number 1 to 10000"),
+    (["--seed", "-1"], "--seed -1 is not allowed; use 0 to 2**32 - 1"),
+]
+
+
+@pytest.mark.parametrize("extra,expect", DEMO_CASES)
+def test_demo_data_refuses_meaningless_counts(tmp_path, capsys, extra, expect):
+    assert main(["demo-data", str(tmp_path / "d.csv"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {expect}" and not (tmp_path / "d.csv").exists()
+
+
+def test_demo_data_never_replaces_a_file_and_checks_its_folder_first(tmp_path, capsys):
+    mine = tmp_path / "model.yaml"
+    mine.write_text("mine")
+    assert main(["demo-data", str(mine)]) == 2
+    assert "already exists; demo-data writes only a new file" in capsys.readouterr().err
+    assert mine.read_text() == "mine"
+    assert main(["demo-data", str(mine / "d.csv"), "--per-class", "1"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["demo-data", str(tmp_path / "new" / "d.csv"), "--per-class", "1"]) == 0
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+)  # 9**9 values once expanded
+
+# (YAML text, what the one error line says): classes 5 (hostile input), 6 (no traceback) and 8 (the real cause)
+YAML_TEXTS = [
+    (BOMB, "aliases expand to more than 100000 values"),
+    ("model: vgg\n[1, 2]: x\n", "line 2: a key must be a plain name or number, not a list"),
+    ("model: vgg\nx: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+]
+
+# (search-space text, what the one error line says): a value of the wrong kind names the real cause
+SPACE_TEXTS = [
+    ("model: [vgg, vit_l32]\n", "model = ['vgg', 'vit_l32'] is unknown; allowed: vgg"),
+    ("model: vgg\nmetric: [val_acc]\n", "metric = ['val_acc'] is unknown; allowed: val_acc"),
+]
+
+
+@pytest.mark.parametrize("text,expect", SPACE_TEXTS)
+def test_a_search_space_value_of_the_wrong_kind_is_named(tiny_csv, tmp_path, capsys, text, expect):
+    space = tmp_path / "space.yaml"
+    space.write_text(text + "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n")
+    assert main(["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {space}: ") and expect in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("text,expect", YAML_TEXTS, ids=["alias bomb", "unhashable key", "deep nesting"])
+def test_hostile_yaml_is_one_error_line_quickly(tmp_path, text, expect):
+    import time
+
+    from fer_tune.errors import UserError
+    from fer_tune.yaml_files import read_yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=expect):
+        read_yaml(path)
+    assert time.monotonic() - started < 5
+
+
+def test_a_merge_key_works_as_yaml_defines_it(tmp_path):
+    from fer_tune.yaml_files import read_yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text("defaults: &d {lr: 0.1, batch_size: 32}\nfixed:\n  <<: *d\n  lr: 0.01\n")
+    assert read_yaml(path)["fixed"] == {"lr": 0.01, "batch_size": 32}
