@@ -67,7 +67,9 @@ def read_yaml(path: str | os.PathLike) -> Any:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{path}{where}: YAML syntax error ({problem}); fix the file") from None
     except RecursionError:
-        raise UserError(f"{path}: nested too deeply to read (a search space needs a few levels); flatten the file") from None
+        raise UserError(
+            f"{path}: nested too deeply to read (a search space needs a few levels); flatten the file"
+        ) from None
     finally:
         loader.dispose()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fer_tune.cli import main
+from fer_tune.training.config import TrainConfig
 
 # (model, space line, what the one error line says)
 MEANINGLESS = [
@@ -113,3 +114,54 @@ def test_a_merge_key_works_as_yaml_defines_it(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("defaults: &d {lr: 0.1, batch_size: 32}\nfixed:\n  <<: *d\n  lr: 0.01\n")
     assert read_yaml(path)["fixed"] == {"lr": 0.01, "batch_size": 32}
+
+
+def test_nan_weights_are_refused_everywhere_a_checkpoint_is_read(tmp_path, tiny_csv, capsys):
+    """Class 7: a diverged run's weights evaluated to 14.29% and predicted "angry" with empty probabilities;
+    now evaluate, export and a transfer refuse them in one line, and a checkpoint whose model is not a set
+    of tensors is refused too."""
+    import torch
+
+    from fer_tune.models import create_model
+    from fer_tune.training.checkpoint import model_payload, save_checkpoint
+
+    config = TrainConfig(model="vgg", width=0.0625)
+    state = create_model("vgg", width=0.0625).state_dict()
+    state[next(iter(state))] = torch.full_like(state[next(iter(state))], float("nan"))
+    nan = save_checkpoint(tmp_path / "nan.pt", model_payload(config.to_dict(), state, 1, 0.14))
+    for argv in (
+        ["evaluate", "--checkpoint", str(nan), "--data", str(tiny_csv)],
+        ["export", "--checkpoint", str(nan), "--out", str(tmp_path / "x.onnx")],
+        ["train", "--model", "vgg_spinal", "--base-checkpoint", str(nan), "--data", str(tiny_csv), "--smoke"],
+    ):
+        assert main(argv + ["--results", str(tmp_path / "r")] if argv[0] == "train" else argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "hold NaN or infinite values" in err and len(err.splitlines()) == 1, err
+    tensor = save_checkpoint(tmp_path / "tensor.pt", {**model_payload({}, {}, 1, 0.1), "model": torch.zeros(3)})
+    assert main(["evaluate", "--checkpoint", str(tensor), "--data", str(tiny_csv)]) == 2
+    assert "is not a set of named weight tensors" in capsys.readouterr().err
+
+
+def test_a_training_run_that_kept_no_model_exits_non_zero(tmp_path, tiny_csv, capsys):
+    argv = ["train", "--smoke", "--lr", "1e6", "--optimizer", "sgd_nesterov", "--data", str(tiny_csv)]
+    assert main(argv + ["--results", str(tmp_path / "r"), "--name", "hot"]) == 2
+    assert "diverged at epoch 1 before any epoch scored, so no model was kept" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["truncated xz", "truncated gz", "plain text named .xz"])
+def test_a_compressed_file_that_is_not_is_one_error_line(tmp_path, tiny_csv, capsys, kind):
+    """Class 6: a truncated .xz / .gz or plain text named .csv.xz was an EOFError / LZMAError traceback."""
+    import gzip
+    import lzma
+
+    text = tiny_csv.read_bytes()[:50_000]
+    path, content = {
+        "truncated xz": (tmp_path / "f.csv.xz", lambda: lzma.compress(text)[:400]),
+        "truncated gz": (tmp_path / "f.csv.gz", lambda: gzip.compress(text)[:400]),
+        "plain text named .xz": (tmp_path / "f.csv.xz", lambda: text),
+    }[kind]
+    content = content()
+    path.write_bytes(content)
+    assert main(["data", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: cannot be decompressed") and "Traceback" not in err, err

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import lzma
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,6 +85,25 @@ def _open_binary(path: Path):
     return open(path, "rb") if module is None else importlib.import_module(module).open(path, "rb")
 
 
+DECOMPRESSION_ERRORS = (EOFError, lzma.LZMAError, zlib.error)  # a truncated file, or not the compression named
+
+
+def _not_decompressed(path: Path, exc: BaseException) -> str:
+    return (
+        f"{path}: cannot be decompressed ({str(exc) or type(exc).__name__}); the file may be truncated or not "
+        f"{path.suffix[1:]}-compressed: copy it again, or give the plain CSV"
+    )
+
+
+def _decompressed(path: Path) -> bytes:
+    """The whole content of ``path``, decompressed; a :class:`UserError` for a truncated or mislabelled file."""
+    try:
+        with _open_binary(path) as f:
+            return f.read()
+    except (OSError, *DECOMPRESSION_ERRORS) as exc:
+        raise UserError(_not_decompressed(path, exc)) from None
+
+
 def content_md5(path: Path) -> str:
     """MD5 of a file's content, decompressed when its suffix names a compression (so ``fer2013.csv.xz``
     has the md5 of the CSV it holds), read in 8 MiB chunks."""
@@ -104,13 +125,14 @@ def _read_csv_frame(path: Path) -> tuple[pd.DataFrame, str]:
         raise UserError(
             f"{path}: cannot be read ({reason}); check the path, its permissions and its compression"
         ) from None
+    except DECOMPRESSION_ERRORS as exc:
+        raise UserError(_not_decompressed(path, exc)) from None
     if not head.strip():
         raise UserError(f"{path}: the file is empty; give the FER2013 CSV (header emotion,pixels,Usage)")
     if b"\x00" in head:
         raise UserError(f"{path}: this is a binary file, not a CSV; give the FER2013 CSV (header emotion,pixels,Usage)")
     try:
-        with _open_binary(path) as f:
-            raw = f.read()
+        raw = _decompressed(path)
         # header=None: a row with more fields than the header is an error, not a silent index column
         frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, skipinitialspace=True, header=None)
     except UnicodeDecodeError:

@@ -41,13 +41,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise UserError(f"{path}: not a fer-tune checkpoint (no '{FORMAT}' format tag); re-create it")
+    weights, config = payload["model"], payload.get("config", {})
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise UserError(f"{path}: its 'model' is not a set of named weight tensors; re-create the checkpoint")
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: its stored config is a {type(config).__name__}, not a mapping; re-create it")
     return payload
 
 
+def finite_weights(path: str | os.PathLike, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights``, when every value is finite; else a :class:`UserError` naming how many tensors are not
+    (a diverged run's weights score chance and predict one class: never evaluated, exported or transferred)."""
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); the run that "
+            "wrote it diverged: use a checkpoint of a run that did not"
+        )
+    return weights
+
+
 def model_state_from(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The model weights and the training config stored in a checkpoint."""
+    """The model weights (checked finite) and the training config stored in a checkpoint."""
     payload = load_checkpoint(path)
-    return payload["model"], payload.get("config", {})
+    return finite_weights(path, payload["model"]), payload.get("config", {})
 
 
 def model_payload(

@@ -15,7 +15,7 @@ from fer_tune.errors import UserError
 from fer_tune.metrics import Scores, score
 from fer_tune.models import create_model, model_info
 from fer_tune.training.augment import AugmentConfig, BatchAugmenter
-from fer_tune.training.checkpoint import load_checkpoint
+from fer_tune.training.checkpoint import finite_weights, load_checkpoint
 from fer_tune.training.config import TrainConfig
 from fer_tune.training.device import pick_device
 from fer_tune.training.views import predict_view_logits, ten_and_single
@@ -36,6 +36,7 @@ class Evaluation:
 def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, TrainConfig]:
     """Rebuild the model a checkpoint was trained as, with its weights."""
     payload = load_checkpoint(path)
+    finite_weights(path, payload["model"])
     config = TrainConfig.from_mapping(payload.get("config", {}), source=f"{path} (stored config)")
     # a ViT fine-tuned from a local pretrained folder has that folder's architecture (read it when present)
     vit_folder = config.pretrained_path if model_info(config.model).recipe == "vit" else None

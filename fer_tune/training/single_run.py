@@ -95,6 +95,11 @@ def _train_into(
         )
 
     history = trainer.fit(on_epoch)
+    if not (out_dir / "best.pt").is_file():
+        raise UserError(
+            f"{out_dir}: the run diverged at epoch {history[-1].epoch} before any epoch scored, so no model was "
+            f"kept (its metrics.csv says so); lower the learning rate (lr {config.lr:g})"
+        )
     log.info(
         f"done in {time.perf_counter() - started:.0f}s; best val accuracy {trainer.best_val_acc:.4f}; "
         f"files in {out_dir}"
