@@ -50,6 +50,8 @@ class SearchManifest:
     storage: str | None = None  # where Ray Tune keeps the trials (--storage); None: this folder
     failed_trials: int | None = None  # trials that ended in error (results incomplete when above 0)
     sampler: dict[str, Any] = field(default_factory=dict)  # Optuna's sampler and its settings
+    space_hash: str | None = None  # what the trials sample and train (search/continuation.py); None: older
+    data_md5: str | None = None  # the data file's content md5; None: a folder layout, or an older fer-tune
     kind: str = KIND
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     versions: dict[str, str] = field(default_factory=_versions)

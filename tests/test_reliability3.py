@@ -1,11 +1,14 @@
-"""Reliability round 3 (issue 24), one table per class of bad input. This file holds class 7 so far:
-settings that validate but mean nothing are refused before anything starts."""
+"""Reliability round 3 (issue 24), one table per class of bad input (the classes are the issue's
+numbers): every refusal is one error line before anything starts or is written."""
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import pytest
 
 from fer_tune.cli import main
+from fer_tune.manifest import SearchManifest
 from fer_tune.training.config import TrainConfig
 
 # (model, space line, what the one error line says)
@@ -165,3 +168,76 @@ def test_a_compressed_file_that_is_not_is_one_error_line(tmp_path, tiny_csv, cap
     assert main(["data", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {path}: cannot be decompressed") and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------ class 2: the manifest is the contract
+
+CONTINUE_SPACE = (
+    "model: vgg\nbudget: {max_epochs: 2, grace_period: 1, num_trials: 2}\n"
+    "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+)
+
+
+def _made_search(tmp_path, tiny_csv):
+    """A search folder whose manifest records what a search of CONTINUE_SPACE on ``tiny_csv`` records (its
+    space digest and data md5, by the functions the search uses); no trial is run."""
+    from fer_tune.data.fer2013 import load_fer
+    from fer_tune.search.continuation import data_md5 as md5_of
+    from fer_tune.search.continuation import space_hash
+    from fer_tune.search.run import SearchOptions, configured_space
+
+    space_file = tmp_path / "cont.yaml"
+    space_file.write_text(CONTINUE_SPACE)
+    space = configured_space(str(space_file), SearchOptions(results_dir=tmp_path / "r"))
+    folder = tmp_path / "r" / "cont"
+    folder.mkdir(parents=True)
+    SearchManifest(
+        name="cont",
+        space=str(space_file),
+        model="vgg",
+        base=None,
+        metric="val_acc",
+        mode="max",
+        smoke=False,
+        seed=0,
+        budget=asdict(space.budget),
+        data=str(tiny_csv),
+        space_hash=space_hash(space),
+        data_md5=md5_of(load_fer(tiny_csv)),
+    ).write(folder)
+    return space_file, folder
+
+
+CONTINUATIONS = [
+    ("another --trials", lambda space, data, other: ["--search", str(space), "--trials", "5"], "--trials 2, not 5"),
+    ("another space", None, "other space settings than"),
+    ("other data", lambda space, data, other: ["--search", str(space), "--data", str(other)], "data of md5"),
+    ("a renamed copy", "rename", "holds search 'cont'"),
+    ("--retrain on other data", lambda space, data, other: ["--retrain", "cont", "--data", str(other)], "data of md5"),
+]
+
+
+@pytest.mark.parametrize("case,argv,expect", CONTINUATIONS, ids=[c[0] for c in CONTINUATIONS])
+def test_a_continuation_must_agree_with_the_manifest(tmp_path, tiny_csv, capsys, case, argv, expect):
+    """Issue 24, class 2: another space, --trials, data or folder name is one error line naming both
+    values, before anything is written (the manifest stays as it was)."""
+    from fer_tune.data.demo import DemoSpec, write_demo_csv
+
+    space, folder = _made_search(tmp_path, tiny_csv)
+    other = write_demo_csv(tmp_path / "other.csv", DemoSpec(train_per_class=3, val_per_class=2, test_per_class=2))
+    before = (folder / "manifest.yaml").read_text()
+    if argv is None:  # the space file edited after the search started
+        space.write_text(CONTINUE_SPACE.replace("1.0e-2", "5.0e-2"))
+        argv = lambda space, data, other: ["--search", str(space)]  # noqa: E731
+    if argv == "rename":
+        folder.rename(folder.with_name("copy"))
+        folder = folder.with_name("copy")
+        before = (folder / "manifest.yaml").read_text()
+        argv = lambda space, data, other: ["--search", str(space), "--name", "copy"]  # noqa: E731
+    args = argv(space, tiny_csv, other)
+    if "--data" not in args:
+        args += ["--data", str(tiny_csv)]
+    assert main([*args, "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expect in err and len(err.splitlines()) == 1, err
+    assert (folder / "manifest.yaml").read_text() == before

@@ -27,6 +27,7 @@ from fer_tune.manifest import read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
 from fer_tune.run_folder import require_search_folder
+from fer_tune.search.continuation import check_retrain_data
 from fer_tune.search.retrain_plan import (
     PROTOCOLS,
     RetrainOptions,
@@ -99,9 +100,10 @@ def run_retrain(folder: Path, data: FerData, opts: RetrainOptions) -> tuple[pd.D
     require_search_folder(folder)
     space = search_space_of(folder)
     manifest = read_manifest(folder)
+    check_retrain_data(folder, manifest, data)
     if manifest.failed_trials and not opts.allow_failed_trials:
         raise UserError(
-            f"{folder / 'trials.csv'}: {manifest.failed_trials} trial(s) of this search ended in error, so its "
+            f"{folder / SearchFolder.TRIALS}: {manifest.failed_trials} trial(s) of this search ended in error, so its "
             "results are incomplete; run the search again (--fresh), or retrain anyway with --allow-failed-trials"
         )
     storage = TrialStorage(folder, manifest.storage)

@@ -32,6 +32,7 @@ from fer_tune.run_folder import (
 )
 from fer_tune.search.base_model import adopt_base_architecture, resolve_base
 from fer_tune.search.cluster import Concurrency
+from fer_tune.search.continuation import check_search_continues, data_md5, space_hash
 from fer_tune.search.outputs import SearchOutcome, asha_savings, trial_status, write_outputs
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
 from fer_tune.search.searcher import optuna_and_asha, sampler_settings
@@ -219,7 +220,11 @@ def storage_of_search(folder: Path, opts: SearchOptions) -> str | None:
 def _fresh_manifest(
     space: SearchSpace, name: str, folder: Path, data: FerData, opts: SearchOptions, storage: TrialStorage
 ) -> SearchManifest:
-    """Clear the folder first under ``--fresh``, then write the manifest (what this folder holds)."""
+    """Clear the folder first under ``--fresh``, else check that the search agrees with the one this folder
+    holds; then write the manifest (what this folder holds)."""
+    old = None if opts.fresh else read_manifest(folder)
+    if old is not None:
+        check_search_continues(folder, old, space, data, name)
     if opts.fresh:
         kept = clear_search_outputs(folder)
         log.info(
@@ -241,6 +246,9 @@ def _fresh_manifest(
         data=data.source,
         storage=storage.uri,
         sampler=sampler_settings(opts.seed),
+        space_hash=space_hash(space),
+        data_md5=data_md5(data),
+        **({"created": old.created} if old is not None else {}),
     )
     manifest.write(folder)
     return manifest
