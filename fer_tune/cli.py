@@ -25,6 +25,7 @@ from fer_tune.cli_options import (
 )
 from fer_tune.console import configure_console
 from fer_tune.errors import TrialsFailed, UserError
+from fer_tune.files import check_creatable
 from fer_tune.run_folder import check_run_name
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def _cmd_evaluate(argv: list[str]) -> int:
     from fer_tune.training.device import pick_device
 
     pick_device(args.device)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    out = check_creatable(Path(args.out) if args.out else Path(args.checkpoint).parent, "--out")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; --out names a folder for the confusion-matrix PNG")
     data = load_fer(args.data)
@@ -303,9 +304,7 @@ def _cmd_demo(argv: list[str]) -> int:
     out = Path(args.out)
     if out.exists() or out.is_symlink():  # never replace a file fer-tune did not write
         raise UserError(f"{out}: already exists; demo-data writes only a new file: remove it or give another path")
-    existing = next(parent for parent in out.parents if parent.exists())
-    if not existing.is_dir():
-        raise UserError(f"{out}: {existing} is a file, not a folder; give a path in a folder")
+    check_creatable(out, "demo-data")
     spec = DemoSpec(
         train_per_class=args.per_class,
         val_per_class=max(1, args.per_class // 4),

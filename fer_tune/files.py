@@ -18,6 +18,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-tune"
 
 
+def check_creatable(path: str | os.PathLike, option: str) -> Path:
+    """``path`` can be made (as a file or folder) before any work starts: its nearest existing ancestor is a
+    writable folder and it is no special file (FIFO, device); else a :class:`UserError` naming ``option``."""
+    from fer_tune.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise UserError(f"{option} {path}: is a special file (a FIFO or device), not a file fer-tune can write")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if existing != path and not existing.is_dir():
+        raise UserError(f"{option} {path}: {existing} is a file, not a folder; give a path in a folder")
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+        raise UserError(f"{option} {path}: {existing} is not writable; give a path you may write")
+    return path
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, sync: bool = False) -> Path:
     """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then rename it to ``path``."""
     path = Path(path)

@@ -241,3 +241,50 @@ def test_a_continuation_must_agree_with_the_manifest(tmp_path, tiny_csv, capsys,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expect in err and len(err.splitlines()) == 1, err
     assert (folder / "manifest.yaml").read_text() == before
+
+
+# ------------------------------------------------------------ classes 3 and 4: outputs checked before the work
+
+
+def _outputs(tmp_path, tiny_csv, checkpoint):
+    """(argv, what the error says) for every command's output path below a file, onto a FIFO, or whose
+    export card would replace a user's file."""
+    import os
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    (tmp_path / "model.yaml").write_text("my notes")
+    faces = tmp_path / "faces"
+    faces.mkdir(exist_ok=True)
+    return [
+        (["predict", "--checkpoint", str(checkpoint), str(faces), "--out", str(a_file / "p.csv")], "is a file"),
+        (["predict", "--checkpoint", str(checkpoint), str(faces), "--out", str(fifo)], "is a special file"),
+        (
+            ["predict", "--checkpoint", str(checkpoint), str(faces), "--annotate", str(a_file / "ann")],
+            "is a file, not a folder",
+        ),
+        (
+            ["evaluate", "--checkpoint", str(checkpoint), "--data", str(tiny_csv), "--out", str(a_file / "o")],
+            "is a file",
+        ),
+        (["export", "--checkpoint", str(checkpoint), "--out", str(a_file / "m.onnx")], "is a file, not a folder"),
+        (["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "model")], "would replace a file"),
+    ]
+
+
+def test_every_output_path_is_checked_before_any_input_is_read(tmp_path, tiny_csv, capsys, monkeypatch):
+    """Class 4: an output below an existing file, or a FIFO, was found only after all the work (a
+    FileExistsError / NotADirectoryError, or a hang); class 3: export --out model wrote model.yaml over a
+    user's file. Each is one error line now, before the checkpoint or the data is read."""
+    from fer_tune.training import checkpoint as checkpoint_module
+
+    checkpoint = tmp_path / "never_read.pt"
+    checkpoint.write_bytes(b"not read")
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda *a, **k: pytest.fail("input read first"))
+    for argv, expect in _outputs(tmp_path, tiny_csv, checkpoint):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expect in err and len(err.splitlines()) == 1, (argv, err)
+    assert (tmp_path / "model.yaml").read_text() == "my notes" and (tmp_path / "a_file").read_text() == "mine"

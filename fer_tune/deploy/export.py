@@ -27,7 +27,7 @@ from torch import nn
 from fer_tune import EMOTIONS, __version__
 from fer_tune.deploy.inference import INPUT_RANGE, ONNX_METADATA, FaceClassifier, load_face_classifier
 from fer_tune.errors import DEPLOY_INSTALL, UserError
-from fer_tune.files import write_atomic, write_text_atomic
+from fer_tune.files import check_creatable, write_atomic, write_text_atomic
 from fer_tune.yaml_files import yaml_plain
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,27 @@ def default_out(checkpoint: Path, fmt: str) -> Path:
     return checkpoint.with_suffix(f".{fmt}")
 
 
+def _is_card(path: Path) -> bool:
+    """True for an export card fer-tune wrote (``made_by: fer-tune ...``)."""
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(values, dict) and str(values.get("made_by", "")).startswith("fer-tune")
+
+
 def check_out(out: Path) -> None:
-    """An existing ``out`` is replaced only when fer-tune exported it (its card is beside it)."""
+    """An existing ``out`` and its card ``out.yaml`` are replaced only when fer-tune exported them."""
+    check_creatable(out, "--out")
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; --out names the file to write")
-    if out.exists() and not card_path(out).is_file():
+    card = card_path(out)
+    if card.exists() and not (card.is_file() and _is_card(card)):
+        raise UserError(
+            f"--out {out}: its card {card} would replace a file fer-tune did not write; fer-tune never "
+            "overwrites other files: choose another --out"
+        )
+    if out.exists() and not card.is_file():
         raise UserError(
             f"--out {out}: exists and fer-tune did not export it (no {card_path(out).name} beside it); "
             "fer-tune never overwrites other files: choose another --out"

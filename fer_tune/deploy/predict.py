@@ -31,7 +31,7 @@ from fer_tune.deploy.faces import (
 )
 from fer_tune.deploy.inference import open_face_model
 from fer_tune.errors import UserError
-from fer_tune.files import write_atomic, write_csv_atomic
+from fer_tune.files import check_creatable, write_atomic, write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class PredictSummary:
 
 def check_outputs(opts: PredictOptions) -> None:
     """Before anything runs: the CSV and the annotation folder may only replace what fer-tune wrote."""
-    out = opts.out
+    out = check_creatable(opts.out, "--out")
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; --out names the CSV file to write")
     if out.exists():
@@ -94,6 +94,7 @@ def check_outputs(opts: PredictOptions) -> None:
             )
     folder = opts.annotate
     if folder is not None:
+        check_creatable(folder, "--annotate")
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--annotate {folder}: is a file; --annotate names a folder for the annotated copies")
         if folder.is_dir() and any(folder.iterdir()) and not (folder / ANNOTATION_MARK).exists():
