@@ -288,3 +288,19 @@ def test_every_output_path_is_checked_before_any_input_is_read(tmp_path, tiny_cs
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and expect in err and len(err.splitlines()) == 1, (argv, err)
     assert (tmp_path / "model.yaml").read_text() == "my notes" and (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_a_fifo_or_device_as_input_is_refused_without_reading_it(tmp_path, capsys):
+    """Class 5: a FIFO as --data or as a video to predict hung; now one error line, nothing opened."""
+    import os
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    assert main(["data", str(fifo)]) == 2
+    assert "is a special file (a FIFO or device), not a data file" in capsys.readouterr().err
+    assert main(["train", "--smoke", "--data", "/dev/zero", "--results", str(tmp_path / "r")]) == 2
+    assert "/dev/zero: is a special file" in capsys.readouterr().err
+    checkpoint = tmp_path / "c.pt"
+    checkpoint.write_bytes(b"x")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(fifo), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "is a special file (a FIFO or device); give images" in capsys.readouterr().err

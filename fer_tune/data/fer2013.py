@@ -25,6 +25,8 @@ def load_fer(path: str | os.PathLike, *, use_cache: bool = True) -> FerData:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; give the path of fer2013.csv (or an image folder)")
+    if not (path.is_file() or path.is_dir()):  # a FIFO or a device would block or never end
+        raise UserError(f"{path}: is a special file (a FIFO or device), not a data file; give fer2013.csv")
     if path.is_dir():
         for name in ("fer2013.csv", "icml_face_data.csv", "train.csv"):
             if (path / name).is_file():

@@ -106,6 +106,8 @@ def files_under(paths: list[Path], skip: Path | None = None) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise UserError(f"{path}: no such file or folder; give images, folders of images or videos")
+        if not (path.is_file() or path.is_dir()):  # a FIFO or a device would block or never end
+            raise UserError(f"{path}: is a special file (a FIFO or device); give images, folders of images or videos")
     skip = skip.resolve() if skip else None
     found: list[Path] = []
     for path in paths:
