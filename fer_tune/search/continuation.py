@@ -42,8 +42,7 @@ def data_md5(data: FerData) -> str | None:
 
 def _refuse(folder: Path, what: str, recorded: Any, given: Any, fix: str) -> UserError:
     return UserError(
-        f"{folder / SearchFolder.MANIFEST}: this search was made with {what} {recorded}, not {given}; {fix}, or "
-        "--fresh to start over"
+        f"{folder / SearchFolder.MANIFEST}: this search was made with {what} {recorded}, not {given}; {fix}"
     )
 
 
@@ -57,7 +56,9 @@ def check_search_continues(folder: Path, old: SearchManifest, space: SearchSpace
             "it was made, or start a new search with --fresh"
         )
     if old.model != space.model:
-        raise _refuse(folder, "model", old.model, space.model, f"give the space of a {old.model} search")
+        raise _refuse(
+            folder, "model", old.model, space.model, f"give the space of a {old.model} search, or --fresh to start over"
+        )
     if old.space_hash and old.space_hash != space_hash(space):
         raise UserError(
             f"{folder / SearchFolder.MANIFEST}: this search was made with other space settings than "
@@ -68,16 +69,28 @@ def check_search_continues(folder: Path, old: SearchManifest, space: SearchSpace
     for key, option in (("num_trials", "--trials"), ("max_epochs", "--max-epochs")):
         if key in old.budget and old.budget[key] != budget[key]:
             raise _refuse(
-                folder, option, old.budget[key], budget[key], f"give {option} {old.budget[key]} to continue it"
+                folder,
+                option,
+                old.budget[key],
+                budget[key],
+                f"give {option} {old.budget[key]} to continue it, or --fresh to start over",
             )
     md5 = data_md5(data)
     if old.data_md5 and md5 and old.data_md5 != md5:
         raise _refuse(
-            folder, "data of md5", f"{old.data_md5} ({old.data})", f"{md5} ({data.source})", f"give --data {old.data}"
+            folder,
+            "data of md5",
+            f"{old.data_md5} ({old.data})",
+            f"{md5} ({data.source})",
+            f"give --data {old.data}, or --fresh to start over",
         )
     if not old.data_md5 and old.data and old.data != data.source:
         raise _refuse(
-            folder, "--data", old.data, data.source, f"give --data {old.data} (written by fer-tune {version})"
+            folder,
+            "--data",
+            old.data,
+            data.source,
+            f"give --data {old.data} (recorded by fer-tune {version}), or --fresh to start over",
         )
 
 
@@ -90,5 +103,5 @@ def check_retrain_data(folder: Path, old: SearchManifest, data: FerData) -> None
             "data of md5",
             f"{old.data_md5} ({old.data})",
             f"{md5} ({data.source})",
-            f"retrain on the data the search ran on: --data {old.data}",
+            f"retrain on the data the search ran on: --data {old.data} (its scores are on that file's test split)",
         )
