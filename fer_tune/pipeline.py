@@ -21,6 +21,7 @@ from fer_tune.reporting.ensemble import choose_combinations, write_ensemble
 from fer_tune.reporting.headline import headline_winner
 from fer_tune.reporting.report import write_report
 from fer_tune.reporting.scoring import ScoredRuns, score_combination, score_runs, write_scores
+from fer_tune.run_folder import folder_lock, require_search_folder
 from fer_tune.search.retrain import run_retrain
 from fer_tune.search.retrain_plan import RetrainOptions
 from fer_tune.search.run import SearchOptions, run_search
@@ -47,7 +48,13 @@ def search_to_report(space_name: str, data: FerData, search: SearchOptions, retr
 
 
 def retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Path:
-    """Retrain (training and validation splits only), then score on the test split, then write the report."""
+    """Retrain (training and validation splits only), then score on the test split, then write the report;
+    the search folder is locked for it (a second retraining or analysis there is refused)."""
+    with folder_lock(require_search_folder(folder), "retraining"):
+        return _retrain_and_report(folder, data, opts)
+
+
+def _retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Path:
     runs, winners = run_retrain(folder, data, opts)
     write_csv_atomic(runs, folder / SearchFolder.RETRAIN_RUNS)
     log.info(f"scoring {len(runs)} retrained runs once on the test split")

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -112,3 +114,29 @@ def removed_if_nothing_ran(folder: Path, progress_markers: tuple[str, ...]) -> I
         if not existed and folder.is_dir() and not ran:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+@contextmanager
+def folder_lock(folder: Path, job: str) -> Iterator[None]:
+    """An exclusive lock on a search folder for one process's ``job`` (search, retraining, analysis),
+    released even by SIGKILL: two at once in one folder are refused with the other's pid and job."""
+    handle = open(folder / SearchFolder.LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid, _, other = handle.read().strip().partition("\n")
+        handle.close()
+        raise UserError(
+            f"{folder}: another {other or 'search'} with this name is running ({pid or 'another process'}); wait "
+            "for it to finish, or give this one another --name"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n{job}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

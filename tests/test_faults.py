@@ -21,7 +21,7 @@ import fer_tune.reporting.report
 from fer_tune.cli import main
 from fer_tune.errors import UserError
 from fer_tune.manifest import read_manifest
-from fer_tune.search.run import search_lock
+from fer_tune.run_folder import folder_lock
 from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.yaml_files import read_yaml
 
@@ -83,7 +83,7 @@ SEQUENTIAL = """
 def test_second_search_with_the_same_name_is_refused(tiny_csv, tmp_path, capsys):
     folder = tmp_path / "vgg-smoke"
     folder.mkdir(parents=True)
-    with search_lock(folder):
+    with folder_lock(folder, "search"):
         rc = main(["--search", "vgg", "--smoke", "--data", str(tiny_csv), "--results", str(tmp_path)])
     assert rc == 2
     assert "another search with this name is running (pid" in capsys.readouterr().err

@@ -304,3 +304,17 @@ def test_a_fifo_or_device_as_input_is_refused_without_reading_it(tmp_path, capsy
     checkpoint.write_bytes(b"x")
     assert main(["predict", "--checkpoint", str(checkpoint), str(fifo), "--out", str(tmp_path / "p.csv")]) == 2
     assert "is a special file (a FIFO or device); give images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["--retrain", "--analyze"])
+def test_retrain_and_analyze_take_the_search_folders_lock(tmp_path, tiny_csv, capsys, command):
+    """Class 2: --retrain and --analyze beside a running search (or each other) are refused with its pid."""
+    import os
+
+    from fer_tune.run_folder import folder_lock
+
+    _, folder = _made_search(tmp_path, tiny_csv)
+    with folder_lock(folder, "search"):
+        assert main([command, "cont", "--data", str(tiny_csv), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"another search with this name is running (pid {os.getpid()})" in err, err

@@ -21,7 +21,7 @@ from fer_tune.manifest import read_manifest
 from fer_tune.markdown import markdown_table
 from fer_tune.reporting.plots import plot_importances, readable_optuna_plot, save_figure
 from fer_tune.reporting.report import epochs_saved_by_patience
-from fer_tune.run_folder import require_search_folder
+from fer_tune.run_folder import folder_lock, require_search_folder
 from fer_tune.search_folder import SCORED_STATUSES, SearchFolder
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,15 @@ def factor_table(trials: pd.DataFrame, factor: str, score: str, mode: str = "max
 
 
 def analyze(folder: Path) -> Path:
-    """Write analysis.md and its PNGs into ``folder``; returns the Markdown's path."""
+    """Write analysis.md and its PNGs into ``folder`` (locked meanwhile); returns the Markdown's path."""
+    with folder_lock(require_search_folder(folder, "the analysis"), "analysis"):
+        return _analyze(folder)
+
+
+def _analyze(folder: Path) -> Path:
     from optuna.trial import TrialState
 
-    manifest = read_manifest(require_search_folder(folder, "the analysis"))
+    manifest = read_manifest(folder)
     study = load_study(folder, manifest.name)
     trials_csv = folder / SearchFolder.TRIALS
     if not trials_csv.is_file():

@@ -7,12 +7,8 @@ A search that was interrupted continues when the same command runs again.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +23,7 @@ from fer_tune.run_folder import (
     check_run_name,
     check_search_folder,
     clear_search_outputs,
+    folder_lock,
     make_run_folder,
     removed_if_nothing_ran,
 )
@@ -70,32 +67,6 @@ class SearchOptions:
     allow_failed_trials: bool = False  # trials that ended in error still give results (else exit 3)
 
 
-@contextmanager
-def search_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` for the life of one search process (released even by SIGKILL)."""
-    lock_path = folder / ".lock"
-    handle = open(lock_path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise UserError(
-            f"{folder}: another search with this name is running ({holder}); wait for it to finish, "
-            "or give this one another --name"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}")
-    handle.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
 def configured_space(space_name: str, opts: SearchOptions) -> SearchSpace:
     """The search space with the command line's budget, resources and pretrained folder applied,
     every number checked (nothing has started yet)."""
@@ -135,7 +106,7 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
     check_search_folder(folder)
     with removed_if_nothing_ran(folder, ("progress.csv", "metrics.csv")):
         make_run_folder(folder)
-        with search_lock(folder):
+        with folder_lock(folder, "search"):
             return _search_in_folder(space, name, folder, data, pretrained, opts)
 
 
