@@ -311,9 +311,13 @@ def test_retrain_and_analyze_take_the_search_folders_lock(tmp_path, tiny_csv, ca
     """Class 2: --retrain and --analyze beside a running search (or each other) are refused with its pid."""
     import os
 
+    import optuna
+
     from fer_tune.run_folder import folder_lock
+    from fer_tune.search_folder import SearchFolder
 
     _, folder = _made_search(tmp_path, tiny_csv)
+    optuna.create_study(study_name="cont", storage=SearchFolder(folder).study_storage())  # --analyze reads it
     with folder_lock(folder, "search"):
         assert main([command, "cont", "--data", str(tiny_csv), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()

@@ -102,15 +102,15 @@ def factor_table(trials: pd.DataFrame, factor: str, score: str, mode: str = "max
 
 def analyze(folder: Path) -> Path:
     """Write analysis.md and its PNGs into ``folder`` (locked meanwhile); returns the Markdown's path."""
-    with folder_lock(require_search_folder(folder, "the analysis"), "analysis"):
-        return _analyze(folder)
+    manifest = read_manifest(require_search_folder(folder, "the analysis"))
+    study = load_study(folder, manifest.name)  # refused before anything is written: no study, no lock
+    with folder_lock(folder, "analysis"):
+        return _analyze(folder, manifest, study)
 
 
-def _analyze(folder: Path) -> Path:
+def _analyze(folder: Path, manifest, study) -> Path:
     from optuna.trial import TrialState
 
-    manifest = read_manifest(folder)
-    study = load_study(folder, manifest.name)
     trials_csv = folder / SearchFolder.TRIALS
     if not trials_csv.is_file():
         raise UserError(f"{folder}: no trials.csv yet; let the search finish (run the same --search again)")
