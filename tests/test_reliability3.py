@@ -322,3 +322,19 @@ def test_retrain_and_analyze_take_the_search_folders_lock(tmp_path, tiny_csv, ca
         assert main([command, "cont", "--data", str(tiny_csv), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"another search with this name is running (pid {os.getpid()})" in err, err
+
+
+def test_thin_splits_are_warned_about_naming_the_counts(tmp_path, capsys):
+    """Class 7: a training split of one class, or a validation split smaller than a batch, trained to
+    "best val accuracy 1.0000" without a word; the training now says what is missing."""
+    from fer_tune.data.demo import DemoSpec, write_demo_csv
+
+    csv = write_demo_csv(tmp_path / "d.csv", DemoSpec(train_per_class=2, val_per_class=1, test_per_class=1))
+    lines = csv.read_text().splitlines()
+    one_class = [lines[0]] + [row for row in lines[1:] if not row.endswith(",Training") or row.startswith("3,")]
+    (tmp_path / "thin.csv").write_text("\n".join(one_class) + "\n")
+    argv = ["train", "--smoke", "--epochs", "1", "--data", str(tmp_path / "thin.csv"), "--results", str(tmp_path / "r")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "warning: train split Training has no angry, disgust, fear, sad, surprise, neutral images (2 images" in out
+    assert "warning: val split PublicTest has 7 images, fewer than one batch of" in out

@@ -74,3 +74,21 @@ class FerData:
         """Rows per split, in split order."""
         counts = np.bincount(self.usage, minlength=len(self.split_names))
         return {name: int(c) for name, c in zip(self.split_names, counts)}
+
+    def thin_splits(self, batch_size: int) -> list[str]:
+        """Warnings, naming the counts, for a training or validation split that lacks classes or holds fewer
+        images than one batch (its scores then say little); the empty training split is refused elsewhere."""
+        from fer_tune import EMOTIONS
+
+        found = []
+        for role in ("train", "val"):
+            name = self.roles.get(role)
+            if name is None:
+                continue
+            labels = self.labels[self.usage == self.split_names.index(name)]
+            missing = [EMOTIONS[c] for c in range(len(EMOTIONS)) if not (labels == c).any()]
+            if missing:
+                found.append(f"{role} split {name} has no {', '.join(missing)} images ({len(labels)} images in all)")
+            if 0 < len(labels) < batch_size:
+                found.append(f"{role} split {name} has {len(labels)} images, fewer than one batch of {batch_size}")
+        return found

@@ -33,7 +33,7 @@ from fer_tune.search.continuation import check_search_continues, data_md5, space
 from fer_tune.search.outputs import SearchOutcome, asha_savings, trial_status, write_outputs
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
 from fer_tune.search.searcher import optuna_and_asha, sampler_settings
-from fer_tune.search.space import Resources, SearchSpace
+from fer_tune.search.space import Resources, SearchSpace, paper_point
 from fer_tune.search.space_file import load_search_space
 from fer_tune.search.storage import TrialStorage, remove_experiment
 from fer_tune.search.tensorboard_runs import TrialBoard, experiment_columns
@@ -126,6 +126,8 @@ def _search_in_folder(
             f"{storage.experiment(SearchFolder.SEARCH_EXPERIMENT)}: nothing to resume (no earlier search named "
             f"{name!r} in {storage.describe()}); drop --resume to start one"
         )
+    for warning in data.thin_splits(space.train_config(paper_point(space)).batch_size):  # the first trial's batch
+        log.info(f"warning: {warning}")
     base = resolve_base(space, data, opts, folder)
     if base is not None:
         space = adopt_base_architecture(space, base)

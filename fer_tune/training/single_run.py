@@ -63,6 +63,8 @@ def _train_into(
     device: str | None,
 ) -> list[EpochResult]:
     trainer = Trainer(config, data.role("train"), data.role("val"), device=device, base_state=base_state)
+    for warning in data.thin_splits(config.batch_size):
+        log.info(f"warning: {warning}")
     if trainer.transfer is not None:
         log.info(f"base {config.base_checkpoint}: {trainer.transfer.summary()}")
     write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"# fer-tune train config; data: {data.source}\n")
