@@ -193,10 +193,29 @@ def _cmd_train(argv: list[str]) -> int:
     if args.smoke:
         overrides = {**smoke_train_overrides(config.replace(**overrides)), **overrides}
     config = config.replace(source=args.config or "command line", **overrides)
+    _check_meaningful_train(config, args)
     data = _load_data(args.data, args.smoke)
     name = args.name or f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_training(config, data, Path(args.results) / "train" / name, device=args.device)
     return 0
+
+
+def _check_meaningful_train(config, args: argparse.Namespace) -> None:
+    """Options the model ignores, and --freeze with nothing to freeze, are refused rather than recorded."""
+    from fer_tune.models import model_info
+
+    options = model_info(config.model).options
+    for key in ("width", "activation"):
+        if getattr(args, key, None) is not None and key not in options:
+            raise UserError(
+                f"--{key} {getattr(args, key)}: model {config.model} has no {key} option "
+                f"(its options: {', '.join(options)}); drop --{key}"
+            )
+    if args.freeze and not config.base_checkpoint:
+        raise UserError(
+            "--freeze: nothing to freeze without --base-checkpoint (freeze keeps the transferred layers fixed); "
+            "give a base checkpoint or drop --freeze"
+        )
 
 
 def _cmd_evaluate(argv: list[str]) -> int:

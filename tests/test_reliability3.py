@@ -338,3 +338,20 @@ def test_thin_splits_are_warned_about_naming_the_counts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning: train split Training has no angry, disgust, fear, sad, surprise, neutral images (2 images" in out
     assert "warning: val split PublicTest has 7 images, fewer than one batch of" in out
+
+
+TRAIN_MEANINGLESS = [
+    (["--model", "vgg", "--activation", "mish"], "--activation mish: model vgg has no activation option"),
+    (["--model", "effnetv2s", "--width", "0.5"], "--width 0.5: model effnetv2s has no width option"),
+    (["--model", "vgg", "--freeze"], "--freeze: nothing to freeze without --base-checkpoint"),
+]
+
+
+@pytest.mark.parametrize("extra,expect", TRAIN_MEANINGLESS)
+def test_train_refuses_options_its_model_ignores(tmp_path, tiny_csv, capsys, extra, expect):
+    """Class 7: `train --activation mish --freeze` for VGGNet was accepted and recorded as if it mattered."""
+    argv = ["train", "--smoke", *extra, "--data", str(tiny_csv), "--results", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {expect}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
