@@ -75,15 +75,7 @@ def check_search_continues(folder: Path, old: SearchManifest, space: SearchSpace
                 budget[key],
                 f"give {option} {old.budget[key]} to continue it, or --fresh to start over",
             )
-    md5 = data_md5(data)
-    if old.data_md5 and md5 and old.data_md5 != md5:
-        raise _refuse(
-            folder,
-            "data of md5",
-            f"{old.data_md5} ({old.data})",
-            f"{md5} ({data.source})",
-            f"give --data {old.data}, or --fresh to start over",
-        )
+    _check_same_data(folder, old, data, f"give --data {old.data}, or --fresh to start over")
     if not old.data_md5 and old.data and old.data != data.source:
         raise _refuse(
             folder,
@@ -96,12 +88,16 @@ def check_search_continues(folder: Path, old: SearchManifest, space: SearchSpace
 
 def check_retrain_data(folder: Path, old: SearchManifest, data: FerData) -> None:
     """``--retrain`` scores on the test split of the file the search ran on, and no other."""
+    _check_same_data(
+        folder,
+        old,
+        data,
+        f"retrain on the data the search ran on: --data {old.data} (its scores are on that file's test split)",
+    )
+
+
+def _check_same_data(folder: Path, old: SearchManifest, data: FerData, fix: str) -> None:
+    """The data's md5 against the one the manifest recorded (when both are known)."""
     md5 = data_md5(data)
     if old.data_md5 and md5 and old.data_md5 != md5:
-        raise _refuse(
-            folder,
-            "data of md5",
-            f"{old.data_md5} ({old.data})",
-            f"{md5} ({data.source})",
-            f"retrain on the data the search ran on: --data {old.data} (its scores are on that file's test split)",
-        )
+        raise _refuse(folder, "data of md5", f"{old.data_md5} ({old.data})", f"{md5} ({data.source})", fix)
