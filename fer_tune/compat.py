@@ -18,6 +18,10 @@ it was checked on. ``tests/test_compat.py`` fails loudly on a version that chang
   (:func:`local_ray_on_loopback`, for local instances only: a node of a real cluster needs its address).
 - Ray 2.60's ``OptunaSearch`` exposes no study: :func:`optuna_trial_of` reads its ``_ot_trials`` and
   ``_completed_trials``; :func:`intermediate_steps` reads Optuna 5.0's ``Trial._trial_id``.
+- Ray 2.60's ``Tuner.fit()`` catches the first Ctrl-C itself (a graceful stop that saves the experiment
+  state, as its docs say), returns as if the run had ended, and leaves its handler installed after it
+  returns; when its handler catches a Ctrl-C it puts back the handler it found. :func:`tune_ctrl_c` relies
+  on that to tell an interrupted run from a finished one.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import textwrap
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 RANGER21_CHECKED = ("0.1.0",)
@@ -102,3 +109,26 @@ def optuna_trial_of(searcher: Any, trial_id: str) -> Any | None:
 def intermediate_steps(trial: Any) -> set[int]:
     """The steps an Optuna trial has reported intermediate values for."""
     return set(trial.storage.get_trial(trial._trial_id).intermediate_values)
+
+
+@contextmanager
+def tune_ctrl_c() -> Iterator[Callable[[], bool]]:
+    """Run ``Tuner.fit()`` inside: yields a function that says, after fit() returned, whether Tune caught a
+    Ctrl-C (it stops gracefully, saving its state; fer-tune's Ctrl-C is that stop, so Tune's switch that
+    turns it off is dropped). On leaving, the handlers from before are back: Tune's would outlive fit() and
+    swallow every later Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # no handler can be set from here
+        yield lambda: False
+        return
+    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield lambda: signal.getsignal(signal.SIGINT) is interrupt  # put back by Tune's handler: it caught one
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

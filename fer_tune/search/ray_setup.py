@@ -20,7 +20,8 @@ QUIET_ENV = {
 }
 
 
-def _quiet_ray() -> None:
+def quiet_ray() -> None:
+    """Ray's and Tune's own console lines off (their log files keep them): before any use of Ray Tune."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     for name in RAY_QUIET_LOGGERS:
@@ -38,7 +39,7 @@ def ray_session(keep: bool = False) -> Iterator[None]:
     end only if it was started here and ``keep`` is off (a search keeps it for its retraining)."""
     import ray
 
-    _quiet_ray()
+    quiet_ray()
     if ray.is_initialized():
         yield
         return

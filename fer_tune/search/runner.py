@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fer_tune.clock import clock, stamp
-from fer_tune.compat import ray_logs_folder
+from fer_tune.compat import ray_logs_folder, tune_ctrl_c
 from fer_tune.search.cluster import Concurrency, check_nodes_see, node_resources, share_for
-from fer_tune.search.ray_setup import ray_session
+from fer_tune.search.ray_setup import quiet_ray, ray_session
 from fer_tune.search.space import AUTO
 from fer_tune.search.storage import TrialStorage
 from fer_tune.search.trial_data import TrialData
@@ -216,6 +216,7 @@ def can_resume(storage: TrialStorage, experiment: str) -> bool:
     """True when the storage holds the Tune experiment ``experiment`` and it can be restored."""
     from ray import tune
 
+    quiet_ray()
     filesystem, _ = storage.filesystem()
     path = storage.experiment(experiment)
     if filesystem is None and not Path(path).is_dir():
@@ -230,6 +231,7 @@ def finished_trials(job: TuneJob) -> int:
     """How many trials of an earlier run ended (for the resume message)."""
     from ray.tune import ExperimentAnalysis
 
+    quiet_ray()
     try:
         analysis = ExperimentAnalysis(job.path, storage_filesystem=job.trial_storage.filesystem()[0])
     except Exception:  # an experiment killed very early may have no readable state yet
@@ -244,8 +246,8 @@ def time_budget_spent(job: TuneJob, started: float) -> bool:
 
 def run_trials(job: TuneJob, restore: bool) -> tuple[Any, dict[str, float]]:
     """Run (or continue) ``job``; return Tune's ResultGrid once every trial ended, and the resources
-    each trial had. A Ctrl-C that stopped it early is a KeyboardInterrupt (Tune saved its state: the
-    same command continues); a spent time budget is not."""
+    each trial had. A Ctrl-C (Tune stops gracefully and saves its state: the same command continues) is a
+    KeyboardInterrupt, whether trials were left to start or not; a spent time budget is not."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -291,8 +293,10 @@ def run_trials(job: TuneJob, restore: bool) -> tuple[Any, dict[str, float]]:
                     callbacks=callbacks + ([job.board] if job.board is not None else []),
                 ),
             )
-        results = tuner.fit()
+        with tune_ctrl_c() as caught_ctrl_c:
+            results = tuner.fit()
+            interrupted = caught_ctrl_c()
     ended = results.num_terminated + results.num_errors
-    if ended < job.progress.trials and not time_budget_spent(job, started):
-        raise KeyboardInterrupt(f"{ended} of {job.progress.trials} trials of {job.experiment} ended")
+    if interrupted or (ended < job.progress.trials and not time_budget_spent(job, started)):
+        raise KeyboardInterrupt(f"{job.experiment} stopped by Ctrl-C; Ray Tune saved its state in {job.path}")
     return results, resources
