@@ -27,13 +27,13 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 SEARCH_OUTPUTS = SearchFolder.outputs()
 
 
-def check_run_name(name: str, option: str = "--name") -> str:
-    """``name`` if it is one plain folder name; else a :class:`UserError` saying what is allowed."""
+def check_run_name(name: str, option: str = "--name", fix: str = "use --results to choose where runs go") -> str:
+    """``name`` if it is one plain folder name; else a :class:`UserError` naming where it came from
+    (``option``), what is allowed and ``fix``."""
     if not NAME_PATTERN.fullmatch(name or "") or name in (".", ".."):
         raise UserError(
             f"{option} {name!r}: a run name is one plain folder name (letters, digits, '.', '_', '+', '-', at most "
-            "100, starting with a letter or digit); no '/', '..' or absolute paths: use --results to choose "
-            "where runs go"
+            f"100, starting with a letter or digit); no '/', '..' or absolute paths: {fix}"
         )
     return name
 

@@ -84,6 +84,11 @@ YAML_TEXTS = [
 SPACE_TEXTS = [
     ("model: [vgg, vit_l32]\n", "model = ['vgg', 'vit_l32'] is unknown; allowed: vgg"),
     ("model: vgg\nmetric: [val_acc]\n", "metric = ['val_acc'] is unknown; allowed: val_acc"),
+    (  # class 8: the real cause, not "scheduler = 'none' is not one of ..."
+        "model: vgg\npaper_trial: {optimizer: ranger21, scheduler: cosine}\n",
+        "paper_trial has optimizer ranger21 with scheduler cosine, but ranger21 runs its own learning-rate schedule",
+    ),
+    ("model: vgg\nfixed: {optimizer: ranger21, scheduler: step}\n", "fixed has optimizer ranger21 with scheduler step"),
 ]
 
 
@@ -94,6 +99,16 @@ def test_a_search_space_value_of_the_wrong_kind_is_named(tiny_csv, tmp_path, cap
     assert main(["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {space}: ") and expect in err and len(err.splitlines()) == 1, err
+
+
+def test_a_space_file_whose_name_is_no_run_name_is_blamed_not_an_unset_name(tiny_csv, tmp_path, capsys):
+    space = tmp_path / "with space" / "my space.yaml"
+    space.parent.mkdir()
+    space.write_text("model: vgg\nspace: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n")
+    assert main(["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {space}: the run name this file's name gives, 'my space'"), err
+    assert "--name 'my space'" not in err and err.endswith("give --name NAME, or rename the file")
 
 
 @pytest.mark.parametrize("text,expect", YAML_TEXTS, ids=["alias bomb", "unhashable key", "deep nesting"])

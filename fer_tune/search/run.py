@@ -96,7 +96,15 @@ def configured_space(space_name: str, opts: SearchOptions) -> SearchSpace:
 def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOutcome:
     """Run (or resume) one search and write its outputs; see the module docstring."""
     space = configured_space(space_name, opts)
-    name = check_run_name(opts.name or (f"{space.name}-smoke" if opts.smoke else space.name))
+    name = (
+        check_run_name(opts.name)
+        if opts.name
+        else check_run_name(
+            f"{space.name}-smoke" if opts.smoke else space.name,
+            f"{space.path}: the run name this file's name gives,",
+            "give --name NAME, or rename the file",
+        )
+    )
     pretrained = (
         resolve_pretrained(space.fixed.get("pretrained_path")) if model_info(space.model).recipe == "vit" else None
     )

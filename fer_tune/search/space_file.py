@@ -23,7 +23,7 @@ from fer_tune.search.space import (
     RetrainPreset,
     SearchSpace,
 )
-from fer_tune.training.config import OPTIMIZERS, SCHEDULERS, TrainConfig, with_own_schedule
+from fer_tune.training.config import OPTIMIZERS, SCHEDULERS, TrainConfig, runs_own_schedule, with_own_schedule
 from fer_tune.yaml_files import read_yaml
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -188,6 +188,12 @@ def _config_values(src: str, key: str, values: Any) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UserError(f"{src}: {key} must be a mapping of training settings")
     _no_unknown(src, f"{key}.", values, TUNABLE + (FIXED_ONLY if key.endswith("fixed") else ()))
+    optimizer, scheduler = values.get("optimizer"), values.get("scheduler", "none")
+    if runs_own_schedule(optimizer) and scheduler != "none":
+        raise UserError(
+            f"{src}: {key} has optimizer {optimizer} with scheduler {scheduler}, but {optimizer} runs its own "
+            f"learning-rate schedule (warm-up and warm-down) and takes no scheduler; drop {key}.scheduler"
+        )
     probe = TrainConfig.from_mapping(with_own_schedule(values), source=f"{src} ({key})")
     return {k: getattr(probe, k) for k in values}
 
