@@ -336,7 +336,8 @@ def _packed_trial(images, labels, width: float, batch: int, device_name: str, th
 
 def section_packing(report: Report, train, val, plan: Plan, device: torch.device, say: Callable) -> None:
     """k trials at once as k processes on the one device: aggregate trial-epochs per hour."""
-    context = mp.get_context("spawn")
+    context = mp.get_context("forkserver")  # each trial forks from one process that imported torch once
+    context.set_forkserver_preload(["__main__", "torch", "fer_tune.training.engine"])
     n = plan.packing_images
     images, labels = np.ascontiguousarray(train[0][:n]), np.ascontiguousarray(train[1][:n])
     for k in plan.packing:

@@ -197,19 +197,19 @@ def test_search_on_a_two_node_cluster_whose_worker_cannot_see_the_results_folder
     assert (folder / "report.md").is_file() and len(list((folder / "history").glob("*.csv"))) == 3
 
     # (c) the worker node dies mid-search: its trial goes on from its last checkpoint on the head node
-    space.write_text(textwrap.dedent(SPACE.format(epochs=6, trials=2, lr=1e-3)))
+    space.write_text(textwrap.dedent(SPACE.format(epochs=3, trials=2, lr=1e-3)))
     proc = cluster.launch([*common, "--storage", str(shared), "--name", "killed", "--no-retrain"])
     seen, reporting = [], set()
     for line in proc.stdout:  # until both trials (one per node) have reported an epoch
         seen.append(line)
-        reporting |= set(re.findall(r"\] search killed (\w+) epoch \d+/6", line))
+        reporting |= set(re.findall(r"\] search killed (\w+) epoch \d+/3", line))
         if len(reporting) == 2:
             break
     cluster.kill_worker()
     out = "".join(seen) + _run(proc)
     assert proc.returncode == 0, out[-3000:]
     trials = pd.read_csv(results / "killed" / "trials.csv")
-    assert (trials.status == "completed").all() and (trials.epochs_run == 6).all(), trials.to_string()
+    assert (trials.status == "completed").all() and (trials.epochs_run == 3).all(), trials.to_string()
     assert trials.node.nunique() == 1, trials.to_string()  # both finished on the node that survived
     assert "failed; Ray retries it from its last checkpoint" in out
     # (whether the retried trial resumed from its checkpoint or from epoch 1 depends on when Ray had recorded
