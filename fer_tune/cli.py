@@ -26,7 +26,7 @@ from fer_tune.cli_options import (
 from fer_tune.console import configure_console
 from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.files import check_creatable
-from fer_tune.run_folder import check_run_name
+from fer_tune.run_folder import check_run_name, check_train_folder
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +194,10 @@ def _cmd_train(argv: list[str]) -> int:
         overrides = {**smoke_train_overrides(config.replace(**overrides)), **overrides}
     config = config.replace(source=args.config or "command line", **overrides)
     _check_meaningful_train(config, args)
+    out_dir = Path(args.results) / "train" / (args.name or f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_train_folder(out_dir)  # before the data are read
     data = _load_data(args.data, args.smoke)
-    name = args.name or f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_training(config, data, Path(args.results) / "train" / name, device=args.device)
+    run_training(config, data, out_dir, device=args.device)
     return 0
 
 

@@ -81,6 +81,36 @@ def check_search_folder(folder: Path) -> None:
         )
 
 
+TRAIN_CONFIG_HEADER = "# fer-tune train config"  # the first line of a train run's config.yaml: fer-tune made the folder
+TRAIN_OUTPUTS = ("config.yaml", "metrics.csv", "best.pt", "last.pt")
+
+
+def is_train_folder(folder: Path) -> bool:
+    """True when a fer-tune train run made ``folder`` (its config.yaml starts with fer-tune's header)."""
+    try:
+        with open(folder / "config.yaml", "rb") as handle:
+            return handle.read(len(TRAIN_CONFIG_HEADER)).decode("ascii", "replace") == TRAIN_CONFIG_HEADER
+    except OSError:
+        return False
+
+
+def check_train_folder(folder: Path) -> None:
+    """A train run writes into a new or empty folder, or over the files of a train run fer-tune made
+    there; never into a folder holding other files (a user's, or a search's)."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UserError(f"{folder}: exists and is not a folder; choose another --name or --results")
+    if not folder.is_dir() or is_train_folder(folder):
+        return
+    foreign = sorted(p.name for p in folder.iterdir())
+    if foreign:
+        raise UserError(
+            f"{folder}: this folder was not made by a fer-tune train run (no config.yaml of fer-tune's) and "
+            f"holds {len(foreign)} file(s), e.g. {foreign[0]!r}, that training would replace or mix with "
+            f"({', '.join(TRAIN_OUTPUTS)}); fer-tune writes only into folders it made: choose another --name or "
+            "--results"
+        )
+
+
 def clear_search_outputs(folder: Path) -> list[str]:
     """``--fresh``: delete what fer-tune wrote in ``folder`` (a folder it made), nothing else; returns
     the names of anything left in place."""

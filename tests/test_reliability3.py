@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 
 from fer_tune.cli import main
@@ -321,6 +322,47 @@ def test_a_fifo_or_device_as_input_is_refused_without_reading_it(tmp_path, capsy
     assert "is a special file (a FIFO or device); give images" in capsys.readouterr().err
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` gray pixels and holds none: decoding it is the mistake."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "width,height,in_folder,in_predict",
+    [
+        (15000, 15000, "image is larger than Pillow decodes, expected 48x48", "image is larger than Pillow reads"),
+        (12000, 10000, "image is 12000x10000, expected 48x48", "image is 12000x10000 (120 megapixels), more than"),
+    ],
+)
+def test_an_image_too_large_to_decode_is_named_from_its_header(tmp_path, capsys, width, height, in_folder, in_predict):
+    """Class 5: a 15000x15000 PNG in an image-folder layout was a DecompressionBombError traceback (and
+    one just under Pillow's limit a warning, then a decode). Its header says its size: nothing is decoded."""
+    import warnings
+
+    from PIL import Image
+
+    from fer_tune.deploy.faces import frames_of
+
+    faces = tmp_path / "faces" / "train" / "happy"
+    faces.mkdir(parents=True)
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(faces / "0.png")
+    (faces / "1.png").write_bytes(_png_header(width, height))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["data", str(tmp_path / "faces")]) == 2
+        (frame,) = frames_of(faces / "1.png")
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {faces / '1.png'}: {in_folder}", err
+    assert frame.gray is None and frame.error.startswith(in_predict), frame
+
+
 @pytest.mark.parametrize("command", ["--retrain", "--analyze"])
 def test_retrain_and_analyze_take_the_search_folders_lock(tmp_path, tiny_csv, capsys, command):
     """Class 2: --retrain and --analyze beside a running search (or each other) are refused with its pid."""
@@ -370,3 +412,40 @@ def test_train_refuses_options_its_model_ignores(tmp_path, tiny_csv, capsys, ext
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {expect}") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_train_writes_only_into_a_new_folder_or_over_its_own_run(tmp_path, chain_csv, capsys, monkeypatch):
+    """Class 3: `train --name` into an existing folder replaced its best.pt and a user's metrics.csv. Now a
+    folder fer-tune's train did not make is refused before the data are read, and left as it was; a
+    train run's own folder may be trained into again."""
+    import fer_tune.cli
+
+    results = tmp_path / "r"
+    argv = [
+        "train",
+        "--smoke",
+        "--epochs",
+        "1",
+        "--width",
+        "0.0625",
+        "--data",
+        str(chain_csv),
+        "--results",
+        str(results),
+    ]
+    mine = results / "train" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "metrics.csv").write_text("my numbers")
+    (mine / "config.yaml").write_text("# my own notes\nlr: 1\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(fer_tune.cli, "_load_data", lambda *a: pytest.fail("the data were read first"))
+        assert main([*argv, "--name", "mine"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {mine}: this folder was not made by a fer-tune train run") and "--name" in err, err
+    assert len(err.splitlines()) == 1 and sorted(p.name for p in mine.iterdir()) == ["config.yaml", "metrics.csv"]
+    assert (mine / "metrics.csv").read_text() == "my numbers"
+
+    assert main([*argv, "--name", "again"]) == 0
+    first = (results / "train" / "again" / "metrics.csv").read_text()
+    assert main([*argv, "--name", "again", "--epochs", "2"]) == 0  # its own run: trained into again
+    assert (results / "train" / "again" / "metrics.csv").read_text() != first

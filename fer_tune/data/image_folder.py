@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,9 +37,25 @@ def _read_image_folder(root: Path) -> FerData:
     return data
 
 
+def _read_face(file: Path) -> np.ndarray:
+    """One 48x48 face as uint8 gray; its size is read from the header, so nothing else is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by its size
+        try:
+            with Image.open(file) as img:  # lazy: the header only, until convert()
+                if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+                    raise UserError(f"{file}: image is {img.size[0]}x{img.size[1]}, expected 48x48")
+                return np.asarray(img.convert("L"), dtype=np.uint8)
+        except Image.DecompressionBombError:
+            raise UserError(f"{file}: image is larger than Pillow decodes, expected 48x48") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"{file}: unreadable image ({exc}); replace or delete it") from None
+
+
 def _read_image_split(folder: Path, skipped: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The images of ``folder/<emotion>/``; entries it does not read are added to ``skipped``."""
-    from PIL import Image, UnidentifiedImageError
 
     skipped.extend(str(p) for p in sorted(folder.iterdir()) if not p.is_dir())
     unknown = [d.name for d in folder.iterdir() if d.is_dir() and d.name.lower() not in EMOTIONS]
@@ -54,14 +71,7 @@ def _read_image_split(folder: Path, skipped: list[str]) -> tuple[np.ndarray, np.
                 if file.is_dir() or file.suffix.lower() not in _IMAGE_SUFFIXES:
                     skipped.append(str(file))
                     continue
-                try:
-                    with Image.open(file) as img:
-                        array = np.asarray(img.convert("L"), dtype=np.uint8)
-                except (UnidentifiedImageError, OSError) as exc:
-                    raise UserError(f"{file}: unreadable image ({exc}); replace or delete it") from None
-                if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
-                    raise UserError(f"{file}: image is {array.shape[1]}x{array.shape[0]}, expected 48x48")
-                images.append(array)
+                images.append(_read_face(file))
                 labels.append(label)
     if not images:
         raise UserError(f"{folder}: no images found; expected {folder}/<emotion>/*.png or *.jpg")

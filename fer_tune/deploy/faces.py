@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_tune.data.image_header import too_large
 from fer_tune.errors import DEPLOY_INSTALL, UserError
 
 FACE_SIZE = 48
@@ -130,6 +131,9 @@ def frames_of(path: Path, every: int = 1) -> Iterator[Frame]:
     cv2 = opencv()
     if path.suffix.lower() in VIDEO_SUFFIXES:
         yield from _video_frames(cv2, path, every)
+        return
+    if reason := too_large(path):
+        yield Frame(path, None, None, reason)
         return
     gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.stat().st_size else None
     if gray is None:

@@ -13,7 +13,7 @@ from fer_tune.data.fer_data import FerData
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic
 from fer_tune.models import model_info
-from fer_tune.run_folder import make_run_folder, removed_if_nothing_ran
+from fer_tune.run_folder import TRAIN_CONFIG_HEADER, check_train_folder, make_run_folder, removed_if_nothing_ran
 from fer_tune.training.checkpoint import model_payload, save_checkpoint
 from fer_tune.training.config import TrainConfig
 from fer_tune.training.engine import EpochResult, Trainer
@@ -49,6 +49,7 @@ def run_training(
 ) -> list[EpochResult]:
     """Train ``config`` on the train split, select on val, write config.yaml, metrics.csv,
     best.pt (best val accuracy) and last.pt into ``out_dir``."""
+    check_train_folder(out_dir)
     base_state = load_base_state(config)
     with removed_if_nothing_ran(out_dir, ("metrics.csv",)):
         make_run_folder(out_dir)
@@ -67,7 +68,7 @@ def _train_into(
         log.info(f"warning: {warning}")
     if trainer.transfer is not None:
         log.info(f"base {config.base_checkpoint}: {trainer.transfer.summary()}")
-    write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"# fer-tune train config; data: {data.source}\n")
+    write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"{TRAIN_CONFIG_HEADER}; data: {data.source}\n")
     metrics_path = out_dir / "metrics.csv"
     started = time.perf_counter()
     log.info(
