@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fer_tune.errors import UserError
+
 ASHA_STATUS = "stopped by ASHA"  # ASHA ended it at a rung: its score is a truncated one
 PATIENCE_STATUS = "stopped: no better score within patience"  # the budget's early stopping
 TIME_BUDGET_STATUS = "stopped by the time budget"  # budget.time_budget_s ran out while it trained
@@ -79,6 +81,23 @@ class SearchFolder:
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
+
+    def trials(self, metric: str, *columns: str) -> pd.DataFrame:
+        """``trials.csv`` as the search wrote it: a :class:`UserError` naming the file when it is missing,
+        empty, not a table, or lacks the status, the score or one of ``columns``."""
+        path = self.path / self.TRIALS
+        fix = "run the same --search again to rewrite it (or --search ... --fresh to start over)"
+        if not path.is_file():
+            raise UserError(f"{self.path}: no {self.TRIALS}, so no finished search; {fix}")
+        try:
+            table = pd.read_csv(path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            reason = "it is empty" if isinstance(exc, pd.errors.EmptyDataError) else "it is not a CSV table"
+            raise UserError(f"{path}: not the trials table fer-tune writes ({reason}); {fix}") from None
+        missing = [c for c in (*columns, "status", f"best_{metric}") if c not in table]
+        if missing:
+            raise UserError(f"{path}: not the trials table fer-tune writes (no column {', '.join(missing)}); {fix}")
+        return table.astype({"trial_id": str}) if "trial_id" in table else table
 
     def study_storage(self) -> str:
         """The Optuna storage URL of the search (``optuna-dashboard`` opens it too)."""

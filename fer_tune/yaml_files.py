@@ -47,7 +47,10 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise UserError(f"{path}: file not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot be read ({exc})") from None
-    loader = _UniqueKeyLoader(text)
+    try:
+        loader = _UniqueKeyLoader(text)  # refuses control characters at once
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not YAML text ({str(exc).splitlines()[0]}); fix the file") from None
     loader.name = str(path)
     try:
         node = loader.get_single_node()

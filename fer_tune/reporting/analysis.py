@@ -44,8 +44,17 @@ def load_study(folder: Path, name: str):
             f"{folder}: no {SearchFolder.OPTUNA_DB} (the search ran with an older fer-tune, or has not started); "
             f"run the search again with --fresh to keep its Optuna study"
         )
+    from sqlalchemy.exc import SQLAlchemyError
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=SearchFolder(folder).study_storage())
+    try:
+        return optuna.load_study(study_name=name, storage=SearchFolder(folder).study_storage())
+    except (KeyError, SQLAlchemyError) as exc:  # no study of that name / not an SQLite database
+        reason = f"no study named {name!r}" if isinstance(exc, KeyError) else "not an SQLite database Optuna reads"
+        raise UserError(
+            f"{folder / SearchFolder.OPTUNA_DB}: not the Optuna study fer-tune's search wrote ({reason}); run the "
+            "search again with --fresh to rebuild it"
+        ) from None
 
 
 def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
@@ -114,7 +123,7 @@ def _analyze(folder: Path, manifest, study) -> Path:
     trials_csv = folder / SearchFolder.TRIALS
     if not trials_csv.is_file():
         raise UserError(f"{folder}: no trials.csv yet; let the search finish (run the same --search again)")
-    trials = pd.read_csv(trials_csv)
+    trials = SearchFolder(folder).trials(manifest.metric)
     score = f"best_{manifest.metric}"
     scored = trials[trials.status.isin(SCORED_STATUSES) & trials[score].notna()]
     found, notes = importances(study)

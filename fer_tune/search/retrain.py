@@ -54,9 +54,7 @@ log = logging.getLogger(__name__)
 def pick_winners(folder: Path, space: SearchSpace, top_k: int, epochs: int | None = None) -> list[Winner]:
     """The top-k trials of ``folder/trials.csv`` by their best validation score (ties: earlier trial)."""
     trials_csv = folder / SearchFolder.TRIALS
-    if not trials_csv.is_file():
-        raise UserError(f"{folder}: no trials.csv, so no finished search to retrain; run --search first")
-    table = pd.read_csv(trials_csv)
+    table = SearchFolder(folder).trials(space.metric, "trial", "trial_id")
     best_config = load_train_config(folder / SearchFolder.BEST_CONFIG)
     metric_col = f"best_{space.metric}"
     usable = table[table.status.isin(SCORED_STATUSES) & table[metric_col].notna()]
