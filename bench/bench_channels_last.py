@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from fer_tune.models import create_model
 
 CASES = [
+    ("vgg", 0.0625, 16),  # the real-data test's batch
+    ("vgg", 0.0625, 64),  # the suite's and the smoke preset's
     ("vgg", 0.0625, 320),
     ("vgg", 0.125, 320),
     ("vgg", 0.25, 320),
@@ -62,7 +64,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print(
+        f"device {args.device} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}\n"
+    )
     print("| model | width | batch | default s/step | channels-last s/step | ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
     for model, width, batch in CASES:

@@ -56,7 +56,6 @@ def _read_face(file: Path) -> np.ndarray:
 
 def _read_image_split(folder: Path, skipped: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The images of ``folder/<emotion>/``; entries it does not read are added to ``skipped``."""
-
     skipped.extend(str(p) for p in sorted(folder.iterdir()) if not p.is_dir())
     unknown = [d.name for d in folder.iterdir() if d.is_dir() and d.name.lower() not in EMOTIONS]
     if unknown:
