@@ -1,11 +1,15 @@
 """Every result file is written atomically: to a temporary file beside it, then renamed over the
-real name, so a crash mid-write leaves the old file (or none), never half a file."""
+real name, so a crash mid-write leaves the old file (or none), never half a file; a stage's set of
+result files is written whole (:func:`ctrl_c_held`)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +36,23 @@ def check_creatable(path: str | os.PathLike, option: str) -> Path:
     if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
         raise UserError(f"{option} {path}: {existing} is not writable; give a path you may write")
     return path
+
+
+@contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """A Ctrl-C inside waits for the block to end, then raises KeyboardInterrupt: a stage's result files
+    are written all together or not at all (the same command then goes on from them)."""
+    if threading.current_thread() is not threading.main_thread():  # no handler can be set from here
+        yield
+        return
+    caught: list[int] = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, sync: bool = False) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from fer_tune.data.fer_data import FerData
-from fer_tune.files import write_csv_atomic
+from fer_tune.files import ctrl_c_held, write_csv_atomic
 from fer_tune.reporting.analysis import analyze
 from fer_tune.reporting.ensemble import choose_combinations, write_ensemble
 from fer_tune.reporting.headline import headline_winner
@@ -61,15 +61,16 @@ def _retrain_and_report(folder: Path, data: FerData, opts: RetrainOptions) -> Pa
     scored = score_runs(runs, data, opts.device)
     write_scores(scored, folder)
     ensembles = ensemble_scores(folder, runs, data, scored, opts)
-    report = write_report(
-        folder,
-        winners[0].config["model"],
-        runs,
-        scored,
-        {w.rank: w.config for w in winners},
-        winners[0].config.get("base_checkpoint"),
-        ensembles,
-    )
+    with ctrl_c_held():  # winners.csv, the figures and report.md: all or none
+        report = write_report(
+            folder,
+            winners[0].config["model"],
+            runs,
+            scored,
+            {w.rank: w.config for w in winners},
+            winners[0].config.get("base_checkpoint"),
+            ensembles,
+        )
     winners_table = pd.read_csv(folder / SearchFolder.WINNERS)
     best = winners_table[winners_table.winner == headline_winner(winners_table)].iloc[0]
     log.info(

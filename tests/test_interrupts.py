@@ -1,7 +1,7 @@
-"""Issue 24, class 1: Ctrl-C at every stage of ``--search`` (before the first epoch, mid-trials, in the
-analysis, mid-retraining) exits 130 with one line that says how to continue, marks no trial as stopped
-by ASHA, writes none of that stage's final results, never starts the next stage, and leaves a folder
-the same command finishes."""
+"""Issue 24, class 1: Ctrl-C at every stage of ``--search`` (before the first epoch, mid-trials, while the
+search writes its results, in the analysis, mid-retraining) exits 130 with one line that says how to
+continue, marks no trial as stopped by ASHA, writes none (or, while writing, all) of that stage's final
+results, never starts the next stage, and leaves a folder the same command finishes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 
 import fer_tune.pipeline
+import fer_tune.search.outputs
 from fer_tune.cli import main
+from fer_tune.files import ctrl_c_held
 from fer_tune.search.runner import Progress
 from fer_tune.search.tensorboard_runs import TrialBoard
 
@@ -104,6 +106,20 @@ def test_ctrl_c_at_every_stage_exits_130_writes_no_result_and_the_command_contin
     study = optuna.load_study(study_name="both", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert not any("ASHA" in str(t.user_attrs.get("fer_tune_status", "")) for t in study.trials)
 
+    # while the search writes its results: they are written whole, then the command stops
+    write_csv = fer_tune.search.outputs.write_csv_atomic
+
+    def interrupted_write(*args, **kwargs):
+        _ctrl_c()
+        return write_csv(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fer_tune.search.outputs, "write_csv_atomic", interrupted_write)
+        status, out = _run(command, capsys)
+    assert status == 130 and INTERRUPTED in out, out[-3000:]
+    assert len(_missing(folder, SEARCH_RESULTS)) == len(SEARCH_RESULTS), "a Ctrl-C while writing left a partial set"
+    assert "retraining the top" not in out and not (folder / "analysis.md").exists(), out[-3000:]
+
     # in the analysis, after the search wrote its results: the retraining does not start
     with monkeypatch.context() as patch:
         patch.setattr(fer_tune.pipeline, "analyze", lambda folder: _ctrl_c())
@@ -126,3 +142,18 @@ def test_ctrl_c_at_every_stage_exits_130_writes_no_result_and_the_command_contin
     runs = pd.read_csv(folder / "retrain_runs.csv")
     assert len(runs) == 2 and (runs.epochs_run == 2).all(), runs
     assert (folder / "report.md").is_file()
+
+
+def test_a_ctrl_c_while_results_are_written_waits_for_them_then_stops():
+    """Each Ctrl-C inside ``ctrl_c_held`` lets the block finish, then raises; the handler from before is back."""
+    before, written = signal.getsignal(signal.SIGINT), []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_held():
+            _ctrl_c()
+            written.append("trials.csv")
+            _ctrl_c()
+            written.append("best_config.yaml")
+    assert written == ["trials.csv", "best_config.yaml"] and signal.getsignal(signal.SIGINT) is before
+    with ctrl_c_held():  # no Ctrl-C: nothing raised
+        written.append("report.md")
+    assert signal.getsignal(signal.SIGINT) is before

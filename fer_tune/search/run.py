@@ -16,6 +16,7 @@ from typing import Any
 from fer_tune import __version__
 from fer_tune.data.fer_data import FerData
 from fer_tune.errors import TrialsFailed, UserError
+from fer_tune.files import ctrl_c_held
 from fer_tune.manifest import SearchManifest, read_manifest
 from fer_tune.models import check_pretrained_choice, model_info
 from fer_tune.models.vit import resolve_pretrained
@@ -158,10 +159,11 @@ def _search_in_folder(
     results, resources = run_trials(job, restore)
     manifest.gpus_per_trial = resources["gpu"]  # the share the trials had (auto: what the probe chose)
     manifest.max_concurrent = resources.get("max_concurrent", manifest.max_concurrent)  # trials at once, at the start
-    outcome = write_outputs(results, space, folder, resources, job.data, manifest.base_source, storage)
-    failed = outcome.trials[outcome.trials.status == "error"]
-    manifest.failed_trials = len(failed)
-    manifest.write(folder)
+    with ctrl_c_held():  # trials.csv, best_model.pt, best_config.yaml and the manifest: all or none
+        outcome = write_outputs(results, space, folder, resources, job.data, manifest.base_source, storage)
+        failed = outcome.trials[outcome.trials.status == "error"]
+        manifest.failed_trials = len(failed)
+        manifest.write(folder)
     ran, full = asha_savings(outcome.trials, space.budget.max_epochs)
     log.info(
         f"search {name} {'done' if failed.empty else 'ended with failed trials'} in "
