@@ -43,9 +43,6 @@ class Inputs:
     def empty(self) -> Path:
         return self.file("empty.csv", b"")
 
-    def yaml(self, name: str, text: str) -> Path:
-        return self.file(name, text)
-
     def checkpoint(self, name: str, payload) -> Path:
         path = self.root / name
         if not path.exists():
@@ -100,14 +97,14 @@ def _yaml_cases() -> list[tuple[str, object]]:
     for kind, text in YAML_KINDS.items():
         name = kind.replace(" ", "_") + ".yaml"
         cases.append(
-            (f"train --config / {kind}", lambda i, n=name, t=text: ["train", "--smoke", "--config", str(i.yaml(n, t))])
+            (f"train --config / {kind}", lambda i, n=name, t=text: ["train", "--smoke", "--config", str(i.file(n, t))])
         )
         cases.append(
             (
                 f"search space / {kind}",
                 lambda i, n=name, t=text: [
                     "--search",
-                    str(i.yaml(n, t)),
+                    str(i.file(n, t)),
                     "--data",
                     str(i.good_csv),
                     "--results",
