@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str) -
     )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
+    ax.grid(False)  # the style's grid would cross every cell
+    ax.set_title(textwrap.fill(title, 55), fontsize=10)  # long titles stay clear of the colour bar
     fig.tight_layout()
     return save_figure(fig, path)
 
