@@ -24,6 +24,12 @@ new TPE + ASHA (fer-tune's MarkedOptunaSearch: ASHA-stopped trials PRUNED, finis
 best). All three use fer-tune's TPE settings (search/searcher.py). The search's pick is the trial with the
 best reported score (as trials.csv ranks them); its **regret** is 0.75 minus the *final* value of the
 picked configuration (its true plateau, what a full retraining would reach).
+
+A diagnostic of why the two TPE arms differ little: at the end of each run, TPE's "good" set (its top
+gamma(n) = min(ceil(0.1 n), 25) trials, Optuna's default) ranked both ways, by last value as today's
+wiring tells it, and as Optuna ranks the new wiring's trials (complete ones first by their best value,
+then pruned ones by the epoch they reached and their value there); **overlap** is the share of the good
+set the two rankings agree on (1: the new semantics changes nothing TPE sees at that point).
 """
 
 from __future__ import annotations
@@ -91,7 +97,19 @@ def searcher(arm: str, seed: int):
     )
 
 
-def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) -> float:
+def good_set_overlap(curves: list[list[float]]) -> float:
+    """Share of TPE's good set (top gamma(n) trials) that ranking by last value and Optuna's PRUNED-aware
+    ranking (complete first by best value, then by the epoch reached and the value there) agree on."""
+    k = min(math.ceil(0.1 * len(curves)), 25)
+    by_last = sorted(range(len(curves)), key=lambda i: -curves[i][-1])[:k]
+    by_fidelity = sorted(
+        range(len(curves)),
+        key=lambda i: (0, -max(curves[i])) if len(curves[i]) == MAX_EPOCHS else (1, -len(curves[i]), -curves[i][-1]),
+    )[:k]
+    return len(set(by_last) & set(by_fidelity)) / k
+
+
+def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) -> tuple[float, float]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -114,7 +132,8 @@ def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) ->
     results = tuner.fit()
     print(f"{arm} seed {seed}: fit {time.monotonic() - fit_started:.0f} s", file=sys.stderr)
     best = max(results, key=lambda r: r.metrics_dataframe["val_acc"].max())  # trials.csv's best_val_acc
-    return BEST_FINAL - final_and_tau(best.config)[0]
+    overlap = good_set_overlap([r.metrics_dataframe.sort_values("epoch")["val_acc"].tolist() for r in results])
+    return BEST_FINAL - final_and_tau(best.config)[0], overlap
 
 
 def main() -> None:
@@ -138,10 +157,13 @@ def main() -> None:
     ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     started = time.monotonic()
     found: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    overlaps: dict[str, list[float]] = {arm: [] for arm in args.arms}
     with tempfile.TemporaryDirectory() as storage:
         for seed in range(args.seeds):  # the arms alternate within each seed: drift hits them alike
             for arm in args.arms:
-                found[arm].append(regret(arm, seed, args.trials, args.concurrency, Path(storage)))
+                value, overlap = regret(arm, seed, args.trials, args.concurrency, Path(storage))
+                found[arm].append(value)
+                overlaps[arm].append(overlap)
             print(
                 f"seed {seed}: "
                 + ", ".join(f"{a} {v[-1]:.4f}" for a, v in found.items())
@@ -151,12 +173,12 @@ def main() -> None:
             )
     ray.shutdown()
     print(f"# final regret, {args.trials} trials, ASHA 27/3/3, {args.concurrency} at once, {args.seeds} seeds\n")
-    print("| arm | mean regret | std | median | worst |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| arm | mean regret | std | median | worst | good-set overlap |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for arm, values in found.items():
         print(
             f"| {arm} | {statistics.mean(values):.4f} | {statistics.pstdev(values):.4f} | "
-            f"{statistics.median(values):.4f} | {max(values):.4f} |"
+            f"{statistics.median(values):.4f} | {max(values):.4f} | {statistics.mean(overlaps[arm]):.2f} |"
         )
     if {"tpe_last_value", "tpe_pruned"} <= set(found):
         ratio = statistics.mean(found["tpe_pruned"]) / max(statistics.mean(found["tpe_last_value"]), 1e-12)

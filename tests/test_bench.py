@@ -144,3 +144,16 @@ def test_gpu_check_killed_after_its_first_section_keeps_that_section(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     assert len(report["throughput"]) == 4 and not report["learning"]  # the first section's rows, the last not run
     assert "| vgg_spinal | 0.0625 | ranger21 |" in (out / "gpu_check.md").read_text()
+
+
+def test_search_quality_good_set_ranks_pruned_trials_by_the_epoch_they_reached():
+    """The bench's diagnostic: 20 trials, TPE's good set is 2. By last value, the two trials stopped at
+    the first rung with high early scores are the good set; Optuna's PRUNED-aware ranking puts the trials
+    that ran the budget first (by best value), so the two rankings share none of the set."""
+    bench = _bench_module("bench_search_quality")
+    full, rung = bench.MAX_EPOCHS, bench.GRACE
+    curves = [[0.5] * (full - 1) + [0.40], [0.45] * full]  # ran the budget: best 0.5 and 0.45
+    curves += [[0.9] * rung, [0.8] * rung]  # stopped at the first rung, last values above every other
+    curves += [[0.1] * rung for _ in range(16)]
+    assert bench.good_set_overlap(curves) == 0.0
+    assert bench.good_set_overlap([[0.1 * i] * full for i in range(20)]) == 1.0  # all complete: the same set
