@@ -212,3 +212,16 @@ def test_a_trial_stopped_between_rungs_ran_out_of_time_not_into_asha():
     assert trial_status({"epoch": 30}, 200, rungs=rungs) == "stopped by ASHA"
     assert trial_status({"epoch": 47}, 200, rungs=rungs) == TIME_BUDGET_STATUS in SCORED_STATUSES
     assert trial_status({"epoch": 200}, 200, rungs=rungs) == "completed"
+
+
+def test_the_storage_check_skips_a_node_that_died_after_ray_listed_it(ray_local, tmp_path, monkeypatch):
+    """Ray lists a SIGKILLed node as alive until its health checks fail; the retraining after such a death
+    asked it anyway and failed on TaskUnschedulableError (seen in tests/test_cluster.py)."""
+    import ray
+
+    from fer_tune.search import cluster
+
+    gone = {**ray.nodes()[0], "NodeID": "ab" * 28, "NodeManagerAddress": "10.0.0.9"}
+    monkeypatch.setattr(cluster, "alive_nodes", lambda: [*ray.nodes(), gone])
+    cluster.check_nodes_see(tmp_path / "trials")  # the live node sees it; the gone one is not asked
+    assert list((tmp_path / "trials").iterdir()) == []  # its marker file is gone

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from fer_tune.errors import UserError
 from fer_tune.search.space import AUTO
 
 GRANULARITY = 10_000  # Ray places resources in units of 0.0001
+SEES_TIMEOUT_S = 120.0  # how long the storage check waits for the nodes' answers
 AUTO_SHARE_OF_TRIALS = 0.25  # max_concurrent auto: at most this fraction of num_trials at once (TPE learns between)
 
 
@@ -96,8 +98,10 @@ def this_trial_device() -> str:
 def check_nodes_see(folder: Path, storage_option: str = "--storage") -> None:
     """On a cluster of more than one node, make sure every node sees the local folder ``folder`` where
     Ray Tune keeps the trials (Ray does not copy a worker node's files to the head node); else one
-    :class:`UserError` naming the node and the ways out."""
+    :class:`UserError` naming the node and the ways out. A node that left the cluster since Ray last
+    listed it (Ray notices a dead node only after its health checks fail) is not asked."""
     import ray
+    from ray.exceptions import NodeDiedError, TaskUnschedulableError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = alive_nodes()
@@ -106,20 +110,24 @@ def check_nodes_see(folder: Path, storage_option: str = "--storage") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / f".fer-tune-sees-{uuid.uuid4().hex}"
     marker.write_text("written by fer-tune's driver: can every node of the cluster read this file?\n")
+    sees = ray.remote(num_cpus=0)(lambda path: Path(path).is_file())
+    deadline = time.monotonic() + SEES_TIMEOUT_S
+    blind = []
     try:
-        sees = ray.remote(num_cpus=0)(lambda path: Path(path).is_file())
-        answers = ray.get(
-            [
-                sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-                    str(marker)
-                )
-                for n in nodes
-            ],
-            timeout=120,
-        )
+        asked = [
+            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                str(marker)
+            )
+            for n in nodes
+        ]
+        for node, answer in zip(nodes, asked):
+            try:
+                if not ray.get(answer, timeout=max(1.0, deadline - time.monotonic())):
+                    blind.append(node)
+            except (TaskUnschedulableError, NodeDiedError):
+                continue  # gone from the cluster: no trial will run there
     finally:
         marker.unlink(missing_ok=True)
-    blind = [n for n, seen in zip(nodes, answers) if not seen]
     if blind:
         raise UserError(
             f"{folder}: {len(blind)} of the cluster's {len(nodes)} nodes (e.g. {blind[0]['NodeManagerAddress']}) "
