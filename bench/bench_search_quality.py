@@ -3,7 +3,7 @@ multi-fidelity problem through fer-tune's real searcher + ASHA wiring, three arm
 
     python bench/bench_search_quality.py [--seeds 10] [--trials 40] [--concurrency 4]
 
-(2 cores: about 4 min with 10 seeds, 13 min with 30.)
+(2 cores: about 9 min with 10 seeds.)
 
 The problem, written down in full. A configuration is (lr, optimizer): lr loguniform 1e-4..1e-1,
 optimizer one of sgd_nesterov / adam / ranger / ranger21. Let u = (log10(lr) + 4) / 3 in [0, 1] (0: the
@@ -21,7 +21,9 @@ returns these curves only (no training).
 Arms, each ``--trials`` trials, per seed: random search + ASHA (Optuna's RandomSampler); today's TPE +
 ASHA (every trial told COMPLETE with its last reported value, as Ray's OptunaSearch does by itself); the
 new TPE + ASHA (fer-tune's MarkedOptunaSearch: ASHA-stopped trials PRUNED, finished ones told their
-best). All three use fer-tune's TPE settings (search/searcher.py). The search's pick is the trial with the
+best); and, as a diagnostic of what ASHA costs, the new TPE without early stopping (``tpe_no_asha``: every
+trial runs 27 epochs, the same number of trials, so about four times the epochs). All use fer-tune's TPE
+settings (search/searcher.py). The search's pick is the trial with the
 best reported score (as trials.csv ranks them); its **regret** is 0.75 minus the *final* value of the
 picked configuration (its true plateau, what a full retraining would reach).
 
@@ -50,6 +52,8 @@ from fer_tune.search.searcher import MarkedOptunaSearch, sampler_settings, tpe_s
 from fer_tune.search.space import Param, SpaceSampler  # noqa: E402
 
 MAX_EPOCHS, GRACE, REDUCTION = 27, 3, 3
+NO_STOPPING = "tpe_no_asha"  # the diagnostic arm: the new wiring with every trial run to MAX_EPOCHS
+ARMS = ("random", "tpe_last_value", "tpe_pruned", NO_STOPPING)
 BEST_FINAL = 0.75
 PARAMS = (
     Param("lr", "loguniform", low=1e-4, high=1e-1),
@@ -109,7 +113,8 @@ def good_set_overlap(curves: list[list[float]]) -> float:
     return len(set(by_last) & set(by_fidelity)) / k
 
 
-def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) -> tuple[float, float]:
+def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) -> tuple[float, float, int]:
+    """One search: its pick's regret, the good-set overlap and the epochs its trials ran in all."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -120,9 +125,9 @@ def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) ->
             metric="val_acc",
             mode="max",
             search_alg=ConcurrencyLimiter(searcher(arm, seed), max_concurrent=concurrency),
-            scheduler=ASHAScheduler(
-                time_attr="epoch", max_t=MAX_EPOCHS, grace_period=GRACE, reduction_factor=REDUCTION
-            ),
+            scheduler=None
+            if arm == NO_STOPPING
+            else ASHAScheduler(time_attr="epoch", max_t=MAX_EPOCHS, grace_period=GRACE, reduction_factor=REDUCTION),
             num_samples=trials,
             reuse_actors=True,
         ),
@@ -132,8 +137,8 @@ def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) ->
     results = tuner.fit()
     print(f"{arm} seed {seed}: fit {time.monotonic() - fit_started:.0f} s", file=sys.stderr)
     best = max(results, key=lambda r: r.metrics_dataframe["val_acc"].max())  # trials.csv's best_val_acc
-    overlap = good_set_overlap([r.metrics_dataframe.sort_values("epoch")["val_acc"].tolist() for r in results])
-    return BEST_FINAL - final_and_tau(best.config)[0], overlap
+    curves = [r.metrics_dataframe.sort_values("epoch")["val_acc"].tolist() for r in results]
+    return BEST_FINAL - final_and_tau(best.config)[0], good_set_overlap(curves), sum(map(len, curves))
 
 
 def main() -> None:
@@ -141,7 +146,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--arms", nargs="+", default=["random", "tpe_last_value", "tpe_pruned"])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     args = parser.parse_args()
     import os
     import tempfile
@@ -158,12 +163,14 @@ def main() -> None:
     started = time.monotonic()
     found: dict[str, list[float]] = {arm: [] for arm in args.arms}
     overlaps: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    epochs: dict[str, list[int]] = {arm: [] for arm in args.arms}
     with tempfile.TemporaryDirectory() as storage:
         for seed in range(args.seeds):  # the arms alternate within each seed: drift hits them alike
             for arm in args.arms:
-                value, overlap = regret(arm, seed, args.trials, args.concurrency, Path(storage))
+                value, overlap, ran = regret(arm, seed, args.trials, args.concurrency, Path(storage))
                 found[arm].append(value)
                 overlaps[arm].append(overlap)
+                epochs[arm].append(ran)
             print(
                 f"seed {seed}: "
                 + ", ".join(f"{a} {v[-1]:.4f}" for a, v in found.items())
@@ -173,12 +180,13 @@ def main() -> None:
             )
     ray.shutdown()
     print(f"# final regret, {args.trials} trials, ASHA 27/3/3, {args.concurrency} at once, {args.seeds} seeds\n")
-    print("| arm | mean regret | std | median | worst | good-set overlap |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| arm | mean regret | std | median | worst | good-set overlap | epochs per search |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for arm, values in found.items():
         print(
             f"| {arm} | {statistics.mean(values):.4f} | {statistics.pstdev(values):.4f} | "
-            f"{statistics.median(values):.4f} | {max(values):.4f} | {statistics.mean(overlaps[arm]):.2f} |"
+            f"{statistics.median(values):.4f} | {max(values):.4f} | {statistics.mean(overlaps[arm]):.2f} | "
+            f"{statistics.mean(epochs[arm]):.0f} |"
         )
     if {"tpe_last_value", "tpe_pruned"} <= set(found):
         ratio = statistics.mean(found["tpe_pruned"]) / max(statistics.mean(found["tpe_last_value"]), 1e-12)
