@@ -157,3 +157,16 @@ def test_search_quality_good_set_ranks_pruned_trials_by_the_epoch_they_reached()
     curves += [[0.1] * rung for _ in range(16)]
     assert bench.good_set_overlap(curves) == 0.0
     assert bench.good_set_overlap([[0.1 * i] * full for i in range(20)]) == 1.0  # all complete: the same set
+
+
+def test_search_quality_arms_stop_trials_where_their_asha_would():
+    """Each arm's searcher is told the rungs its own scheduler stops at: 3 and 9 for the arms compared, 9
+    alone for the later first rung, none without early stopping (else a finished trial would read PRUNED)."""
+    bench = _bench_module("bench_search_quality")
+    assert {arm: bench.rungs(grace) for arm, grace in bench.FIRST_RUNG.items()} == {
+        "random": {3, 9},
+        "tpe_last_value": {3, 9},
+        "tpe_pruned": {3, 9},
+        "tpe_grace_9": {9},
+        "tpe_no_asha": set(),
+    }
