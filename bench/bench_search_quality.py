@@ -1,5 +1,5 @@
 """Does TPE find better configurations when ASHA-stopped trials are told as PRUNED? A synthetic
-multi-fidelity problem through fer-tune's real searcher + ASHA wiring, three arms side by side.
+multi-fidelity problem through fer-tune's real searcher + ASHA wiring, five arms side by side.
 
     python bench/bench_search_quality.py [--seeds 10] [--trials 40] [--concurrency 4]
 
@@ -23,10 +23,10 @@ ASHA (every trial told COMPLETE with its last reported value, as Ray's OptunaSea
 new TPE + ASHA (fer-tune's MarkedOptunaSearch: ASHA-stopped trials PRUNED, finished ones told their
 best); and, as diagnostics of what ASHA's first rung costs, the new TPE + ASHA with one rung at epoch 9
 (``tpe_grace_9``) and the new TPE without early stopping (``tpe_no_asha``: every trial runs 27 epochs, the
-same number of trials, so about three times the epochs). All use fer-tune's TPE
-settings (search/searcher.py). The search's pick is the trial with the
-best reported score (as trials.csv ranks them); its **regret** is 0.75 minus the *final* value of the
-picked configuration (its true plateau, what a full retraining would reach).
+same number of trials, so about three times the epochs). All use fer-tune's TPE settings
+(search/searcher.py). The search's pick is the trial with the best reported score (as trials.csv ranks
+them); its **regret** is 0.75 minus the *final* value of the picked configuration (its true plateau, what a
+full retraining would reach).
 
 A diagnostic of why the two TPE arms differ little: at the end of each run, TPE's "good" set (its top
 gamma(n) = min(ceil(0.1 n), 25) trials, Optuna's default) ranked both ways, by last value as today's
