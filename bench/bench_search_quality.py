@@ -50,7 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fer_tune.compat import local_ray_on_loopback  # noqa: E402
 from fer_tune.search.searcher import MarkedOptunaSearch, sampler_settings, tpe_sampler  # noqa: E402
-from fer_tune.search.space import Param, SpaceSampler  # noqa: E402
+from fer_tune.search.space import Budget, Param, SpaceSampler  # noqa: E402
 
 MAX_EPOCHS, GRACE, REDUCTION = 27, 3, 3
 # the diagnostic arms: the new wiring with ASHA's first rung later (one rung, at 9), or no early stopping
@@ -89,12 +89,10 @@ class LastValueSearch(MarkedOptunaSearch):
 
 
 def rungs(grace: int | None) -> set[int]:
-    """The epochs where ASHA may stop a trial (none without early stopping)."""
-    found, rung = set(), grace
-    while rung is not None and rung < MAX_EPOCHS:
-        found.add(rung)
-        rung *= REDUCTION
-    return found
+    """The epochs where ASHA may stop a trial (fer-tune's rule), none without early stopping."""
+    if grace is None:
+        return set()
+    return Budget(max_epochs=MAX_EPOCHS, grace_period=grace, reduction_factor=REDUCTION).asha_rungs()
 
 
 def searcher(arm: str, seed: int):
