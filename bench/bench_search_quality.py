@@ -1,7 +1,7 @@
 """Does TPE find better configurations when ASHA-stopped trials are told as PRUNED? A synthetic
 multi-fidelity problem through fer-tune's real searcher + ASHA wiring, five arms side by side.
 
-    python bench/bench_search_quality.py [--seeds 10] [--trials 40] [--concurrency 4]
+    python bench/bench_search_quality.py [--seeds 10] [--trials 40] [--concurrency 4] [--csv PER_SEED.csv]
 
 (2 cores: about 11 min with 10 seeds.)
 
@@ -33,6 +33,10 @@ gamma(n) = min(ceil(0.1 n), 25) trials, Optuna's default) ranked both ways, by l
 wiring tells it, and as Optuna ranks the new wiring's trials (complete ones first by their best value,
 then pruned ones by the epoch they reached and their value there); **overlap** is the share of the good
 set the two rankings agree on (1: the new semantics changes nothing TPE sees at that point).
+
+The ratio new / today's mean regret comes with a 95% paired percentile-bootstrap interval over seeds
+(each resample draws whole seeds, both arms' regrets together); ``--csv`` keeps every search's regret,
+overlap and epochs, a row per seed and arm.
 """
 
 from __future__ import annotations
@@ -46,9 +50,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fer_tune.compat import local_ray_on_loopback  # noqa: E402
+from fer_tune.files import write_csv_atomic  # noqa: E402
 from fer_tune.search.searcher import MarkedOptunaSearch, sampler_settings, tpe_sampler  # noqa: E402
 from fer_tune.search.space import Budget, Param, SpaceSampler  # noqa: E402
 
@@ -56,6 +63,7 @@ MAX_EPOCHS, GRACE, REDUCTION = 27, 3, 3
 # the diagnostic arms: the new wiring with ASHA's first rung later (one rung, at 9), or no early stopping
 FIRST_RUNG = {"random": GRACE, "tpe_last_value": GRACE, "tpe_pruned": GRACE, "tpe_grace_9": 9, "tpe_no_asha": None}
 ARMS = tuple(FIRST_RUNG)
+CSV_COLUMNS = ("seed", "arm", "regret", "overlap", "epochs")
 BEST_FINAL = 0.75
 PARAMS = (
     Param("lr", "loguniform", low=1e-4, high=1e-1),
@@ -122,6 +130,43 @@ def good_set_overlap(curves: list[list[float]]) -> float:
     return len(set(by_last) & set(by_fidelity)) / k
 
 
+def ratio_interval(new: list[float], today: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """mean(new) / mean(today) and its paired percentile-bootstrap interval over seeds (scipy's, seeded)."""
+
+    def ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.mean(a, axis=axis) / np.maximum(np.mean(b, axis=axis), 1e-12)
+
+    pair = (np.asarray(new, dtype=float), np.asarray(today, dtype=float))
+    result = scipy.stats.bootstrap(
+        pair,
+        ratio,
+        paired=True,
+        vectorized=True,
+        n_resamples=9999,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(0),
+    )
+    return float(ratio(*pair)), float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def csv_problem(path: Path) -> str | None:
+    """Why ``--csv`` may not be written (checked before any search), or None: it must be creatable and may
+    only replace a file this bench wrote."""
+    from fer_tune.errors import UserError
+    from fer_tune.files import check_creatable
+
+    try:
+        check_creatable(path, "--csv")
+    except UserError as exc:
+        return str(exc)
+    if path.is_dir():
+        return f"--csv {path}: is a folder; give the CSV file to write"
+    if path.exists() and path.read_text(errors="replace").split("\n", 1)[0] != ",".join(CSV_COLUMNS):
+        return f"--csv {path}: exists and is not this bench's per-seed CSV; give a new file"
+    return None
+
+
 def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) -> tuple[float, float, int]:
     """One search: its pick's regret, the good-set overlap and the epochs its trials ran in all."""
     from ray import tune
@@ -158,7 +203,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--csv", type=Path, help="also write each search's regret, overlap and epochs here")
     args = parser.parse_args()
+    if args.csv and (problem := csv_problem(args.csv)):
+        parser.exit(2, f"error: {problem}\n")
     import os
     import tempfile
     import warnings
@@ -200,8 +248,15 @@ def main() -> None:
             f"{statistics.mean(epochs[arm]):.0f} |"
         )
     if {"tpe_last_value", "tpe_pruned"} <= set(found):
-        ratio = statistics.mean(found["tpe_pruned"]) / max(statistics.mean(found["tpe_last_value"]), 1e-12)
-        print(f"\nnew / today's mean regret: {ratio:.2f}x")
+        ratio, low, high = ratio_interval(found["tpe_pruned"], found["tpe_last_value"])
+        print(f"\nnew / today's mean regret: {ratio:.2f}x (95% paired bootstrap over seeds {low:.2f}-{high:.2f}x)")
+    if args.csv:
+        rows = [
+            (seed, arm, values[seed], overlaps[arm][seed], epochs[arm][seed])
+            for arm, values in found.items()
+            for seed in range(args.seeds)
+        ]
+        print(f"per seed: {write_csv_atomic(pd.DataFrame(rows, columns=CSV_COLUMNS), args.csv)}")
     print(f"\n{time.monotonic() - started:.0f} s")
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,3 +171,35 @@ def test_search_quality_arms_stop_trials_where_their_asha_would():
         "tpe_grace_9": {9},
         "tpe_no_asha": set(),
     }
+
+
+def test_search_quality_ratio_is_of_the_means_with_an_interval_paired_by_seed():
+    """The headline ratio is mean(new) / mean(today) (not the mean of per-seed ratios), and its bootstrap
+    draws whole seeds: when the new arm tracks today's seed by seed at 0.8x, the interval stays near 0.8
+    though the regrets themselves spread widely (an unpaired resampling would not know that)."""
+    bench = _bench_module("bench_search_quality")
+    assert bench.ratio_interval([0.1, 0.3], [0.1, 0.5])[0] == pytest.approx(0.4 / 0.6)  # mean of ratios: 0.8
+    today = np.random.default_rng(0).uniform(0.02, 0.3, 30)
+    new = 0.8 * today + np.random.default_rng(1).normal(0, 0.002, 30)
+    ratio, low, high = bench.ratio_interval(new.tolist(), today.tolist())
+    assert low < ratio < high and 0.77 < low and high < 0.83, (ratio, low, high)
+
+
+def test_search_quality_csv_may_replace_only_its_own_file(tmp_path):
+    bench = _bench_module("bench_search_quality")
+    mine = tmp_path / "per_seed.csv"
+    assert bench.csv_problem(mine) is None  # a new file
+    mine.write_text(",".join(bench.CSV_COLUMNS) + "\n0,random,0.1,0.9,300\n")
+    assert bench.csv_problem(mine) is None  # one this bench wrote
+    theirs = tmp_path / "notes.csv"
+    theirs.write_text("name,value\n")
+    assert "not this bench's per-seed CSV" in bench.csv_problem(theirs)
+    assert "is a folder" in bench.csv_problem(tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "bench_search_quality.py"), "--seeds", "1", "--csv", str(theirs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and run.stderr.startswith("error: --csv") and "Traceback" not in run.stderr
+    assert theirs.read_text() == "name,value\n"
