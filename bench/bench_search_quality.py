@@ -2,6 +2,7 @@
 multi-fidelity problem through fer-tune's real searcher + ASHA wiring, five arms side by side.
 
     python bench/bench_search_quality.py [--seeds 10] [--trials 40] [--concurrency 4] [--csv PER_SEED.csv]
+    python bench/bench_search_quality.py --table-from bench/search_quality_per_seed.csv
 
 (2 cores: about 11 min with 10 seeds.)
 
@@ -36,18 +37,18 @@ set the two rankings agree on (1: the new semantics changes nothing TPE sees at 
 
 The ratio new / today's mean regret comes with a 95% paired percentile-bootstrap interval over seeds
 (each resample draws whole seeds, both arms' regrets together); ``--csv`` keeps every search's regret,
-overlap and epochs, a row per seed and arm.
+overlap and epochs, a row per seed and arm, and ``--table-from`` prints a saved one's table again.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 import zlib
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -197,6 +198,47 @@ def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) ->
     return BEST_FINAL - final_and_tau(best.config)[0], good_set_overlap(curves), sum(map(len, curves))
 
 
+def summary(frame: pd.DataFrame) -> str:
+    """The Markdown table of a run (a row per arm, from the per-seed rows) and each arm's mean regret
+    against today's wiring (``tpe_last_value``), with its paired bootstrap interval."""
+    lines = [
+        "| arm | mean regret | std | median | worst | good-set overlap | epochs per search |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    arms = list(dict.fromkeys(frame.arm))
+    for arm in arms:
+        rows = frame[frame.arm == arm]
+        lines.append(
+            f"| {arm} | {rows.regret.mean():.4f} | {rows.regret.std(ddof=0):.4f} | {rows.regret.median():.4f} | "
+            f"{rows.regret.max():.4f} | {rows.overlap.mean():.2f} | {rows.epochs.mean():.0f} |"
+        )
+    if "tpe_last_value" in arms:
+        today = frame[frame.arm == "tpe_last_value"].sort_values("seed").regret.tolist()
+        lines.append("\nmean regret against today's wiring (tpe_last_value), 95% paired bootstrap over seeds:")
+        for arm in (a for a in arms if a != "tpe_last_value"):
+            ratio, low, high = ratio_interval(frame[frame.arm == arm].sort_values("seed").regret.tolist(), today)
+            name = "new (tpe_pruned)" if arm == "tpe_pruned" else arm
+            lines.append(f"- {name} / today's: {ratio:.2f}x ({low:.2f}-{high:.2f}x)")
+    return "\n".join(lines)
+
+
+def read_per_seed(path: Path) -> pd.DataFrame:
+    """A per-seed CSV this bench wrote (``--table-from``); exits with one error line otherwise."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        refuse(f"--table-from {path}: cannot be read as a CSV ({exc}); give a file --csv wrote")
+    if tuple(frame.columns) != CSV_COLUMNS or frame.empty:
+        refuse(f"--table-from {path}: not this bench's per-seed CSV (columns {', '.join(CSV_COLUMNS)})")
+    return frame
+
+
+def refuse(problem: str) -> NoReturn:
+    """One ``error:`` line and exit 2, before anything runs."""
+    print(f"error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
@@ -204,9 +246,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--csv", type=Path, help="also write each search's regret, overlap and epochs here")
+    parser.add_argument("--table-from", type=Path, help="print the table of a per-seed CSV (--csv) and run nothing")
     args = parser.parse_args()
+    if args.table_from:
+        print(summary(read_per_seed(args.table_from)))
+        return
     if args.csv and (problem := csv_problem(args.csv)):
-        parser.exit(2, f"error: {problem}\n")
+        refuse(problem)
     import os
     import tempfile
     import warnings
@@ -220,43 +266,24 @@ def main() -> None:
     local_ray_on_loopback()
     ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     started = time.monotonic()
-    found: dict[str, list[float]] = {arm: [] for arm in args.arms}
-    overlaps: dict[str, list[float]] = {arm: [] for arm in args.arms}
-    epochs: dict[str, list[int]] = {arm: [] for arm in args.arms}
+    rows: list[tuple] = []
     with tempfile.TemporaryDirectory() as storage:
         for seed in range(args.seeds):  # the arms alternate within each seed: drift hits them alike
             for arm in args.arms:
-                value, overlap, ran = regret(arm, seed, args.trials, args.concurrency, Path(storage))
-                found[arm].append(value)
-                overlaps[arm].append(overlap)
-                epochs[arm].append(ran)
+                rows.append((seed, arm, *regret(arm, seed, args.trials, args.concurrency, Path(storage))))
             print(
                 f"seed {seed}: "
-                + ", ".join(f"{a} {v[-1]:.4f}" for a, v in found.items())
+                + ", ".join(f"{row[1]} {row[2]:.4f}" for row in rows[-len(args.arms) :])
                 + f" ({time.monotonic() - started:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
     ray.shutdown()
+    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
     print(f"# final regret, {args.trials} trials, ASHA 27/3/3, {args.concurrency} at once, {args.seeds} seeds\n")
-    print("| arm | mean regret | std | median | worst | good-set overlap | epochs per search |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for arm, values in found.items():
-        print(
-            f"| {arm} | {statistics.mean(values):.4f} | {statistics.pstdev(values):.4f} | "
-            f"{statistics.median(values):.4f} | {max(values):.4f} | {statistics.mean(overlaps[arm]):.2f} | "
-            f"{statistics.mean(epochs[arm]):.0f} |"
-        )
-    if {"tpe_last_value", "tpe_pruned"} <= set(found):
-        ratio, low, high = ratio_interval(found["tpe_pruned"], found["tpe_last_value"])
-        print(f"\nnew / today's mean regret: {ratio:.2f}x (95% paired bootstrap over seeds {low:.2f}-{high:.2f}x)")
+    print(summary(frame))
     if args.csv:
-        rows = [
-            (seed, arm, values[seed], overlaps[arm][seed], epochs[arm][seed])
-            for arm, values in found.items()
-            for seed in range(args.seeds)
-        ]
-        print(f"per seed: {write_csv_atomic(pd.DataFrame(rows, columns=CSV_COLUMNS), args.csv)}")
+        print(f"per seed: {write_csv_atomic(frame, args.csv)}")
     print(f"\n{time.monotonic() - started:.0f} s")
 
 

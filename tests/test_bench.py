@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,3 +204,34 @@ def test_search_quality_csv_may_replace_only_its_own_file(tmp_path):
     )
     assert run.returncode == 2 and run.stderr.startswith("error: --csv") and "Traceback" not in run.stderr
     assert theirs.read_text() == "name,value\n"
+
+
+def test_search_quality_table_comes_again_from_its_per_seed_csv(tmp_path):
+    """``--table-from`` prints a saved run's table (the means of its rows) and every arm against today's
+    wiring; a CSV the bench did not write is one error line."""
+    bench = _bench_module("bench_search_quality")
+    rows = [
+        (seed, arm, value * (seed + 1), 0.9, 300)
+        for seed in range(3)
+        for arm, value in (("tpe_last_value", 0.1), ("tpe_pruned", 0.05))
+    ]
+    saved = tmp_path / "per_seed.csv"
+    pd.DataFrame(rows, columns=bench.CSV_COLUMNS).to_csv(saved, index=False)
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "bench_search_quality.py"), "--table-from", str(saved)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "| tpe_last_value | 0.2000 |" in run.stdout and "| tpe_pruned | 0.1000 |" in run.stdout
+    assert "new (tpe_pruned) / today's: 0.50x (0.50-0.50x)" in run.stdout
+    other = tmp_path / "notes.csv"
+    other.write_text("name,value\nx,1\n")
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "bench_search_quality.py"), "--table-from", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and run.stderr.startswith("error: --table-from") and "Traceback" not in run.stderr
