@@ -163,9 +163,15 @@ def csv_problem(path: Path) -> str | None:
         return str(exc)
     if path.is_dir():
         return f"--csv {path}: is a folder; give the CSV file to write"
-    if path.exists() and path.read_text(errors="replace").split("\n", 1)[0] != ",".join(CSV_COLUMNS):
+    if path.exists() and first_line(path) != ",".join(CSV_COLUMNS):
         return f"--csv {path}: exists and is not this bench's per-seed CSV; give a new file"
     return None
+
+
+def first_line(path: Path) -> str:
+    """A file's first line (its CSV header), without reading the rest."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().rstrip("\r\n")
 
 
 def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) -> tuple[float, float, int]:
@@ -230,6 +236,9 @@ def read_per_seed(path: Path) -> pd.DataFrame:
         refuse(f"--table-from {path}: cannot be read as a CSV ({exc}); give a file --csv wrote")
     if tuple(frame.columns) != CSV_COLUMNS or frame.empty:
         refuse(f"--table-from {path}: not this bench's per-seed CSV (columns {', '.join(CSV_COLUMNS)})")
+    seeds = {arm: sorted(rows.seed) for arm, rows in frame.groupby("arm")}
+    if len({tuple(v) for v in seeds.values()}) > 1:
+        refuse(f"--table-from {path}: the arms ran different seeds ({seeds}); the ratios pair them seed by seed")
     return frame
 
 

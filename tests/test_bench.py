@@ -235,3 +235,11 @@ def test_search_quality_table_comes_again_from_its_per_seed_csv(tmp_path):
         timeout=120,
     )
     assert run.returncode == 2 and run.stderr.startswith("error: --table-from") and "Traceback" not in run.stderr
+    pd.DataFrame(rows[:-1], columns=bench.CSV_COLUMNS).to_csv(saved, index=False)  # one arm lacks a seed
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "bench_search_quality.py"), "--table-from", str(saved)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "the arms ran different seeds" in run.stderr, run.stderr
