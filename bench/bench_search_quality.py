@@ -155,23 +155,13 @@ def csv_problem(path: Path) -> str | None:
     """Why ``--csv`` may not be written (checked before any search), or None: it must be creatable and may
     only replace a file this bench wrote."""
     from fer_tune.errors import UserError
-    from fer_tune.files import check_creatable
+    from fer_tune.files import check_csv_replaceable
 
     try:
-        check_creatable(path, "--csv")
+        check_csv_replaceable(path, "--csv", CSV_COLUMNS, "this bench's per-seed CSV")
     except UserError as exc:
         return str(exc)
-    if path.is_dir():
-        return f"--csv {path}: is a folder; give the CSV file to write"
-    if path.exists() and first_line(path) != ",".join(CSV_COLUMNS):
-        return f"--csv {path}: exists and is not this bench's per-seed CSV; give a new file"
     return None
-
-
-def first_line(path: Path) -> str:
-    """A file's first line (its CSV header), without reading the rest."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.readline().rstrip("\r\n")
 
 
 def regret(arm: str, seed: int, trials: int, concurrency: int, storage: Path) -> tuple[float, float, int]:

@@ -8,7 +8,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,6 +36,25 @@ def check_creatable(path: str | os.PathLike, option: str) -> Path:
     if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
         raise UserError(f"{option} {path}: {existing} is not writable; give a path you may write")
     return path
+
+
+def check_csv_replaceable(path: str | os.PathLike, option: str, columns: Sequence[str], kind: str) -> Path:
+    """``path`` can take a CSV with ``columns``: creatable, not a folder and, if it exists, a ``kind`` with
+    that header (fer-tune replaces only its own files); else a :class:`UserError` naming ``option``."""
+    from fer_tune.errors import UserError
+
+    out = check_creatable(path, option)
+    if out.is_dir():
+        raise UserError(f"{option} {out}: is a folder; {option} names the CSV file to write")
+    if out.exists():
+        with open(out, encoding="utf-8", errors="replace") as f:
+            head = f.readline().strip()
+        if head != ",".join(columns):
+            raise UserError(
+                f"{option} {out}: exists and is not {kind} fer-tune wrote; fer-tune never overwrites other "
+                f"files: choose another {option}"
+            )
+    return out
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from fer_tune.deploy.faces import (
 )
 from fer_tune.deploy.inference import open_face_model
 from fer_tune.errors import UserError
-from fer_tune.files import check_creatable, write_atomic, write_csv_atomic
+from fer_tune.files import check_creatable, check_csv_replaceable, write_atomic, write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +81,7 @@ class PredictSummary:
 
 def check_outputs(opts: PredictOptions) -> None:
     """Before anything runs: the CSV and the annotation folder may only replace what fer-tune wrote."""
-    out = check_creatable(opts.out, "--out")
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; --out names the CSV file to write")
-    if out.exists():
-        with open(out, encoding="utf-8", errors="replace") as f:
-            head = f.readline().strip()
-        if head != ",".join(COLUMNS):
-            raise UserError(
-                f"--out {out}: exists and is not a predictions CSV fer-tune wrote; fer-tune never "
-                "overwrites other files: choose another --out"
-            )
+    check_csv_replaceable(opts.out, "--out", COLUMNS, "a predictions CSV")
     folder = opts.annotate
     if folder is not None:
         check_creatable(folder, "--annotate")
