@@ -4,7 +4,7 @@ multi-fidelity problem through fer-tune's real searcher + ASHA wiring, five arms
     python bench/bench_search_quality.py [--seeds 10] [--trials 40] [--concurrency 4] [--csv PER_SEED.csv]
     python bench/bench_search_quality.py --table-from bench/search_quality_per_seed.csv
 
-(2 cores: about 11 min with 10 seeds.)
+(2 cores, all five arms: about 11 min with 10 seeds, 39 min with 30.)
 
 The problem, written down in full. A configuration is (lr, optimizer): lr loguniform 1e-4..1e-1,
 optimizer one of sgd_nesterov / adam / ranger / ranger21. Let u = (log10(lr) + 4) / 3 in [0, 1] (0: the

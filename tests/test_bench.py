@@ -206,7 +206,19 @@ def test_search_quality_csv_may_replace_only_its_own_file(tmp_path):
     assert theirs.read_text() == "name,value\n"
 
 
-def test_search_quality_table_comes_again_from_its_per_seed_csv(tmp_path):
+def _table_from(bench, path: Path, capsys, monkeypatch) -> tuple[int, str, str]:
+    """``bench_search_quality.py --table-from path`` in this process: exit code, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["bench_search_quality.py", "--table-from", str(path)])
+    try:
+        bench.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_search_quality_table_comes_again_from_its_per_seed_csv(tmp_path, capsys, monkeypatch):
     """``--table-from`` prints a saved run's table (the means of its rows) and every arm against today's
     wiring; a CSV the bench did not write is one error line."""
     bench = _bench_module("bench_search_quality")
@@ -217,29 +229,14 @@ def test_search_quality_table_comes_again_from_its_per_seed_csv(tmp_path):
     ]
     saved = tmp_path / "per_seed.csv"
     pd.DataFrame(rows, columns=bench.CSV_COLUMNS).to_csv(saved, index=False)
-    run = subprocess.run(
-        [sys.executable, str(BENCH / "bench_search_quality.py"), "--table-from", str(saved)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    assert "| tpe_last_value | 0.2000 |" in run.stdout and "| tpe_pruned | 0.1000 |" in run.stdout
-    assert "new (tpe_pruned) / today's: 0.50x (0.50-0.50x)" in run.stdout
+    code, out, err = _table_from(bench, saved, capsys, monkeypatch)
+    assert code == 0, err
+    assert "| tpe_last_value | 0.2000 |" in out and "| tpe_pruned | 0.1000 |" in out
+    assert "new (tpe_pruned) / today's: 0.50x (0.50-0.50x)" in out
     other = tmp_path / "notes.csv"
     other.write_text("name,value\nx,1\n")
-    run = subprocess.run(
-        [sys.executable, str(BENCH / "bench_search_quality.py"), "--table-from", str(other)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 2 and run.stderr.startswith("error: --table-from") and "Traceback" not in run.stderr
+    code, out, err = _table_from(bench, other, capsys, monkeypatch)
+    assert code == 2 and err.startswith("error: --table-from") and "Traceback" not in err
     pd.DataFrame(rows[:-1], columns=bench.CSV_COLUMNS).to_csv(saved, index=False)  # one arm lacks a seed
-    run = subprocess.run(
-        [sys.executable, str(BENCH / "bench_search_quality.py"), "--table-from", str(saved)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 2 and "the arms ran different seeds" in run.stderr, run.stderr
+    code, out, err = _table_from(bench, saved, capsys, monkeypatch)
+    assert code == 2 and "the arms ran different seeds" in err, err
