@@ -15,13 +15,16 @@ NARROW = dict(SMALL, width=0.0625)  # for checks that do not depend on how much 
 
 
 def test_short_training_on_demo_data_beats_chance_widely(learn_csv):
-    """Two epochs on the demo faces: twice chance (the real-data test shows learning on FER2013)."""
+    """Four epochs on the demo faces: twice chance (the real-data test shows learning on FER2013).
+
+    Four, not two: after two epochs the loss has barely left ln 7 and the accuracy (0.17-0.31 over
+    seeds and CPUs) sits at the bar; at four, seeds 0-2 measured 0.63 / 0.74 / 0.61 (AVX-512)."""
     data = load_fer(learn_csv)
-    trainer = Trainer(TrainConfig(**SMALL, epochs=2, lr=0.01), data.role("train"), data.role("val"))
+    trainer = Trainer(TrainConfig(**SMALL, epochs=4, lr=0.01), data.role("train"), data.role("val"))
     history = trainer.fit()
-    assert len(history) == 2
+    assert len(history) == 4
     assert history[-1].train_loss < history[0].train_loss
-    assert trainer.best_val_acc > 2 / 7  # chance is 1/7 = 0.14; measured 0.31
+    assert trainer.best_val_acc > 2 / 7  # chance is 1/7 = 0.14
     assert all(0 <= r.val_f1 <= 1 and r.lr > 0 for r in history)
 
 
