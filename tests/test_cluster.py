@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fer_tune.compat import LOOPBACK_ENV
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +72,7 @@ class TwoNodes:
             "PYTHONUNBUFFERED": "1",  # each progress line as it happens
         }
         self.env.pop("RAY_AUTH_TOKEN", None)
+        self.env.pop(LOOPBACK_ENV, None)  # set by any earlier test that started a local Ray: it forbids a worker node
         subprocess.run([*self.ns, "ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, check=True)
         common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--block"]
         self.head = self._start(
