@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -26,15 +27,33 @@ def _job(gpus) -> TuneJob:
 
 
 def test_auto_gpu_share_is_probed_on_a_gpu_cluster_and_zero_without_one(console, monkeypatch):
-    import ray
-
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    monkeypatch.setattr(tune_runner, "node_resources", lambda: [{"CPU": 16.0}])
     assert trial_resources(_job("auto")) == {"cpu": 2.0, "gpu": 0.0}
     assert console.messages == ["gpus_per_trial auto: Ray sees no GPU, so the trials run on CPUs"]
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert trial_resources(_job(0.5)) == {"cpu": 2.0, "gpu": 0.0}
+    assert console.messages[-1] == "gpus_per_trial 0.5: Ray sees no GPU, so the trials run on CPUs"
+    monkeypatch.setattr(tune_runner, "node_resources", lambda: [{"CPU": 16.0, "GPU": 1.0}])
     monkeypatch.setattr(tune_runner, "probe_gpu_share", lambda job: 0.25)
     assert trial_resources(_job("auto")) == {"cpu": 2.0, "gpu": 0.25}
     assert trial_resources(_job(0.5)) == {"cpu": 2.0, "gpu": 0.5}
+
+
+def test_a_trial_asks_no_more_cpus_than_one_node_that_can_hold_it_has(console, monkeypatch):
+    """Ray places a trial on one node: a request no node fits would stay PENDING forever, with Ray's
+    warning in its own logs. Two nodes of 2 CPUs hold 4 CPUs, but no trial of 4."""
+    monkeypatch.setattr(tune_runner, "node_resources", lambda: [{"CPU": 2.0}, {"CPU": 2.0}])
+    job = replace(_job(0.0), cpus=4.0)
+    assert trial_resources(job) == {"cpu": 2.0, "gpu": 0.0}
+    assert console.messages == ["cpus_per_trial 4: no node has that many CPUs (the most, 2), so each trial asks 2"]
+    # with a GPU share, only the GPU nodes count: a 16-CPU node without a GPU holds no such trial
+    gpu_nodes = [{"CPU": 16.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 6.0, "GPU": 2.0}]
+    monkeypatch.setattr(tune_runner, "node_resources", lambda: gpu_nodes)
+    assert trial_resources(replace(_job(0.5), cpus=8.0)) == {"cpu": 6.0, "gpu": 0.5}
+    assert console.messages[-1] == (
+        "cpus_per_trial 8: no node with a GPU has that many CPUs (the most, 6), so each trial asks 6"
+    )
+    assert trial_resources(replace(_job(0.5), cpus=3.0)) == {"cpu": 3.0, "gpu": 0.5}  # fits: unchanged
+    assert len(console.messages) == 2
 
 
 def test_auto_is_accepted_in_the_yaml_and_on_the_command_line(tmp_path, capsys):

@@ -40,6 +40,14 @@ def placeable(nodes: list[dict[str, float]], cpus: float, gpus: float) -> int:
     return total
 
 
+def cpus_one_node_holds(nodes: list[dict[str, float]], cpus: float, gpus: float) -> float:
+    """The CPUs one trial may ask: ``cpus``, or the most that a node able to hold its GPU share has, if
+    that is fewer (Ray places a trial on one node; a request no node fits stays PENDING forever)."""
+    hosts = [node for node in nodes if gpus <= 0 or _units(node.get("GPU", 0)) >= _units(gpus)]
+    most = max((node.get("CPU", 0) for node in hosts), default=0)
+    return min(cpus, max(most, 1))
+
+
 def alive_nodes() -> list[dict[str, Any]]:
     """The cluster's live nodes (``ray.nodes()`` entries)."""
     import ray

@@ -17,7 +17,13 @@ from typing import Any
 
 from fer_tune.clock import clock, stamp
 from fer_tune.compat import ray_logs_folder, tune_ctrl_c
-from fer_tune.search.cluster import Concurrency, check_nodes_see, node_resources, share_for
+from fer_tune.search.cluster import (
+    Concurrency,
+    check_nodes_see,
+    cpus_one_node_holds,
+    node_resources,
+    share_for,
+)
 from fer_tune.search.ray_setup import quiet_ray, ray_session
 from fer_tune.search.space import AUTO
 from fer_tune.search.storage import TrialStorage
@@ -33,17 +39,24 @@ MAX_FAILURES = 2  # a trial whose worker dies is retried this many times from it
 
 def trial_resources(job: TuneJob) -> dict[str, float]:
     """What one trial asks Ray for: no GPU where the cluster has none (a GPU request would leave every
-    trial PENDING forever), no more CPUs than the cluster has, and with ``gpus_per_trial: auto`` the
-    share a probe of one trial measured."""
-    import ray
-
-    cluster = ray.cluster_resources()
-    cpus = min(job.cpus, max(cluster.get("CPU", 1), 1))
-    if cluster.get("GPU", 0) <= 0:
-        if job.gpus == AUTO:
-            log.info("gpus_per_trial auto: Ray sees no GPU, so the trials run on CPUs")
-        return {"cpu": cpus, "gpu": 0.0}
-    return {"cpu": cpus, "gpu": probe_gpu_share(job) if job.gpus == AUTO else float(job.gpus)}
+    trial PENDING forever), no more CPUs than one node that can hold it has, and with
+    ``gpus_per_trial: auto`` the share a probe of one trial measured. Each change to what was asked is
+    said in a line."""
+    nodes = node_resources()
+    if not any(node.get("GPU", 0) > 0 for node in nodes):
+        if job.gpus == AUTO or float(job.gpus) > 0:
+            log.info(f"gpus_per_trial {job.gpus}: Ray sees no GPU, so the trials run on CPUs")
+        gpus = 0.0
+    else:
+        gpus = probe_gpu_share(job) if job.gpus == AUTO else float(job.gpus)
+    cpus = cpus_one_node_holds(nodes, job.cpus, gpus)
+    if cpus < job.cpus:
+        where = "with a GPU " if gpus > 0 else ""
+        log.info(
+            f"cpus_per_trial {job.cpus:g}: no node {where}has that many CPUs (the most, {cpus:g}), "
+            f"so each trial asks {cpus:g}"
+        )
+    return {"cpu": cpus, "gpu": gpus}
 
 
 def trials_per_gpu(peak_bytes: int, total_bytes: int) -> int:
