@@ -27,6 +27,7 @@ from fer_tune.console import configure_console
 from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.files import check_creatable
 from fer_tune.run_folder import check_run_name, check_train_folder
+from fer_tune.sigterm import sigterm_as_ctrl_c
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_console()
     try:
-        if argv and argv[0] in COMMANDS:
-            return {
-                "train": _cmd_train,
-                "evaluate": _cmd_evaluate,
-                "predict": _cmd_predict,
-                "export": _cmd_export,
-                "data": _cmd_data,
-                "demo-data": _cmd_demo,
-            }[argv[0]](argv[1:])
-        return _cmd_search(argv)
+        with sigterm_as_ctrl_c():  # a scheduler's stop is a Ctrl-C: the same command continues
+            return _dispatch(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130
+
+
+def _dispatch(argv: list[str]) -> int:
+    """Run the command ``argv`` names (a search when it names none)."""
+    if argv and argv[0] in COMMANDS:
+        return {
+            "train": _cmd_train,
+            "evaluate": _cmd_evaluate,
+            "predict": _cmd_predict,
+            "export": _cmd_export,
+            "data": _cmd_data,
+            "demo-data": _cmd_demo,
+        }[argv[0]](argv[1:])
+    return _cmd_search(argv)
 
 
 def _load_data(path: str | None, smoke: bool):

@@ -1,13 +1,14 @@
 """Issue 24, class 1: Ctrl-C at every stage of ``--search`` (before the first epoch, mid-trials, while the
 search writes its results, in the analysis, mid-retraining) exits 130 with one line that says how to
 continue, marks no trial as stopped by ASHA, writes none (or, while writing, all) of that stage's final
-results, never starts the next stage, and leaves a folder the same command finishes."""
+results, never starts the next stage, and leaves a folder the same command finishes. SIGTERM (``kill``, a
+batch scheduler's stop) is a Ctrl-C: two of the stages get it instead."""
 
 from __future__ import annotations
 
 import signal
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,15 +42,19 @@ def _ctrl_c() -> None:
     signal.raise_signal(signal.SIGINT)  # in this process's main thread, where Ctrl-C lands
 
 
+def _sigterm() -> None:
+    signal.raise_signal(signal.SIGTERM)  # as `kill PID` (Ray's own handler, set by the suite's Ray, would exit)
+
+
 @contextmanager
-def _ctrl_c_at_first_line_of(label: str, monkeypatch) -> Iterator[None]:
-    """Ctrl-C in the driver just after the first progress line whose label starts with ``label``."""
+def _ctrl_c_at_first_line_of(label: str, monkeypatch, stop: Callable[[], None] = _ctrl_c) -> Iterator[None]:
+    """Ctrl-C (or ``stop``) in the driver just after the first progress line whose label starts with ``label``."""
     line = Progress.line
 
     def interrupting(self, *args):
         shown = line(self, *args)
         if self.label.startswith(label):
-            _ctrl_c()
+            stop()
         return shown
 
     with monkeypatch.context() as patch:
@@ -96,8 +101,8 @@ def test_ctrl_c_at_every_stage_exits_130_writes_no_result_and_the_command_contin
     assert "no trial produced a score" not in out and not _missing(folder, SEARCH_RESULTS)
     _only_fer_tune_lines(out)
 
-    # mid-trials, every trial started (so none is "left to start")
-    with _ctrl_c_at_first_line_of("search", monkeypatch):
+    # mid-trials, every trial started (so none is "left to start"): by SIGTERM, which Tune takes as a Ctrl-C
+    with _ctrl_c_at_first_line_of("search", monkeypatch, _sigterm):
         status, out = _run(command, capsys)
     assert status == 130 and INTERRUPTED in out, out[-3000:]
     assert not _missing(folder, SEARCH_RESULTS), "an interrupted search wrote final results"
@@ -120,9 +125,9 @@ def test_ctrl_c_at_every_stage_exits_130_writes_no_result_and_the_command_contin
     assert len(_missing(folder, SEARCH_RESULTS)) == len(SEARCH_RESULTS), "a Ctrl-C while writing left a partial set"
     assert "retraining the top" not in out and not (folder / "analysis.md").exists(), out[-3000:]
 
-    # in the analysis, after the search wrote its results: the retraining does not start
+    # in the analysis, after the search wrote its results (SIGTERM): the retraining does not start
     with monkeypatch.context() as patch:
-        patch.setattr(fer_tune.pipeline, "analyze", lambda folder: _ctrl_c())
+        patch.setattr(fer_tune.pipeline, "analyze", lambda folder: _sigterm())
         status, out = _run(command, capsys)
     assert status == 130 and INTERRUPTED in out, out[-3000:]
     assert "retraining the top" not in out and not (folder / "retrain.yaml").exists(), out[-3000:]

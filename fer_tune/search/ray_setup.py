@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 from fer_tune.compat import RAY_QUIET_LOGGERS, local_ray_on_loopback, ray_errors_to_logger
 from fer_tune.errors import UserError
+from fer_tune.sigterm import sigterm_kept_across
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,14 @@ def ray_session(keep: bool = False) -> Iterator[None]:
     if not address:
         local_ray_on_loopback()  # a laptop's search opens no port to its network
     try:
-        ray.init(
-            address=address or None,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-        )
+        with sigterm_kept_across():  # ray.init sets a SIGTERM handler that prints a crash report and exits
+            ray.init(
+                address=address or None,
+                include_dashboard=False,
+                configure_logging=False,
+                log_to_driver=False,
+                logging_level="ERROR",
+            )
     except Exception as exc:  # Ray raises ConnectionError, AuthenticationError, RuntimeError, ...
         if not address:
             raise
