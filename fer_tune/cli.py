@@ -14,6 +14,7 @@ from pathlib import Path
 from fer_tune.cli_options import (
     DEMO_NUMBERS,
     PREDICT_NUMBERS,
+    RESUME_TAKES,
     SEARCH_NUMBERS,
     Parser,
     check_numbers,
@@ -24,7 +25,7 @@ from fer_tune.cli_options import (
     train_parser,
 )
 from fer_tune.console import configure_console
-from fer_tune.errors import TrialsFailed, UserError
+from fer_tune.errors import Interrupted, TrialsFailed, UserError
 from fer_tune.files import check_creatable
 from fer_tune.run_folder import check_run_name, check_train_folder
 from fer_tune.sigterm import sigterm_as_ctrl_c
@@ -47,44 +48,35 @@ def main(argv: list[str] | None = None) -> int:
     except TrialsFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        how = str(exc) if isinstance(exc, Interrupted) else "run the same command again to continue where it stopped"
+        print(f"interrupted; {how}", file=sys.stderr)
         return 130
 
 
 def _dispatch(argv: list[str]) -> int:
     """Run the command ``argv`` names (a search when it names none)."""
-    if argv and argv[0] in COMMANDS:
-        return {
-            "train": _cmd_train,
-            "evaluate": _cmd_evaluate,
-            "predict": _cmd_predict,
-            "export": _cmd_export,
-            "data": _cmd_data,
-            "demo-data": _cmd_demo,
-        }[argv[0]](argv[1:])
-    return _cmd_search(argv)
-
-
-def _load_data(path: str | None, smoke: bool):
-    from fer_tune.data.demo import SMOKE_DEMO, default_demo_csv
-    from fer_tune.data.fer2013 import load_fer
-
-    if path:
-        data = load_fer(path)
-    elif smoke:
-        demo = default_demo_csv(SMOKE_DEMO)
-        log.info(f"data: built-in demo faces (not FER2013) from {demo}")
-        data = load_fer(demo)
-    else:
-        raise UserError("no data given: pass --data PATH/TO/fer2013.csv, or --smoke for the built-in demo data")
-    for note in data.notes:
-        log.info(f"note: {note}")
-    data.role("train"), data.role("val")  # both must hold rows before anything starts
-    return data
+    if not argv or argv[0] not in COMMANDS:
+        return _cmd_search(argv)
+    command = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "predict": _cmd_predict,
+        "export": _cmd_export,
+        "data": _cmd_data,
+        "demo-data": _cmd_demo,
+    }[argv[0]]
+    try:
+        return command(argv[1:])
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # a short command keeps no state: it is run again
+        raise Interrupted(f"{argv[0]} stopped before it finished: run the same command again") from None
 
 
 def _cmd_search(argv: list[str]) -> int:
+    from fer_tune.data.fer2013 import load_run_data
+
     args = search_parser().parse_args(argv)
     check_numbers(args, SEARCH_NUMBERS)
     for option in ("name", "retrain", "analyze"):
@@ -114,7 +106,7 @@ def _cmd_search(argv: list[str]) -> int:
         from fer_tune.run_folder import require_search_folder
 
         require_search_folder(folder)  # before any data is read
-        retrain_and_report(folder, _load_data(args.data, args.smoke), _retrain_options(args))
+        retrain_and_report(folder, load_run_data(args.data, args.smoke), _retrain_options(args))
         return 0
     if not args.search:
         search_parser().print_help()
@@ -125,7 +117,7 @@ def _cmd_search(argv: list[str]) -> int:
 
     space = load_search_space(args.search)  # a broken YAML fails before any data is read
     check_pretrained_choice(space.model, args.pretrained or space.fixed.get("pretrained_path"), space.path)
-    data = _load_data(args.data, args.smoke)
+    data = load_run_data(args.data, args.smoke)
     opts = SearchOptions(
         results_dir=Path(args.results),
         name=args.name,
@@ -182,48 +174,50 @@ def _cmd_list() -> int:
 def _cmd_train(argv: list[str]) -> int:
     import time
 
-    from fer_tune.training.config import TrainConfig, load_train_config, smoke_train_overrides, with_own_schedule
-    from fer_tune.training.single_run import run_training
+    from fer_tune.data.fer2013 import load_run_data
+    from fer_tune.training.config import TrainConfig, check_train_options, load_train_config, train_overrides
+    from fer_tune.training.device import pick_device
+    from fer_tune.training.single_run import how_to_continue, run_training
 
     args = train_parser().parse_args(argv)
+    if args.resume:
+        return _cmd_train_resume(args)
     if args.name is not None:
         check_run_name(args.name)
-    from fer_tune.training.device import pick_device
-
     pick_device(args.device)
     config = load_train_config(args.config) if args.config else TrainConfig()
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    if args.base_checkpoint:
-        overrides["base_checkpoint"] = args.base_checkpoint
-    if "scheduler" not in overrides:
-        overrides = with_own_schedule(overrides)
-    if args.smoke:
-        overrides = {**smoke_train_overrides(config.replace(**overrides)), **overrides}
-    config = config.replace(source=args.config or "command line", **overrides)
-    _check_meaningful_train(config, args)
+    config = config.replace(source=args.config or "command line", **train_overrides(config, vars(args)))
+    check_train_options(config, vars(args))
     out_dir = Path(args.results) / "train" / (args.name or f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_train_folder(out_dir)  # before the data are read
-    data = _load_data(args.data, args.smoke)
-    run_training(config, data, out_dir, device=args.device)
+    data = load_run_data(args.data, args.smoke)
+    try:
+        run_training(config, data, out_dir, device=args.device)
+    except KeyboardInterrupt:
+        raise Interrupted(how_to_continue(out_dir)) from None
     return 0
 
 
-def _check_meaningful_train(config, args: argparse.Namespace) -> None:
-    """Options the model ignores, and --freeze with nothing to freeze, are refused rather than recorded."""
-    from fer_tune.models import model_info
+def _cmd_train_resume(args: argparse.Namespace) -> int:
+    from fer_tune.data.fer2013 import load_run_data
+    from fer_tune.training.device import pick_device
+    from fer_tune.training.single_run import how_to_continue, recorded_data, resumable_run, resume_training
 
-    options = model_info(config.model).options
-    for key in ("width", "activation"):
-        if getattr(args, key, None) is not None and key not in options:
-            raise UserError(
-                f"--{key} {getattr(args, key)}: model {config.model} has no {key} option "
-                f"(its options: {', '.join(options)}); drop --{key}"
-            )
-    if args.freeze and not config.base_checkpoint:
+    extra = [k for k, v in vars(args).items() if k not in RESUME_TAKES and v not in (None, False)]
+    if extra:
         raise UserError(
-            "--freeze: nothing to freeze without --base-checkpoint (freeze keeps the transferred layers fixed); "
-            "give a base checkpoint or drop --freeze"
+            f"--resume continues a run with its own config.yaml, so it takes only --data and --device: drop "
+            f"{', '.join('--' + k.replace('_', '-') for k in extra)}, or start a new run without --resume"
         )
+    pick_device(args.device)
+    folder = Path(args.resume)
+    config, state = resumable_run(folder)  # before the data are read
+    data = load_run_data(args.data or recorded_data(state, folder), False)
+    try:
+        resume_training(folder, config, state, data, device=args.device)
+    except KeyboardInterrupt:
+        raise Interrupted(how_to_continue(folder)) from None
+    return 0
 
 
 def _cmd_evaluate(argv: list[str]) -> int:

@@ -188,7 +188,16 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--name", help="run folder under results/train/ (default: model and time)")
     p.add_argument("--results", default="results", metavar="DIR")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run in this folder (results/train/<run>) from its last.pt, with its own config, on the "
+        "data it recorded (or --data, the same file elsewhere); takes only --data and --device",
+    )
     return p
+
+
+RESUME_TAKES = ("resume", "data", "device", "results")  # what `train --resume` accepts: the run brings the rest
 
 
 def evaluate_parser() -> argparse.ArgumentParser:

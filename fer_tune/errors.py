@@ -13,3 +13,8 @@ class UserError(Exception):
 
 class TrialsFailed(Exception):
     """Trials of a search ended in error: its results are written but incomplete (exit 3)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C (or SIGTERM) that stopped a command which says how it continues: the CLI prints the
+    message after ``interrupted;`` and exits 130."""

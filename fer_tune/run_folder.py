@@ -129,21 +129,31 @@ def clear_search_outputs(folder: Path) -> list[str]:
 
 
 @contextmanager
-def removed_if_nothing_ran(folder: Path, progress_markers: tuple[str, ...]) -> Iterator[None]:
+def removed_if_nothing_ran(
+    folder: Path, progress_markers: tuple[str, ...], keep_on_interrupt: bool = True
+) -> Iterator[None]:
     """Remove ``folder`` when the block fails, the folder did not exist before, and no file named in
-    ``progress_markers`` exists below it (no epoch finished): a failed start leaves nothing behind. An
-    interruption (the folder stays resumable; its trials may be in a remote storage) and failed trials
-    (their results are written) keep it."""
+    ``progress_markers`` exists below it (no epoch finished): a failed start leaves nothing behind.
+    Failed trials (their results are written) keep it, and so does an interruption unless
+    ``keep_on_interrupt`` is off (a search's folder stays resumable: its trials may be in a remote storage)."""
     existed = folder.exists()
     try:
         yield
-    except (KeyboardInterrupt, TrialsFailed):
+    except TrialsFailed:
+        raise
+    except KeyboardInterrupt:
+        if not keep_on_interrupt:
+            _remove_if_nothing_ran(folder, existed, progress_markers)
         raise
     except BaseException:
-        ran = any(next(folder.rglob(marker), None) for marker in progress_markers) if folder.is_dir() else False
-        if not existed and folder.is_dir() and not ran:
-            shutil.rmtree(folder, ignore_errors=True)
+        _remove_if_nothing_ran(folder, existed, progress_markers)
         raise
+
+
+def _remove_if_nothing_ran(folder: Path, existed: bool, progress_markers: tuple[str, ...]) -> None:
+    ran = any(next(folder.rglob(marker), None) for marker in progress_markers) if folder.is_dir() else False
+    if not existed and folder.is_dir() and not ran:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

@@ -418,7 +418,7 @@ def test_train_writes_only_into_a_new_folder_or_over_its_own_run(tmp_path, chain
     """Class 3: `train --name` into an existing folder replaced its best.pt and a user's metrics.csv. Now a
     folder fer-tune's train did not make is refused before the data are read, and left as it was; a
     train run's own folder may be trained into again."""
-    import fer_tune.cli
+    import fer_tune.data.fer2013
 
     results = tmp_path / "r"
     argv = [
@@ -438,7 +438,7 @@ def test_train_writes_only_into_a_new_folder_or_over_its_own_run(tmp_path, chain
     (mine / "metrics.csv").write_text("my numbers")
     (mine / "config.yaml").write_text("# my own notes\nlr: 1\n")
     with monkeypatch.context() as patch:
-        patch.setattr(fer_tune.cli, "_load_data", lambda *a: pytest.fail("the data were read first"))
+        patch.setattr(fer_tune.data.fer2013, "load_run_data", lambda *a: pytest.fail("the data were read first"))
         assert main([*argv, "--name", "mine"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {mine}: this folder was not made by a fer-tune train run") and "--name" in err, err

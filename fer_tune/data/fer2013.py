@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +18,8 @@ from fer_tune.data.fer_data import CACHE_VERSION, FerData
 from fer_tune.data.image_folder import _read_image_folder
 from fer_tune.errors import UserError
 from fer_tune.files import cache_dir
+
+log = logging.getLogger(__name__)
 
 
 def load_fer(path: str | os.PathLike, *, use_cache: bool = True) -> FerData:
@@ -40,6 +43,25 @@ def load_fer(path: str | os.PathLike, *, use_cache: bool = True) -> FerData:
     if path.name.lower().endswith(COMPACT_SUFFIX):
         return read_compact(path)
     return _cached(path, _read_csv_layout, use_cache)
+
+
+def load_run_data(path: str | os.PathLike | None, smoke: bool) -> FerData:
+    """The data a search or train run uses: ``path``, else under ``smoke`` the built-in demo faces; its
+    notes logged, and its train and validation splits checked to hold rows before anything starts."""
+    from fer_tune.data.demo import SMOKE_DEMO, default_demo_csv
+
+    if path:
+        data = load_fer(path)
+    elif smoke:
+        demo = default_demo_csv(SMOKE_DEMO)
+        log.info(f"data: built-in demo faces (not FER2013) from {demo}")
+        data = load_fer(demo)
+    else:
+        raise UserError("no data given: pass --data PATH/TO/fer2013.csv, or --smoke for the built-in demo data")
+    for note in data.notes:
+        log.info(f"note: {note}")
+    data.role("train"), data.role("val")
+    return data
 
 
 def cache_path_for(path: Path) -> Path:

@@ -12,7 +12,7 @@ from fer_tune.models import create_model, model_info
 from fer_tune.search.space import SearchSpace, paper_point
 from fer_tune.search.space_file import load_search_space
 from fer_tune.search_folder import SearchFolder
-from fer_tune.training.single_run import run_training
+from fer_tune.training.single_run import resumable_run, resume_training, run_training
 from fer_tune.training.transfer import BaseWeights, architecture_of_base, load_base, transfer_weights
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: 
         base_space = base_space.for_smoke()
     base_dir = folder / "base"
     best = base_dir / "best.pt"
-    if best.is_file():
+    if (base_dir / "last.pt").is_file():  # trained before, finished or stopped by a Ctrl-C: continue it
+        config, state = resumable_run(base_dir)
+        resume_training(base_dir, config, state, data)
         return best
     config = base_space.train_config(paper_point(base_space))
     config = config.replace(

@@ -188,3 +188,32 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of config keys (model: ..., lr: ...), got {type(values).__name__}")
     return TrainConfig.from_mapping(values, source=str(path))
+
+
+def train_overrides(config: TrainConfig, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields ``launch.py train``'s options change in ``config`` (``given``: the parsed options): those
+    set, ``scheduler: none`` beside Ranger21 unless one is given, and the smoke preset under ``smoke``."""
+    overrides = {k: v for k, v in given.items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    if "scheduler" not in overrides:
+        overrides = with_own_schedule(overrides)
+    if given.get("smoke"):
+        overrides = {**smoke_train_overrides(config.replace(**overrides)), **overrides}
+    return overrides
+
+
+def check_train_options(config: TrainConfig, given: Mapping[str, Any]) -> None:
+    """Options the model ignores, and ``--freeze`` with nothing to freeze, are refused rather than recorded."""
+    from fer_tune.models import model_info
+
+    options = model_info(config.model).options
+    for key in ("width", "activation"):
+        if given.get(key) is not None and key not in options:
+            raise UserError(
+                f"--{key} {given[key]}: model {config.model} has no {key} option "
+                f"(its options: {', '.join(options)}); drop --{key}"
+            )
+    if given.get("freeze") and not config.base_checkpoint:
+        raise UserError(
+            "--freeze: nothing to freeze without --base-checkpoint (freeze keeps the transferred layers fixed); "
+            "give a base checkpoint or drop --freeze"
+        )
