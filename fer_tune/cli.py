@@ -27,7 +27,7 @@ from fer_tune.cli_options import (
 from fer_tune.console import configure_console
 from fer_tune.errors import Interrupted, TrialsFailed, UserError
 from fer_tune.files import check_creatable
-from fer_tune.run_folder import check_run_name, check_train_folder
+from fer_tune.run_folder import check_run_name, folder_lock, train_folder
 from fer_tune.sigterm import sigterm_as_ctrl_c
 
 log = logging.getLogger(__name__)
@@ -189,10 +189,9 @@ def _cmd_train(argv: list[str]) -> int:
     config = config.replace(source=args.config or "command line", **train_overrides(config, vars(args)))
     check_train_options(config, vars(args))
     out_dir = Path(args.results) / "train" / (args.name or f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_train_folder(out_dir)  # before the data are read
-    data = load_run_data(args.data, args.smoke)
     try:
-        run_training(config, data, out_dir, device=args.device)
+        with train_folder(out_dir):  # checked and locked before the data are read
+            run_training(config, load_run_data(args.data, args.smoke), out_dir, device=args.device)
     except KeyboardInterrupt:
         raise Interrupted(how_to_continue(out_dir)) from None
     return 0
@@ -201,7 +200,13 @@ def _cmd_train(argv: list[str]) -> int:
 def _cmd_train_resume(args: argparse.Namespace) -> int:
     from fer_tune.data.fer2013 import load_run_data
     from fer_tune.training.device import pick_device
-    from fer_tune.training.single_run import how_to_continue, recorded_data, resumable_run, resume_training
+    from fer_tune.training.single_run import (
+        how_to_continue,
+        recorded_data,
+        resumable_folder,
+        resumable_run,
+        resume_training,
+    )
 
     extra = [k for k, v in vars(args).items() if k not in RESUME_TAKES and v not in (None, False)]
     if extra:
@@ -211,10 +216,11 @@ def _cmd_train_resume(args: argparse.Namespace) -> int:
         )
     pick_device(args.device)
     folder = Path(args.resume)
-    config, state = resumable_run(folder)  # before the data are read
-    data = load_run_data(args.data or recorded_data(state, folder), False)
     try:
-        resume_training(folder, config, state, data, device=args.device)
+        with folder_lock(resumable_folder(folder), "train run"):
+            config, state = resumable_run(folder)  # before the data are read
+            data = load_run_data(args.data or recorded_data(state, folder), False)
+            resume_training(folder, config, state, data, device=args.device)
     except KeyboardInterrupt:
         raise Interrupted(how_to_continue(folder)) from None
     return 0

@@ -101,7 +101,7 @@ def check_train_folder(folder: Path) -> None:
         raise UserError(f"{folder}: exists and is not a folder; choose another --name or --results")
     if not folder.is_dir() or is_train_folder(folder):
         return
-    foreign = sorted(p.name for p in folder.iterdir())
+    foreign = sorted(p.name for p in folder.iterdir() if p.name != SearchFolder.LOCK)
     if foreign:
         raise UserError(
             f"{folder}: this folder was not made by a fer-tune train run (no config.yaml of fer-tune's) and "
@@ -129,14 +129,28 @@ def clear_search_outputs(folder: Path) -> list[str]:
 
 
 @contextmanager
-def removed_if_nothing_ran(
-    folder: Path, progress_markers: tuple[str, ...], keep_on_interrupt: bool = True
-) -> Iterator[None]:
-    """Remove ``folder`` when the block fails, the folder did not exist before, and no file named in
-    ``progress_markers`` exists below it (no epoch finished): a failed start leaves nothing behind.
-    Failed trials (their results are written) keep it, and so does an interruption unless
-    ``keep_on_interrupt`` is off (a search's folder stays resumable: its trials may be in a remote storage)."""
+def train_folder(folder: Path) -> Iterator[None]:
+    """The folder of one train run (new or empty, or a train run's own: :func:`check_train_folder`), made
+    and locked for this process: a second run with this ``--name`` is refused, naming the one running. A
+    run that fails or is stopped before its first epoch ends removes the folder it made."""
+    check_train_folder(folder)
     existed = folder.exists()
+    make_run_folder(folder)
+    with folder_lock(folder, "train run"):
+        check_train_folder(folder)  # as it is now that it is ours
+        with removed_if_nothing_ran(folder, ("metrics.csv",), keep_on_interrupt=False, existed=existed):
+            yield
+
+
+@contextmanager
+def removed_if_nothing_ran(
+    folder: Path, progress_markers: tuple[str, ...], keep_on_interrupt: bool = True, existed: bool | None = None
+) -> Iterator[None]:
+    """Remove ``folder`` when the block fails, the folder did not exist before (or ``existed`` says so),
+    and no file named in ``progress_markers`` exists below it (no epoch finished): a failed start leaves
+    nothing behind. Failed trials (their results are written) keep it, and so does an interruption unless
+    ``keep_on_interrupt`` is off (a search's folder stays resumable: its trials may be in a remote storage)."""
+    existed = folder.exists() if existed is None else existed
     try:
         yield
     except TrialsFailed:
@@ -158,8 +172,8 @@ def _remove_if_nothing_ran(folder: Path, existed: bool, progress_markers: tuple[
 
 @contextmanager
 def folder_lock(folder: Path, job: str) -> Iterator[None]:
-    """An exclusive lock on a search folder for one process's ``job`` (search, retraining, analysis),
-    released even by SIGKILL: two at once in one folder are refused with the other's pid and job."""
+    """An exclusive lock on a run folder for one process's ``job`` (search, retraining, analysis, train
+    run), released even by SIGKILL: two at once in one folder are refused with the other's pid and job."""
     handle = open(folder / SearchFolder.LOCK, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from fer_tune.data.fer_data import FerData
 from fer_tune.models import create_model, model_info
+from fer_tune.run_folder import folder_lock, train_folder
 from fer_tune.search.space import SearchSpace, paper_point
 from fer_tune.search.space_file import load_search_space
 from fer_tune.search_folder import SearchFolder
@@ -68,8 +69,9 @@ def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: 
     base_dir = folder / "base"
     best = base_dir / "best.pt"
     if (base_dir / "last.pt").is_file():  # trained before, finished or stopped by a Ctrl-C: continue it
-        config, state = resumable_run(base_dir)
-        resume_training(base_dir, config, state, data)
+        with folder_lock(base_dir, "train run"):
+            config, state = resumable_run(base_dir)
+            resume_training(base_dir, config, state, data)
         return best
     config = base_space.train_config(paper_point(base_space))
     config = config.replace(
@@ -81,7 +83,8 @@ def _train_base(space: SearchSpace, data: FerData, opts: SearchOptions, folder: 
         f"({config.epochs} epochs, {config.optimizer}, "
         f"lr {config.lr:g}) into {base_dir}; the per-epoch lines below show how long each epoch takes"
     )
-    run_training(config, data, base_dir)
+    with train_folder(base_dir):
+        run_training(config, data, base_dir)
     return best
 
 

@@ -211,6 +211,11 @@ class Trainer:
         train_loss, train_acc, diverged = self.train_one_epoch()  # ends in a host read: the time is real
         step_time = (time.perf_counter() - start) / self.batches_per_epoch
         self.epoch += 1
+        if not diverged:
+            val_loss, val_acc, val_single, val_f1 = self.validate()
+            # the epoch's last step can leave non-finite weights under a finite training loss: such an
+            # epoch never scores (it would be kept as best.pt with every weight NaN)
+            diverged = not math.isfinite(val_loss) or not self.weights_are_finite()
         if diverged:
             result = EpochResult(
                 self.epoch,
@@ -226,7 +231,6 @@ class Trainer:
                 step_time,
             )
         else:
-            val_loss, val_acc, val_single, val_f1 = self.validate()
             lr = current_lr(self.optimizer)
             if not replaying:
                 step_scheduler(self.scheduler, val_acc)
@@ -247,6 +251,11 @@ class Trainer:
             result.peak_memory_gb = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.history.append(result)
         return result
+
+    def weights_are_finite(self) -> bool:
+        """True when every weight and buffer of the model is finite (one host read)."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     def fit(self, on_epoch: Callable[[Trainer, EpochResult], None] | None = None) -> list[EpochResult]:
         """Run the remaining epochs (resumes after :meth:`load_state_dict`); stops at divergence."""

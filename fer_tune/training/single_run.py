@@ -14,13 +14,7 @@ from fer_tune.data.fer_data import FerData
 from fer_tune.errors import UserError
 from fer_tune.files import ctrl_c_held, write_csv_atomic
 from fer_tune.models import model_info
-from fer_tune.run_folder import (
-    TRAIN_CONFIG_HEADER,
-    check_train_folder,
-    is_train_folder,
-    make_run_folder,
-    removed_if_nothing_ran,
-)
+from fer_tune.run_folder import TRAIN_CONFIG_HEADER, is_train_folder
 from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.training.config import TrainConfig, load_train_config
 from fer_tune.training.engine import EpochResult, Trainer
@@ -54,24 +48,26 @@ def run_training(
     *,
     device: str | None = None,
 ) -> list[EpochResult]:
-    """Train ``config`` on the train split, select on val, write config.yaml, metrics.csv,
-    best.pt (best val accuracy) and last.pt into ``out_dir``."""
-    check_train_folder(out_dir)
+    """Train ``config`` on the train split, select on val, write config.yaml, metrics.csv, best.pt (best val
+    accuracy) and last.pt into ``out_dir`` (its caller holds :func:`~fer_tune.run_folder.train_folder` on it)."""
     base_state = load_base_state(config)
-    with removed_if_nothing_ran(out_dir, ("metrics.csv",), keep_on_interrupt=False):
-        make_run_folder(out_dir)
-        write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"{TRAIN_CONFIG_HEADER}; data: {data.source}\n")
-        return _train_into(config, data, out_dir, base_state, device)
+    write_yaml(out_dir / "config.yaml", config.to_dict(), header=f"{TRAIN_CONFIG_HEADER}; data: {data.source}\n")
+    return _train_into(config, data, out_dir, base_state, device)
 
 
-def resumable_run(folder: Path) -> tuple[TrainConfig, dict]:
-    """The config and last.pt state of the train run in ``folder``, checked before any data are read."""
+def resumable_folder(folder: Path) -> Path:
+    """``folder`` if a fer-tune train run made it; else the ``--resume`` error line."""
     if not is_train_folder(folder):
         raise UserError(
             f"--resume {folder}: not the folder of a fer-tune train run (no config.yaml of fer-tune's); give a "
             "folder under results/train/"
         )
-    config = load_train_config(folder / "config.yaml")
+    return folder
+
+
+def resumable_run(folder: Path) -> tuple[TrainConfig, dict]:
+    """The config and last.pt state of the train run in ``folder``, checked before any data are read."""
+    config = load_train_config(resumable_folder(folder) / "config.yaml")
     if not (folder / "last.pt").is_file():
         raise UserError(f"--resume {folder}: no last.pt, so no epoch of it finished: start a new run instead")
     state = load_checkpoint(folder / "last.pt")
@@ -174,7 +170,7 @@ def _log_epoch(tr: Trainer, result: EpochResult) -> None:
     epochs = tr.config.epochs
     if result.diverged:
         log.info(
-            f"epoch {result.epoch}/{epochs}: loss is not finite: the run diverged "
+            f"epoch {result.epoch}/{epochs}: loss or weights are not finite: the run diverged "
             f"(lr {tr.config.lr:g} is probably too high); stopped"
         )
         return

@@ -1,0 +1,91 @@
+"""Reliability round 4 (issue 45), one test (or table) per class; the classes are the issue's numbers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fer_tune.cli import main
+from fer_tune.run_folder import TRAIN_CONFIG_HEADER, train_folder
+from fer_tune.training.config import TrainConfig
+from fer_tune.training.engine import Trainer
+
+TRAIN = ["train", "--smoke", "--epochs", "1", "--width", "0.0625"]
+
+
+def test_a_second_train_run_with_one_name_is_refused_naming_the_first(tmp_path, tiny_csv, capsys):
+    """Class 1: two `train --name x` at once both exited 0, one run's metrics.csv and best.pt belonging to
+    the other. The second now stops before reading any data, naming the first; the first's folder is
+    untouched, and a run may take the name again once the first is done."""
+    folder = tmp_path / "r" / "train" / "x"
+    argv = TRAIN + ["--data", str(tiny_csv), "--results", str(tmp_path / "r"), "--name", "x"]
+    with train_folder(folder):  # the first run, still training
+        (folder / "config.yaml").write_text(f"{TRAIN_CONFIG_HEADER}; the first run's\n")
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"another train run with this name is running (pid {os.getpid()})" in err, err
+        assert "data" not in capsys.readouterr().out
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", "config.yaml"]
+        assert "the first run's" in (folder / "config.yaml").read_text()
+    assert main(argv) == 0
+    assert (folder / "best.pt").is_file()
+    with train_folder(folder):  # --resume is refused the same way while another run holds the folder
+        assert main(["train", "--resume", str(folder)]) == 2
+        assert "another train run with this name is running" in capsys.readouterr().err
+
+
+def test_a_train_run_that_fails_at_once_leaves_no_folder_even_when_locked(tmp_path, capsys):
+    """The lock's own file does not keep a failed start's folder, nor make the folder someone else's."""
+    out = tmp_path / "r"
+    assert main(TRAIN + ["--data", str(tmp_path / "missing.csv"), "--results", str(out), "--name", "y"]) == 2
+    assert not (out / "train" / "y").exists()
+    (out / "train" / "z").mkdir(parents=True)
+    (out / "train" / "z" / ".lock").write_text("pid 1\ntrain run")  # left by a run killed before its first epoch
+    with train_folder(out / "train" / "z"):
+        pass
+
+
+def _poison_the_last_step(trainer: Trainer) -> None:
+    """After the epoch's last optimizer step, one weight becomes NaN: the training loss stays finite."""
+    steps = {"n": 0}
+
+    def hook(optimizer, args, kwargs):
+        steps["n"] += 1
+        if steps["n"] == trainer.batches_per_epoch:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    trainer.optimizer.register_step_post_hook(hook)
+
+
+def test_an_epoch_that_ends_in_non_finite_weights_is_a_divergence(tiny_data):
+    """Class 5: `train --lr 1000` kept an epoch with `val loss nan` as best (every weight NaN) and exited 0.
+    An epoch whose loss or weights are not finite never scores."""
+    config = TrainConfig(model="vgg", width=0.0625, batch_size=32, epochs=2, optimizer="sgd_nesterov", lr=0.01)
+    trainer = Trainer(config, tiny_data.role("train"), tiny_data.role("val"))
+    _poison_the_last_step(trainer)
+    result = trainer.step_epoch()
+    assert result.diverged and result.val_acc == 0.0
+    assert trainer.best_val_acc < 0  # nothing scored
+
+
+def test_a_train_run_whose_only_epoch_ends_in_nan_weights_keeps_no_model(tmp_path, tiny_csv, monkeypatch, capsys):
+    """Class 5 through the command: the documented "diverged before any epoch scored" error, no best.pt."""
+    original = Trainer.fit
+
+    def fit(self, on_epoch=None):
+        _poison_the_last_step(self)
+        return original(self, on_epoch)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    argv = TRAIN + ["--data", str(tiny_csv), "--results", str(tmp_path / "r"), "--name", "nan"]
+    assert main(argv) == 2
+    assert "diverged at epoch 1 before any epoch scored, so no model was kept" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "train" / "nan" / "best.pt").exists()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__])
