@@ -18,8 +18,10 @@ FILE_MODE = 0o644  # a new result file: readable by others, as open() would make
 
 
 def cache_dir() -> Path:
-    """fer-tune's cache folder: ``$XDG_CACHE_HOME/fer-tune``, else ``~/.cache/fer-tune``."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-tune"
+    """fer-tune's cache folder: ``$XDG_CACHE_HOME/fer-tune``, else ``~/.cache/fer-tune`` (an empty or
+    relative ``XDG_CACHE_HOME`` is ignored, as the XDG Base Directory spec says)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "fer-tune"
 
 
 def check_creatable(path: str | os.PathLike, option: str) -> Path:

@@ -89,3 +89,56 @@ def test_a_train_run_whose_only_epoch_ends_in_nan_weights_keeps_no_model(tmp_pat
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+def test_a_damaged_cache_is_rebuilt_never_fatal(tmp_path, tiny_csv, caplog):
+    """Class 3: a truncated `<csv>.fer-tune.npz` gave zipfile.BadZipFile on every later run."""
+    from fer_tune.data.fer2013 import cache_path_for, file_md5, load_fer
+
+    csv = tmp_path / "faces.csv"
+    csv.write_bytes(tiny_csv.read_bytes())
+    first = load_fer(csv)
+    cache = cache_path_for(csv)
+    cache.write_bytes(cache.read_bytes()[:1000])  # a cut-off copy, a full disk's partial write
+    caplog.set_level("INFO", logger="fer_tune")
+    assert file_md5(csv) == first.content_md5
+    again = load_fer(csv)
+    assert (again.images == first.images).all() and again.content_md5 == first.content_md5
+    assert f"note: {cache}: a damaged cache (BadZipFile); reading the data file again" in caplog.text
+    caplog.clear()
+    load_fer(csv)  # rebuilt whole: read from the cache without a note
+    assert "damaged" not in caplog.text
+
+
+def test_a_cache_that_cannot_be_written_leaves_no_temporary_file(tmp_path, tiny_csv):
+    """Class 3: one 229 KB temporary file was left per run when the cache's path is a folder."""
+    from fer_tune.data.fer2013 import cache_path_for, load_fer
+
+    csv = tmp_path / "faces.csv"
+    csv.write_bytes(tiny_csv.read_bytes())
+    cache_path_for(csv).mkdir()
+    for _ in range(2):
+        assert len(load_fer(csv).labels) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces.csv", cache_path_for(csv).name]
+    assert list(cache_path_for(csv).iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["", "relative/cache"])
+def test_an_empty_or_relative_xdg_cache_home_is_ignored(value, tmp_path, monkeypatch):
+    """Class 3: XDG_CACHE_HOME="" put the cache in ./fer-tune/; the XDG spec says to ignore it."""
+    from fer_tune.files import cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "fer-tune"
+
+
+def test_a_demo_cache_that_cannot_be_written_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """Class 2: a read-only (here: unusable) ~/.cache for the demo CSV ended in a traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert main(TRAIN + ["--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {blocker}/fer-tune/demo-"), err
+    assert "cannot write the demo faces there (Not a directory); set XDG_CACHE_HOME" in err

@@ -9,7 +9,6 @@ and the class distributions overlap, so a model must learn the shapes to score w
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import numpy as np
 
 from fer_tune import EMOTIONS
 from fer_tune.data.fer_data import IMAGE_SIZE, OFFICIAL_SPLITS
-from fer_tune.files import cache_dir
+from fer_tune.errors import UserError, os_cause
+from fer_tune.files import cache_dir, write_text_atomic
 
 # mouth curve (+ = smile), mouth opening, brow slope (+ = inner ends down), brow raise, eye opening
 _EXPRESSIONS: dict[str, tuple[float, float, float, float, float]] = {
@@ -90,13 +90,7 @@ def write_demo_csv(path: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> Path
         images = draw_faces(labels, rng).reshape(len(labels), -1)
         pixel_text = [" ".join(map(str, row)) for row in images.tolist()]
         lines += [f"{label},{pixels},{usage}" for label, pixels in zip(labels.tolist(), pixel_text)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 SMOKE_DEMO = DemoSpec(train_per_class=100, val_per_class=25, test_per_class=25)  # what --smoke runs on
@@ -108,5 +102,11 @@ def default_demo_csv(spec: DemoSpec = DemoSpec()) -> Path:
     name = f"demo-{spec.train_per_class}-{spec.val_per_class}-{spec.test_per_class}-s{spec.seed}.csv"
     path = root / name
     if not path.is_file():
-        write_demo_csv(path, spec)
+        try:
+            write_demo_csv(path, spec)
+        except OSError as exc:
+            raise UserError(
+                f"{path}: cannot write the demo faces there ({os_cause(exc)}); set XDG_CACHE_HOME to a folder you "
+                "may write, or give --data PATH"
+            ) from None
     return path

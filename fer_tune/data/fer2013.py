@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,8 @@ from fer_tune.data.compact import COMPACT_SUFFIX, read_compact
 from fer_tune.data.csv_layout import _read_csv_layout, content_md5
 from fer_tune.data.fer_data import CACHE_VERSION, FerData
 from fer_tune.data.image_folder import _read_image_folder
-from fer_tune.errors import UserError
-from fer_tune.files import cache_dir
+from fer_tune.errors import UserError, os_cause
+from fer_tune.files import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -90,58 +90,70 @@ def _fingerprint(path: Path) -> str:
 def _cached(path: Path, reader, use_cache: bool) -> FerData:
     cache = cache_path_for(path)
     key = _fingerprint(path)
-    if use_cache and cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                if str(z["key"]) == key:
-                    return FerData(
-                        images=z["images"],
-                        labels=z["labels"],
-                        usage=z["usage"],
-                        split_names=tuple(str(s) for s in z["split_names"]),
-                        roles=json.loads(str(z["roles"])),
-                        source=str(path),
-                        notes=tuple(str(s) for s in z["notes"]),
-                        content_md5=str(z["md5"]) if "md5" in z.files else "",
-                    )
-        except (OSError, ValueError, KeyError):
-            pass  # a stale or damaged cache is rebuilt below
+    if use_cache:
+        z = _read_cache(cache)
+        if z is not None and z.get("key") == key:
+            return FerData(
+                images=z["images"],
+                labels=z["labels"],
+                usage=z["usage"],
+                split_names=tuple(str(s) for s in z["split_names"]),
+                roles=json.loads(str(z["roles"])),
+                source=str(path),
+                notes=tuple(str(s) for s in z["notes"]),
+                content_md5=str(z.get("md5", "")),
+            )
     data = reader(path)
     if use_cache:
         _write_cache(cache, key, data)
     return data
 
 
+def _read_cache(cache: Path) -> dict | None:
+    """The arrays of the cache file ``cache``; None when there is none, or it is not one fer-tune wrote
+    whole (truncated, a folder, junk: a line says so, and the data are read again)."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        arrays = {name: str(a) if a.ndim == 0 and a.dtype.kind == "U" else a for name, a in arrays.items()}
+        if not isinstance(arrays.get("key"), str):
+            raise KeyError("key")
+        return arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.info(f"note: {cache}: a damaged cache ({type(exc).__name__}); reading the data file again")
+        return None
+
+
 def file_md5(path: Path) -> str:
     """The md5 of a data file's (decompressed) content: the one the loader hashed while it read the file,
     from its cache when that is fresh, else read again."""
-    cache = cache_path_for(path)
-    if cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                if str(z["key"]) == _fingerprint(path) and "md5" in z.files and str(z["md5"]):
-                    return str(z["md5"])
-        except (OSError, ValueError, KeyError):
-            pass
+    z = _read_cache(cache_path_for(path))
+    if z is not None and z.get("key") == _fingerprint(path) and z.get("md5"):
+        return str(z["md5"])
     return content_md5(path)
 
 
 def _write_cache(cache: Path, key: str, data: FerData) -> None:
+    """Cache ``data``'s arrays under ``key``, atomically; a cache that cannot be written (read-only, full,
+    a folder in its place) is skipped, leaving no temporary file: it only costs a slower next load."""
+    arrays = dict(
+        key=np.array(key),
+        images=data.images,
+        labels=data.labels,
+        usage=data.usage,
+        split_names=np.array(data.split_names),
+        roles=np.array(json.dumps(data.roles)),
+        notes=np.array(data.notes, dtype=str),
+        md5=np.array(data.content_md5),
+    )
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp.npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                key=np.array(key),
-                images=data.images,
-                labels=data.labels,
-                usage=data.usage,
-                split_names=np.array(data.split_names),
-                roles=np.array(json.dumps(data.roles)),
-                notes=np.array(data.notes, dtype=str),
-                md5=np.array(data.content_md5),
-            )
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # caching is an optimisation; a read-only disk only costs a slower next load
+        write_atomic(cache, write)
+    except OSError as exc:
+        log.debug(f"{cache}: not cached ({os_cause(exc)})")
