@@ -97,6 +97,10 @@ def _cmd_search(argv: list[str]) -> int:
 
         analyze(folder)
         return 0
+    if args.retrain or args.search:  # an unreachable cluster: before any data is read or folder made
+        from fer_tune.search.ray_setup import check_head_answers, ray_address
+
+        check_head_answers(ray_address())
     from fer_tune.pipeline import retrain_and_report, search_to_report
 
     if args.retrain:

@@ -142,3 +142,43 @@ def test_a_demo_cache_that_cannot_be_written_is_one_error_line(tmp_path, monkeyp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {blocker}/fer-tune/demo-"), err
     assert "cannot write the demo faces there (Not a directory); set XDG_CACHE_HOME" in err
+
+
+@pytest.fixture
+def plain_http_server():
+    """A port where a plain HTTP/1 server answers (not gRPC: not a Ray head)."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # its request lines are not fer-tune's output
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_unreachable_ray_address_is_one_line_within_30_s(tmp_path, plain_http_server, monkeypatch, capsys):
+    """Class 4: RAY_ADDRESS=127.0.0.1:1, or a port with a plain HTTP server, hung for ever in ray.init."""
+    import socket
+    import time
+
+    from fer_tune.search.ray_setup import check_head_answers
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    for address in (closed, plain_http_server):
+        with pytest.raises(Exception, match=f"RAY_ADDRESS={address}: cannot join the Ray cluster there"):
+            check_head_answers(address, timeout_s=1)
+    monkeypatch.setenv("RAY_ADDRESS", plain_http_server)
+    started = time.monotonic()
+    assert main(["--search", "vgg", "--smoke", "--results", str(tmp_path / "r")]) == 2
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot join the Ray cluster there (nothing answered" in err, err
+    assert not (tmp_path / "r").exists()

@@ -44,9 +44,10 @@ def ray_session(keep: bool = False) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    address = os.environ.get("RAY_ADDRESS")
+    address = ray_address()
     if not address:
         local_ray_on_loopback()  # a laptop's search opens no port to its network
+    check_head_answers(address)
     try:
         with sigterm_kept_across():  # ray.init sets a SIGTERM handler that prints a crash report and exits
             ray.init(
@@ -72,14 +73,48 @@ def ray_session(keep: bool = False) -> Iterator[None]:
             ray.shutdown()
 
 
-def connection_problem(address: str, exc: BaseException) -> str:
+def ray_address() -> str | None:
+    """The cluster the driver joins (``RAY_ADDRESS``); None: a local Ray."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+HEAD_ANSWER_TIMEOUT_S = 10.0  # ray.init waits forever for a head that does not answer: fer-tune asks first
+
+
+def check_head_answers(address: str | None, timeout_s: float = HEAD_ANSWER_TIMEOUT_S) -> None:
+    """A ``host:port`` in ``RAY_ADDRESS`` must answer gRPC's standard health check (Ray's GCS serves it)
+    within ``timeout_s``; else the "cannot join" line: nothing listening, a firewall, or another kind of
+    server there (ray.init would wait for ever). Other forms (``auto``, ``ray://``, TLS) are Ray's to check."""
+    if not address or "://" in address or address == "auto" or os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):
+        return
+    import grpc
+
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")  # an empty request: the whole server
+        check(b"", timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        why = f"nothing answered there as a Ray head within {timeout_s:g} s"
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return  # a head that asks for a token: ray.init says so
+        why = f"the server there is not a Ray head: {exc.code().name.lower()}, {exc.details()}"
+    else:
+        return
+    finally:
+        channel.close()
+    raise UserError(connection_problem(address, ConnectionError(why), auth_hint=False))
+
+
+def connection_problem(address: str, exc: BaseException, auth_hint: bool = True) -> str:
     """One line: why the driver could not join the cluster at ``address``, and what to set."""
     lines = str(exc).strip().splitlines()
     first = (lines[0] if lines else type(exc).__name__).split(". Ensure")[0]
     said = f"{exc} {exc.__cause__ or ''}"
     token = (
         ""
-        if os.environ.get("RAY_AUTH_MODE") == "token" and "uthenticat" not in said
+        if not auth_hint or (os.environ.get("RAY_AUTH_MODE") == "token" and "uthenticat" not in said)
         else "; a cluster started by `ray start` may use token authentication: set RAY_AUTH_MODE=token and copy "
         "the head node's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN)"
     )
