@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from fer_tune.compat import LOOPBACK_ENV
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # Ray's CLI of this interpreter: no `ray` on PATH needed (no venv)
 FAST_GIVE_UP = {"RAY_NUM_REDIS_GET_RETRIES": "3"}  # a refused driver gives up after 3 tries, not 20
 SPACE = """
     model: vgg
@@ -73,11 +75,11 @@ class TwoNodes:
         }
         self.env.pop("RAY_AUTH_TOKEN", None)
         self.env.pop(LOOPBACK_ENV, None)  # set by any earlier test that started a local Ray: it forbids a worker node
-        subprocess.run([*self.ns, "ray", "get-auth-token", "--generate"], env=self.env, capture_output=True, check=True)
+        subprocess.run([*self.ns, *RAY, "get-auth-token", "--generate"], env=self.env, capture_output=True, check=True)
         common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--block"]
         self.head = self._start(
             [
-                "ray",
+                *RAY,
                 "start",
                 "--head",
                 "--node-ip-address=127.0.0.1",
@@ -88,7 +90,8 @@ class TwoNodes:
             ]
         )
         self._wait_for_log(0, "Ray runtime started")
-        hide = f"mount -t tmpfs tmpfs {hidden} && exec ray start --address=127.0.0.1:{self.port} {' '.join(common)}"
+        ray = shlex.join(RAY)
+        hide = f"mount -t tmpfs tmpfs {hidden} && exec {ray} start --address=127.0.0.1:{self.port} {' '.join(common)}"
         self.worker = self._start(["unshare", "-m", "--propagation", "private", "sh", "-c", hide])
         self._wait_for_log(1, "Ray runtime started")
         self._wait_for_nodes(2)
