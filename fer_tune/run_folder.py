@@ -132,42 +132,54 @@ def clear_search_outputs(folder: Path) -> list[str]:
 def train_folder(folder: Path) -> Iterator[None]:
     """The folder of one train run (new or empty, or a train run's own: :func:`check_train_folder`), made
     and locked for this process: a second run with this ``--name`` is refused, naming the one running. A
-    run that fails or is stopped before its first epoch ends removes the folder it made."""
+    run that fails or is stopped before its first epoch ends removes the folders it made."""
     check_train_folder(folder)
-    existed = folder.exists()
+    made = missing_folders(folder)
     make_run_folder(folder)
     with folder_lock(folder, "train run"):
         check_train_folder(folder)  # as it is now that it is ours
-        with removed_if_nothing_ran(folder, ("metrics.csv",), keep_on_interrupt=False, existed=existed):
+        with removed_if_nothing_ran(folder, ("metrics.csv",), keep_on_interrupt=False, made=made):
             yield
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
 
 
 @contextmanager
 def removed_if_nothing_ran(
-    folder: Path, progress_markers: tuple[str, ...], keep_on_interrupt: bool = True, existed: bool | None = None
+    folder: Path, progress_markers: tuple[str, ...], keep_on_interrupt: bool = True, made: list[Path] | None = None
 ) -> Iterator[None]:
-    """Remove ``folder`` when the block fails, the folder did not exist before (or ``existed`` says so),
-    and no file named in ``progress_markers`` exists below it (no epoch finished): a failed start leaves
-    nothing behind. Failed trials (their results are written) keep it, and so does an interruption unless
+    """Remove ``folder`` and the parents the run made (``made``, default: those missing now; a parent only
+    while empty) when the block fails, the folder did not exist before, and no file named in
+    ``progress_markers`` exists below it (no epoch finished): a failed start leaves nothing behind.
+    Failed trials (their results are written) keep it, and so does an interruption unless
     ``keep_on_interrupt`` is off (a search's folder stays resumable: its trials may be in a remote storage)."""
-    existed = folder.exists() if existed is None else existed
+    made = missing_folders(folder) if made is None else made
     try:
         yield
     except TrialsFailed:
         raise
     except KeyboardInterrupt:
         if not keep_on_interrupt:
-            _remove_if_nothing_ran(folder, existed, progress_markers)
+            _remove_if_nothing_ran(folder, made, progress_markers)
         raise
     except BaseException:
-        _remove_if_nothing_ran(folder, existed, progress_markers)
+        _remove_if_nothing_ran(folder, made, progress_markers)
         raise
 
 
-def _remove_if_nothing_ran(folder: Path, existed: bool, progress_markers: tuple[str, ...]) -> None:
+def _remove_if_nothing_ran(folder: Path, made: list[Path], progress_markers: tuple[str, ...]) -> None:
     ran = any(next(folder.rglob(marker), None) for marker in progress_markers) if folder.is_dir() else False
-    if not existed and folder.is_dir() and not ran:
-        shutil.rmtree(folder, ignore_errors=True)
+    if folder not in made or not folder.is_dir() or ran:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in made[1:]:  # another run may have put its folder there since: only empty ones go
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 @contextmanager
