@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+import pytest
 from md_tables import table_rows
 
 from fer_tune.manifest import SearchManifest
@@ -60,6 +61,7 @@ def _built_search(folder: Path, scores: list[float]) -> None:
     ).to_csv(folder / "trials.csv", index=False)
 
 
+@pytest.mark.slow
 def test_importances_name_the_knob_that_moves_the_score(tmp_path):
     """The score follows lr alone: fANOVA and PED-ANOVA rank lr first, importance.csv holds it, and
     the leaderboard's column reads it."""

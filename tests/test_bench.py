@@ -186,6 +186,7 @@ def test_search_quality_ratio_is_of_the_means_with_an_interval_paired_by_seed():
     assert low < ratio < high and 0.77 < low and high < 0.83, (ratio, low, high)
 
 
+@pytest.mark.slow
 def test_search_quality_csv_may_replace_only_its_own_file(tmp_path):
     bench = _bench_module("bench_search_quality")
     mine = tmp_path / "per_seed.csv"

@@ -15,6 +15,7 @@ from fer_tune.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_train_writes_config_metrics_and_checkpoints(tiny_csv, tmp_path, capsys):
     rc = main(
         [
@@ -50,6 +51,7 @@ def test_train_writes_config_metrics_and_checkpoints(tiny_csv, tmp_path, capsys)
     assert (run / "confusion_PrivateTest.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_transfer_train_reports_what_was_loaded(tiny_csv, tmp_path, capsys):
     main(
         [
@@ -94,6 +96,7 @@ def test_transfer_train_reports_what_was_loaded(tiny_csv, tmp_path, capsys):
     assert "transfer: loaded" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_config_round_trip_and_smoke(tiny_csv, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("model: vgg_spinal\noptimizer: ranger21\nscheduler: none\nlr: 1e-3\nfreeze: true\n")

@@ -4,6 +4,7 @@ a test that fails loudly, naming what changed, on a version that moved it."""
 from __future__ import annotations
 
 import optuna
+import pytest
 import ray._private.worker as ray_worker
 from ray.tune.search.optuna import OptunaSearch
 
@@ -30,6 +31,7 @@ def test_ranger21_step_is_still_the_source_the_fix_was_written_for():
     assert callable(compat.ranger21_reference_step())
 
 
+@pytest.mark.slow
 def test_tune_still_catches_ctrl_c_and_puts_back_the_handler_it_found(ray_local, tmp_path):
     """``tune_ctrl_c`` tells an interrupted ``Tuner.fit()`` from a finished one by the handler Tune puts back."""
     import signal

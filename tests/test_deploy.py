@@ -114,6 +114,7 @@ def test_predict_writes_a_row_per_face_and_per_unreadable_file(tmp_path, capsys,
     assert re.search(r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left ~\d:\d\d:\d\d\] predict: 11/12 files", printed), printed
 
 
+@pytest.mark.slow
 def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data, capsys):
     """The same faces through predict (as PNG files) and through the scoring path give the same
     probabilities: one set of evaluation views, ten-crop and single; and so does the checkpoint's ONNX
@@ -150,6 +151,7 @@ def test_predict_computes_what_evaluate_scored(tmp_path, tiny_data, capsys):
     assert "was exported with ten-crop views" in _one_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_predict_finds_real_faces_pasted_into_a_photo(tmp_path, real_csv, capsys):
     """Real FER2013 faces (PublicTest), enlarged 3x and pasted two to a 640x360 'photo', and the same
     photo as video frames: the bundled detector finds most of them (measured: 78% of single pasted
@@ -248,6 +250,7 @@ def test_predict_refuses_bad_input_before_anything(tmp_path, capsys, case):
         ("vit_l32_spinal", "onnx", "ten"),
     ],
 )
+@pytest.mark.slow
 def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, monkeypatch, model, fmt, crops, tiny_vit_folder):
     """Each family exports (ViT with a one-layer stand-in for size: the same code path, the upscale to
     224 inside the graph; EfficientNetV2-S at a quarter of its depth and channels: the same kinds of
@@ -299,6 +302,7 @@ def test_export_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, monkeypatch,
     assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_that_does_not_match_pytorch_writes_nothing(tmp_path, capsys, monkeypatch):
     """A parity failure is an error (exit 1) and leaves no file; an existing file fer-tune did not
     export is never replaced."""

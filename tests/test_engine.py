@@ -14,6 +14,7 @@ SMALL = dict(model="vgg", width=0.125, batch_size=32)
 NARROW = dict(SMALL, width=0.0625)  # for checks that do not depend on how much the model learns
 
 
+@pytest.mark.slow
 def test_short_training_on_demo_data_beats_chance_widely(learn_csv):
     """Four epochs on the demo faces: twice chance (the real-data test shows learning on FER2013).
 
@@ -44,6 +45,7 @@ def test_divergence_is_detected_at_the_first_non_finite_loss(tiny_data):
     assert math.isnan(history[-1].train_loss)
 
 
+@pytest.mark.slow
 def test_resume_from_state_continues_exactly(chain_data):
     config = TrainConfig(**NARROW, epochs=3, seed=1, optimizer="adam", lr=1e-3, scheduler="cosine")
     straight = Trainer(config, chain_data.role("train"), chain_data.role("val"))

@@ -90,6 +90,7 @@ def reductions(request) -> dict:
     "family, one_launch",
     [("vgg_spinal", False), ("effnetv2s", False), ("vit", False), ("vgg_spinal", True), ("vit", True)],
 )
+@pytest.mark.slow
 def test_fused_ranger21_gives_the_reference_parameters_after_50_steps(family, one_launch, tiny_vit_folder):
     reductions = {"one_launch": one_launch}
     torch.manual_seed(0)
@@ -149,6 +150,7 @@ def test_a_checkpoint_of_the_package_step_resumes_in_the_fused_one(reductions, t
     assert all(mine[0][k].shape == theirs[0][k].shape for k in theirs[0] if k != "step")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["vgg_spinal", "effnetv2s"])
 @pytest.mark.parametrize("name", ["ranger", "ranger21"])
 def test_a_fused_step_is_a_few_dozen_operations_whatever_the_model(family, name, tiny_vit_folder):

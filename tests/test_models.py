@@ -76,6 +76,7 @@ def test_effnet_features_and_spinal_widths():
     assert _linear_shapes(swish.backbone.classifier) == [(1792, 7)]
 
 
+@pytest.mark.slow
 def test_vit_l32_config_and_spinal_widths():
     model = create_model("vit_l32_spinal")
     cfg = model.backbone.config
@@ -113,6 +114,7 @@ def test_vit_forward_backward_small_config():
     assert model.backbone.embeddings.patch_embeddings.projection.weight.grad is not None
 
 
+@pytest.mark.slow
 def test_vit_l32_full_forward_on_one_image():
     model = create_model("vit_l32").eval()
     with torch.no_grad():

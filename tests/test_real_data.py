@@ -13,6 +13,8 @@ from fer_tune.data.fer_data import CANONICAL_MD5
 from fer_tune.training.config import TrainConfig
 from fer_tune.training.engine import Trainer
 
+pytestmark = pytest.mark.slow  # real FER2013: epochs over thousands of faces
+
 
 def test_paper_vgg_recipe_learns_real_fer2013(real_csv):
     """A width-1/16 VGGNet, the paper's recipe (ten-crop augmentation, SGD-Nesterov lr 0.01,

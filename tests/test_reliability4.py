@@ -162,6 +162,7 @@ def plain_http_server():
     server.server_close()
 
 
+@pytest.mark.slow
 def test_an_unreachable_ray_address_is_one_line_within_30_s(tmp_path, plain_http_server, monkeypatch, capsys):
     """Class 4: RAY_ADDRESS=127.0.0.1:1, or a port with a plain HTTP server, hung for ever in ray.init."""
     import socket

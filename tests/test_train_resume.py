@@ -58,6 +58,7 @@ def stopped(chain_csv, tmp_path_factory) -> Path:
     return results / "train" / "cut"
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_says_how_to_continue_and_resume_reaches_the_uninterrupted_numbers(
     chain_csv, tmp_path, capsys, monkeypatch
 ):
@@ -135,6 +136,7 @@ def test_resume_mistakes_give_one_error_line_and_train_nothing(stopped, extra, p
         assert (run / "metrics.csv").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_search_continues_its_half_trained_base_rather_than_taking_it(chain_csv, tmp_path, capsys):
     """Before, a base stopped after epoch 1 had a best.pt, and the next start took it as the finished base."""
     space = load_search_space("vgg_spinal").for_smoke()

@@ -256,6 +256,7 @@ def _train_walk(config: TrainConfig, data) -> tuple[list[torch.Tensor], list[flo
     return trainable, [r.lr for r in trainer.history]
 
 
+@pytest.mark.slow
 def test_every_sampled_knob_of_every_space_changes_training(knob_data):
     """Each key of each search space, walked through the trial's config (``SearchSpace.train_config``):
     two values must train differently. Model-independent knobs (optimizer, scheduler, freeze, lr,
@@ -378,6 +379,7 @@ def test_train_refuses_a_base_of_another_activation(tmp_path):
 # ------------------------------------------------------------ 4. protocols and metrics as named
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["plateau", "cosine"])
 def test_trainval_refit_repeats_the_selected_trajectory(tiny_data, scheduler):
     config = TrainConfig(
