@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_console()
     try:
+        check_working_folder()
         with sigterm_as_ctrl_c():  # a scheduler's stop is a Ctrl-C: the same command continues
             return _dispatch(argv)
     except UserError as exc:
@@ -52,6 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         how = str(exc) if isinstance(exc, Interrupted) else "run the same command again to continue where it stopped"
         print(f"interrupted; {how}", file=sys.stderr)
         return 130
+
+
+def check_working_folder() -> None:
+    """The current folder still exists (every relative path is read against it): else one error line,
+    before torch or Ray is imported."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UserError(
+            f"the current folder {os.environ.get('PWD', '')} no longer exists (deleted or moved); cd to a folder that "
+            "exists and run the command again"
+        ) from None
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -74,4 +76,36 @@ def read_manifest(folder: Path) -> SearchManifest | None:
     known = {f.name for f in dataclasses.fields(SearchManifest)}
     if not isinstance(values, dict) or values.get("kind") != KIND or not {"name", "space", "model"} <= set(values):
         raise UserError(f"{path}: not a fer-tune search manifest; was it edited? restore it or start over with --fresh")
+    for key, value in values.items():
+        if key in known and not _fits(value, MANIFEST_TYPES[key]):
+            raise UserError(
+                f"{path}: {key} = {value!r} is not what fer-tune writes there ({_describe(MANIFEST_TYPES[key])}); the "
+                "manifest was edited: restore it, or start over with --fresh"
+            )
     return SearchManifest(**{k: v for k, v in values.items() if k in known})
+
+
+MANIFEST_TYPES = typing.get_type_hints(SearchManifest)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """``value`` (read from YAML) is of the type ``hint`` names (str, bool, int, float, dict, ``X | None``)."""
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` in words: "a mapping", "text or nothing", ..."""
+    words = {str: "text", bool: "true or false", int: "a whole number", float: "a number", dict: "a mapping"}
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    said = [words.get(typing.get_origin(a) or a, str(a)) for a in args if a is not type(None)]
+    return " or ".join(said) + (" or nothing" if type(None) in args else "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +185,72 @@ def test_an_unreachable_ray_address_is_one_line_within_30_s(tmp_path, plain_http
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot join the Ray cluster there (nothing answered" in err, err
     assert not (tmp_path / "r").exists()
+
+
+EDITED_MANIFESTS = [
+    ("budget: [1, 2]", lambda text: re.sub(r"^budget:\n(  .*\n)+", "budget: [1, 2]\n", text, flags=re.M), "budget"),
+    ("seed: two", lambda text: re.sub(r"^seed: .*$", "seed: two", text, flags=re.M), "seed = 'two'"),
+    (
+        "data_md5 edited",
+        lambda text: re.sub(r"^data_md5: .*$", "data_md5: 0123456789abcdef0123456789abcdef", text, flags=re.M),
+        "records data",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,edit,expect", EDITED_MANIFESTS, ids=[c[0] for c in EDITED_MANIFESTS])
+def test_a_hand_edited_manifest_is_named_as_such(tmp_path, tiny_csv, capsys, case, edit, expect):
+    """Class 6: `budget: [1, 2]` was accepted; an edited data_md5 advised `--data` with the very file it had
+    just rejected. Both now say the manifest does not match what fer-tune wrote or what it records."""
+    from test_reliability3 import _made_search
+
+    space, folder = _made_search(tmp_path, tiny_csv)
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(edit(manifest.read_text()))
+    before = manifest.read_text()
+    assert main(["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {manifest}: ") and len(err.splitlines()) == 1, err
+    assert expect in err and ("was edited" in err or "does not match what it records" in err), err
+    assert f"give --data {tiny_csv}" not in err
+    assert manifest.read_text() == before
+
+
+def test_an_ensemble_member_that_is_an_ensemble_file_is_named_with_its_number(tmp_path, tiny_csv, capsys):
+    """Class 6: an ensemble file listing another ensemble file as a member."""
+    from fer_tune.training.ensemble_model import ENSEMBLE_KIND
+    from fer_tune.yaml_files import write_yaml
+
+    inner = write_yaml(tmp_path / "inner.yaml", {"kind": ENSEMBLE_KIND, "members": []})
+    outer = write_yaml(
+        tmp_path / "outer.yaml",
+        {
+            "kind": ENSEMBLE_KIND,
+            "members": [{"checkpoint": "a.pt", "weight": 1.0}, {"checkpoint": inner.name, "weight": 1.0}],
+        },
+    )
+    (tmp_path / "a.pt").write_bytes(b"")
+    assert main(["evaluate", "--checkpoint", str(outer), "--data", str(tiny_csv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"member 2's checkpoint {inner} is itself an ensemble file" in err, err
+
+
+def test_a_deleted_working_folder_is_named_before_torch_is_imported(tmp_path):
+    """Class 6: run from a folder that was deleted, every command ended in a traceback."""
+    import subprocess
+    import sys
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = (
+        "import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); from fer_tune.cli import main; "
+        "rc = main(['data', 'x.csv']); assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)"
+    )
+    env = {**os.environ, "PWD": str(gone), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code, str(gone)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"error: the current folder {gone} no longer exists (deleted or moved); cd to a folder that exists and run "
+        "the command again"
+    )

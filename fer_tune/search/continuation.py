@@ -100,4 +100,11 @@ def _check_same_data(folder: Path, old: SearchManifest, data: FerData, fix: str)
     """The data's md5 against the one the manifest recorded (when both are known)."""
     md5 = data_md5(data)
     if old.data_md5 and md5 and old.data_md5 != md5:
+        if old.data and Path(old.data).resolve() == Path(data.source).resolve():  # the very file it records
+            raise UserError(
+                f"{folder / SearchFolder.MANIFEST}: records data {old.data} with content md5 {old.data_md5}, but that "
+                f"file's content is now md5 {md5}: the manifest does not match what it records (edited?) or the file "
+                "changed since the search; restore the manifest or put back the file the search ran on, or --fresh "
+                "to start over"
+            )
         raise _refuse(folder, "data of md5", f"{old.data_md5} ({old.data})", f"{md5} ({data.source})", fix)

@@ -56,6 +56,11 @@ def read_ensemble(path: str | Path) -> dict[str, Any]:
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
             raise UserError(f"{path}: member {i} weight = {weight!r} is not allowed; use a number above 0")
         checkpoint = path.parent / member["checkpoint"]
+        if is_ensemble_file(checkpoint):
+            raise UserError(
+                f"{path}: member {i}'s checkpoint {checkpoint} is itself an ensemble file; a member is one trained "
+                "checkpoint (.pt): list that file's members in its place, or re-create the file with --retrain"
+            )
         if not checkpoint.is_file():
             raise UserError(f"{path}: member {i}'s checkpoint {checkpoint} is not there; re-create it with --retrain")
         member["path"] = checkpoint
