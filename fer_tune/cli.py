@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from fer_tune.cli_options import (
 )
 from fer_tune.console import configure_console
 from fer_tune.errors import Interrupted, TrialsFailed, UserError
-from fer_tune.files import check_creatable
+from fer_tune.files import check_creatable, check_working_folder
 from fer_tune.run_folder import check_run_name, folder_lock, train_folder
 from fer_tune.sigterm import sigterm_as_ctrl_c
 
@@ -54,18 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         how = str(exc) if isinstance(exc, Interrupted) else "run the same command again to continue where it stopped"
         print(f"interrupted; {how}", file=sys.stderr)
         return 130
-
-
-def check_working_folder() -> None:
-    """The current folder still exists (every relative path is read against it): else one error line,
-    before torch or Ray is imported."""
-    try:
-        os.getcwd()
-    except FileNotFoundError:
-        raise UserError(
-            f"the current folder {os.environ.get('PWD', '')} no longer exists (deleted or moved); cd to a folder that "
-            "exists and run the command again"
-        ) from None
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -217,14 +204,8 @@ def _cmd_train(argv: list[str]) -> int:
 
 def _cmd_train_resume(args: argparse.Namespace) -> int:
     from fer_tune.data.fer2013 import load_run_data
+    from fer_tune.training import single_run as run
     from fer_tune.training.device import pick_device
-    from fer_tune.training.single_run import (
-        how_to_continue,
-        recorded_data,
-        resumable_folder,
-        resumable_run,
-        resume_training,
-    )
 
     extra = [k for k, v in vars(args).items() if k not in RESUME_TAKES and v not in (None, False)]
     if extra:
@@ -235,12 +216,12 @@ def _cmd_train_resume(args: argparse.Namespace) -> int:
     pick_device(args.device)
     folder = Path(args.resume)
     try:
-        with folder_lock(resumable_folder(folder), "train run"):
-            config, state = resumable_run(folder)  # before the data are read
-            data = load_run_data(args.data or recorded_data(state, folder), False)
-            resume_training(folder, config, state, data, device=args.device)
+        with folder_lock(run.resumable_folder(folder), "train run"):
+            config, state = run.resumable_run(folder)  # before the data are read
+            data = load_run_data(args.data or run.recorded_data(state, folder), False)
+            run.resume_training(folder, config, state, data, device=args.device)
     except KeyboardInterrupt:
-        raise Interrupted(how_to_continue(folder)) from None
+        raise Interrupted(run.how_to_continue(folder)) from None
     return 0
 
 

@@ -24,6 +24,20 @@ def cache_dir() -> Path:
     return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "fer-tune"
 
 
+def check_working_folder() -> None:
+    """The current folder still exists (every relative path is read against it): else one error line,
+    before torch or Ray is imported."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        from fer_tune.errors import UserError
+
+        raise UserError(
+            f"the current folder {os.environ.get('PWD', '')} no longer exists (deleted or moved); cd to a folder that "
+            "exists and run the command again"
+        ) from None
+
+
 def check_creatable(path: str | os.PathLike, option: str) -> Path:
     """``path`` can be made (as a file or folder) before any work starts: its nearest existing ancestor is a
     writable folder and it is no special file (FIFO, device); else a :class:`UserError` naming ``option``."""
