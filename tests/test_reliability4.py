@@ -208,6 +208,12 @@ def test_a_hand_edited_manifest_is_named_as_such(tmp_path, tiny_csv, capsys, cas
     manifest = folder / "manifest.yaml"
     manifest.write_text(edit(manifest.read_text()))
     before = manifest.read_text()
+    if case != "data_md5 edited":  # refused where it is read (so the code before fails here, not mid-search)
+        from fer_tune.errors import UserError
+        from fer_tune.manifest import read_manifest
+
+        with pytest.raises(UserError, match="the manifest was edited"):
+            read_manifest(folder)
     assert main(["--search", str(space), "--data", str(tiny_csv), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {manifest}: ") and len(err.splitlines()) == 1, err
