@@ -25,7 +25,7 @@ from fer_tune.cli_options import (
     train_parser,
 )
 from fer_tune.console import configure_console
-from fer_tune.errors import Interrupted, TrialsFailed, UserError
+from fer_tune.errors import Interrupted, UserError, exit_status, stopped_by_disk
 from fer_tune.files import check_creatable, check_working_folder
 from fer_tune.run_folder import check_run_name, folder_lock, train_folder
 from fer_tune.sigterm import sigterm_as_ctrl_c
@@ -39,20 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``launch.py`` and the ``fer-tune`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_console()
-    try:
+
+    def run() -> int:
         check_working_folder()
         with sigterm_as_ctrl_c():  # a scheduler's stop is a Ctrl-C: the same command continues
             return _dispatch(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrialsFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt as exc:
-        how = str(exc) if isinstance(exc, Interrupted) else "run the same command again to continue where it stopped"
-        print(f"interrupted; {how}", file=sys.stderr)
-        return 130
+
+    return exit_status(run)
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -85,6 +78,10 @@ def _cmd_search(argv: list[str]) -> int:
             check_run_name(getattr(args, option), f"--{option}")
     if args.list:
         return _cmd_list()
+    results = check_creatable(args.results, "--results")  # every command below writes there
+    for option in ("retrain", "analyze"):
+        if getattr(args, option) is not None and (results / getattr(args, option)).is_dir():
+            check_creatable(results / getattr(args, option), "--results")  # it writes into that folder
     if args.report:
         from fer_tune.reporting.leaderboard import write_leaderboard
 
@@ -193,12 +190,16 @@ def _cmd_train(argv: list[str]) -> int:
     config = load_train_config(args.config) if args.config else TrainConfig()
     config = config.replace(source=args.config or "command line", **train_overrides(config, vars(args)))
     check_train_options(config, vars(args))
+    check_creatable(args.results, "--results")
     out_dir = Path(args.results) / "train" / (args.name or f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         with train_folder(out_dir):  # checked and locked before the data are read
             run_training(config, load_run_data(args.data, args.smoke), out_dir, device=args.device)
     except KeyboardInterrupt:
         raise Interrupted(how_to_continue(out_dir)) from None
+    except Exception as exc:
+        stopped_by_disk(exc, how_to_continue(out_dir))
+        raise
     return 0
 
 
@@ -222,6 +223,9 @@ def _cmd_train_resume(args: argparse.Namespace) -> int:
             run.resume_training(folder, config, state, data, device=args.device)
     except KeyboardInterrupt:
         raise Interrupted(run.how_to_continue(folder)) from None
+    except Exception as exc:
+        stopped_by_disk(exc, run.how_to_continue(folder))
+        raise
     return 0
 
 

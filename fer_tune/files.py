@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+NAME_MAX = 255  # bytes in one file or folder name on Linux, macOS and Windows file systems
 FILE_MODE = 0o644  # a new result file: readable by others, as open() would make it (a temporary file is 0600)
 
 
@@ -44,13 +45,21 @@ def check_creatable(path: str | os.PathLike, option: str) -> Path:
     from fer_tune.errors import UserError
 
     path = Path(path)
+    long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        raise UserError(
+            f"{option} {path}: the name {long[:40]}... is {len(os.fsencode(long))} bytes; a file or folder name is "
+            f"at most {NAME_MAX} bytes: give a shorter one"
+        )
     if path.exists() and not (path.is_file() or path.is_dir()):
         raise UserError(f"{option} {path}: is a special file (a FIFO or device), not a file fer-tune can write")
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if existing != path and not existing.is_dir():
         raise UserError(f"{option} {path}: {existing} is a file, not a folder; give a path in a folder")
-    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
-        raise UserError(f"{option} {path}: {existing} is not writable; give a path you may write")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK):
+        why = "is on a read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else "is not writable"
+        raise UserError(f"{option} {path}: {folder} {why}; give a path you may write")
     return path
 
 
@@ -91,21 +100,30 @@ def ctrl_c_held() -> Iterator[None]:
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, sync: bool = False) -> Path:
-    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then rename it to ``path``."""
+    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then rename it to ``path``. A write that a
+    full or read-only disk (or a too-long name) stops leaves no temporary file and raises an ``OSError``
+    naming ``path``, whatever the writer raised (torch.save's own error, say)."""
+    from fer_tune.errors import disk_trouble
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         write(tmp)
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else FILE_MODE)
         if sync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        trouble = disk_trouble(exc) if isinstance(exc, Exception) else None
+        if trouble is not None:
+            raise OSError(trouble.errno, trouble.strerror, str(path)) from exc
         raise
     return path
 

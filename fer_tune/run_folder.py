@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fer_tune.errors import TrialsFailed, UserError
+from fer_tune.errors import TrialsFailed, UserError, os_cause
 from fer_tune.manifest import MANIFEST
 from fer_tune.search_folder import SearchFolder
 
@@ -47,7 +47,7 @@ def make_run_folder(path: Path) -> Path:
         probe.unlink()
     except OSError as exc:
         raise UserError(
-            f"{path}: results folder is not writable ({exc.strerror}); choose another with --results"
+            f"{path}: results folder is not writable ({os_cause(exc)}); choose another with --results"
         ) from None
     return path
 

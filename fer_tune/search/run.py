@@ -31,6 +31,7 @@ from fer_tune.run_folder import (
 from fer_tune.search.base_model import adopt_base_architecture, resolve_base
 from fer_tune.search.cluster import Concurrency
 from fer_tune.search.continuation import check_search_continues, data_md5, space_hash
+from fer_tune.search.disk_guard import check_room
 from fer_tune.search.outputs import SearchOutcome, asha_savings, trial_status, write_outputs
 from fer_tune.search.runner import Progress, TuneJob, can_resume, finished_trials, run_trials
 from fer_tune.search.searcher import optuna_and_asha, sampler_settings
@@ -113,6 +114,7 @@ def run_search(space_name: str, data: FerData, opts: SearchOptions) -> SearchOut
         load_base(opts.base_checkpoint, space.model)  # before any folder is made
     folder = (opts.results_dir / name).resolve()
     check_search_folder(folder)
+    check_room(folder)  # the search folder's files, and the base model trained into it
     with removed_if_nothing_ran(folder, ("progress.csv", "metrics.csv")):
         make_run_folder(folder)
         with folder_lock(folder, "search"):

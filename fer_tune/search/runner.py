@@ -10,13 +10,15 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fer_tune.clock import clock, stamp
 from fer_tune.compat import ray_logs_folder, tune_ctrl_c
+from fer_tune.errors import disk_trouble
 from fer_tune.search.cluster import (
     Concurrency,
     check_nodes_see,
@@ -24,6 +26,7 @@ from fer_tune.search.cluster import (
     node_resources,
     share_for,
 )
+from fer_tune.search.disk_guard import check_room, disk_guard
 from fer_tune.search.ray_setup import quiet_ray, ray_session
 from fer_tune.search.space import AUTO
 from fer_tune.search.storage import TrialStorage
@@ -257,6 +260,19 @@ def time_budget_spent(job: TuneJob, started: float) -> bool:
     return bool(job.time_budget_s) and time.monotonic() - started >= job.time_budget_s
 
 
+@contextmanager
+def disk_trouble_named(where: str) -> Iterator[None]:
+    """A full or read-only disk behind an error of Tune, Optuna's study or a trial (which name no file) is an
+    ``OSError`` naming ``where``, the experiment's folder."""
+    try:
+        yield
+    except Exception as exc:
+        trouble = disk_trouble(exc)
+        if trouble is None:
+            raise
+        raise OSError(trouble.errno, trouble.strerror, trouble.filename or where) from exc
+
+
 def run_trials(job: TuneJob, restore: bool) -> tuple[Any, dict[str, float]]:
     """Run (or continue) ``job``; return Tune's ResultGrid once every trial ended, and the resources
     each trial had. A Ctrl-C (Tune stops gracefully and saves its state: the same command continues) is a
@@ -267,8 +283,12 @@ def run_trials(job: TuneJob, restore: bool) -> tuple[Any, dict[str, float]]:
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # Ray's TensorBoard logger off: fer-tune writes its own
     callbacks = [progress_callback(job.progress, job.trial_storage), CSVLoggerCallback(), JsonLoggerCallback()]
     storage = job.trial_storage
+    local = storage.local_root()
+    guard = None
+    if local is not None:
+        check_room(local)
+        callbacks.append(guard := disk_guard(local))
     with ray_session(keep=job.keep_ray):
-        local = storage.local_root()
         if local is not None:
             check_nodes_see(local)
         resources = trial_resources(job)
@@ -306,9 +326,14 @@ def run_trials(job: TuneJob, restore: bool) -> tuple[Any, dict[str, float]]:
                     callbacks=callbacks + ([job.board] if job.board is not None else []),
                 ),
             )
-        with tune_ctrl_c() as caught_ctrl_c:
+        with tune_ctrl_c() as caught_ctrl_c, disk_trouble_named(job.path):
             results = tuner.fit()
             interrupted = caught_ctrl_c()
+            for error in results.errors:  # a trial a full disk stopped: the disk, not "trials failed"
+                if disk_trouble(error) is not None:
+                    raise error
+    if guard is not None and guard.stopped is not None:
+        raise guard.stopped
     ended = results.num_terminated + results.num_errors
     if interrupted or (ended < job.progress.trials and not time_budget_spent(job, started)):
         raise KeyboardInterrupt(f"{job.experiment} stopped by Ctrl-C; Ray Tune saved its state in {job.path}")

@@ -101,7 +101,7 @@ def how_to_continue(folder: Path) -> str:
     """What a Ctrl-C during ``launch.py train`` into ``folder`` leaves, and the command that continues it."""
     if not (folder / "last.pt").is_file():
         return "no epoch had finished, so nothing was kept: run the same command again"
-    done = len(pd.read_csv(folder / "metrics.csv"))  # written with last.pt, never one without the other
+    done = len(pd.read_csv(folder / "metrics.csv"))  # written right after last.pt (the one after a full disk)
     return f"{folder}/last.pt holds epoch {done}: continue the run with `python launch.py train --resume {folder}`"
 
 
@@ -154,15 +154,16 @@ def _train_into(
 
 
 def _write_epoch(tr: Trainer, result: EpochResult, out_dir: Path, data: FerData, about_data: dict) -> None:
-    """metrics.csv, best.pt (when this epoch is the best so far) and last.pt (also after a divergence,
-    so that ``--resume`` knows it) after an epoch."""
-    write_csv_atomic(pd.DataFrame([r.as_dict() for r in tr.history], columns=METRIC_FIELDS), out_dir / "metrics.csv")
+    """best.pt (when this epoch is the best so far), last.pt (also after a divergence, so that ``--resume``
+    knows it), then metrics.csv, after an epoch: in that order, so that a write a full disk stops leaves
+    metrics.csv (the run's progress marker) no further than last.pt, and last.pt's best no further than best.pt."""
     if not result.diverged and result.val_acc >= tr.best_val_acc:
         save_checkpoint(
             out_dir / "best.pt",
             model_payload(tr.config.to_dict(), tr.model.state_dict(), result.epoch, result.val_acc, data=data.source),
         )
     save_checkpoint(out_dir / "last.pt", {**tr.state_dict(), **about_data})
+    write_csv_atomic(pd.DataFrame([r.as_dict() for r in tr.history], columns=METRIC_FIELDS), out_dir / "metrics.csv")
 
 
 def _log_epoch(tr: Trainer, result: EpochResult) -> None:
