@@ -134,7 +134,7 @@ def test_unwritable_results_folder(tiny_csv, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     rc = main(["--search", "vgg", "--smoke", "--data", str(tiny_csv), "--results", str(blocker / "results")])
-    assert rc == 2 and "results folder is not writable" in capsys.readouterr().err
+    assert rc == 2 and f"{blocker} is a file, not a folder; give a path in a folder" in capsys.readouterr().err
 
 
 def test_yaml_is_read_with_the_safe_loader(tmp_path):
