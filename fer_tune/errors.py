@@ -116,12 +116,9 @@ def exit_status(command: Callable[[], int]) -> int:
     (1; a too-long path 2) is one line on stderr and its exit status, never a traceback."""
     try:
         return command()
-    except UserError as exc:
+    except (UserError, TrialsFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrialsFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return 3 if isinstance(exc, TrialsFailed) else 2
     except KeyboardInterrupt as exc:
         how = str(exc) if isinstance(exc, Interrupted) else "run the same command again to continue where it stopped"
         print(f"interrupted; {how}", file=sys.stderr)
