@@ -12,6 +12,8 @@ from typing import Any
 
 
 def _ctrl_c_instead(signum: int, frame: Any) -> None:
+    if not callable(signal.getsignal(signal.SIGINT)):  # Ctrl-C ignored (`nohup`, `cmd &` in a script)
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)  # whichever Ctrl-C handler is current takes it from here
 
 

@@ -55,6 +55,17 @@ def console(caplog):
     return caplog
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_python():
+    """A suite started in the background by a script (`pytest &`) inherits an ignored SIGINT, and the Ctrl-C
+    tests would then test nothing: they run with Python's own Ctrl-C handler, as in a terminal."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep demo files and read-only-data caches out of the user's ~/.cache."""

@@ -260,3 +260,19 @@ def test_a_deleted_working_folder_is_named_before_torch_is_imported(tmp_path):
         f"error: the current folder {gone} no longer exists (deleted or moved); cd to a folder that exists and run "
         "the command again"
     )
+
+
+def test_sigterm_stops_a_run_whose_ctrl_c_is_ignored():
+    """Class 7: started by `nohup` or as `cmd &` in a script, a run ignores SIGINT; SIGTERM, fer-tune's
+    Ctrl-C, was then ignored too (a batch scheduler's stop did nothing; the suite's own SIGTERM checks failed
+    when it ran in the background). It now stops the run as Ctrl-C does."""
+    import signal
+
+    from fer_tune.sigterm import sigterm_as_ctrl_c
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt), sigterm_as_ctrl_c():
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGINT, before)
