@@ -185,29 +185,38 @@ def test_smoke_tensorboard_has_one_hparams_table_of_every_run(smoke_chain):
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()
     content = multiplexer.PluginRunToTagToContent("hparams")
-    experiments = [run for run, tags in content.items() if "_hparams_/experiment" in tags]
-    assert len(experiments) == 1, experiments
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(
-        content[experiments[0]]["_hparams_/experiment"]
-    ).experiment
+    assert "." not in multiplexer.Runs()  # no empty root run
+    copies = {tags["_hparams_/experiment"] for tags in content.values() if "_hparams_/experiment" in tags}
+    assert len(copies) == 1  # every run carries the same experiment: whichever the plugin reads first
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(copies.pop()).experiment
     keys = {p.name for p in load_search_space("vgg_spinal").params}
     assert {h.name for h in experiment.hparam_infos} == keys | {"stage", "winner", "seed", "source_trial", "stop"}
     assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "best_val_acc"]
+    domains = {h.name: h for h in experiment.hparam_infos}
+    shown = {h.name for h in experiment.hparam_infos if h.differs}  # the dashboard's 5 default columns
+    assert shown == {"optimizer", "scheduler", "lr", "batch_size", "stop"}, shown
+    assert all(h.HasField("domain_discrete") or h.HasField("domain_interval") for h in experiment.hparam_infos)
 
     sessions = {
         run: plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"]).session_start_info
         for run, tags in content.items()
         if "_hparams_/session_start_info" in tags
     }
+    for run, session in sessions.items():  # every run has every column, each value in its column's domain
+        assert set(session.hparams) == set(domains), run
+        for name, value in session.hparams.items():
+            if domains[name].HasField("domain_discrete"):
+                assert value in domains[name].domain_discrete.values, (run, name, value)
     table = pd.read_csv(smoke_chain.folder / "trials.csv")
     winners = pd.read_csv(smoke_chain.folder / "retrain_runs.csv")
     assert len(sessions) == len(table) + len(winners)
     for row in table.itertuples():
-        (run,) = [r for r in sessions if r.startswith(f"search/t{row.trial:02d}-")]
+        (run,) = [r for r in sessions if r.startswith(f"t{row.trial:02d}-")]
         hparams = sessions[run].hparams
-        assert run.startswith(f"search/t{row.trial:02d}-{row.optimizer}-{row.scheduler}-lr")
+        assert run.startswith(f"t{row.trial:02d}-{row.optimizer}-{row.scheduler}-lr")
         assert keys <= set(hparams) and hparams["lr"].number_value == pytest.approx(row.lr)
         assert hparams["stage"].string_value == "search" and hparams["stop"].string_value == row.status
+        assert (hparams["winner"].number_value, hparams["seed"].number_value) == (0, 0)  # the search's seed
         if "freeze" in hparams:  # a switch reads true / false, not 1.0 / 0.0
             assert hparams["freeze"].string_value == str(bool(row.freeze)).lower()
         tags = {t for t in multiplexer.GetAccumulator(run).Tags()["tensors"] if not t.startswith("_hparams_")}
@@ -219,11 +228,87 @@ def test_smoke_tensorboard_has_one_hparams_table_of_every_run(smoke_chain):
         assert len(best) == row.epochs_run and best[-1] == pytest.approx(row.best_val_acc)
     for row in winners.itertuples():
         source = f"t{int(table.loc[table.trial_id == row.trial, 'trial'].iloc[0]):02d}"
-        run = f"retrain/w{row.winner}-s{row.seed}-from-{source}"
+        run = f"w{row.winner}-s{row.seed}-from-{source}"
         hparams = sessions[run].hparams
         assert hparams["stage"].string_value == "retrain" and hparams["source_trial"].string_value == source
         assert (hparams["winner"].number_value, hparams["seed"].number_value) == (row.winner, row.seed)
         assert keys <= set(hparams)
+
+
+@contextlib.contextmanager
+def _tensorboard_at(logdir: Path):
+    """`tensorboard --logdir LOGDIR` on a free local port, as a user starts it; yields its address."""
+    import subprocess
+    import sys
+    import time
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0",
+         "--load_fast", "false", "--reload_interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        for line in server.stdout:  # "TensorBoard 2.21.0 at http://127.0.0.1:PORT/ (Press CTRL+C to quit)"
+            found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
+            if found or time.monotonic() - started > 60:
+                break
+        assert found, "tensorboard did not start"
+        yield found.group(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_smoke_hparams_dashboard_reads_every_column_of_every_run_over_http(smoke_chain):
+    """Issue 44, as the HParams frontend reads it from TensorBoard's own HTTP API: no empty root run; the 5
+    columns it opens on (the first marked as differing, then by name) are the sampled knobs a run's name
+    shows and how the run stopped; every string column has its domain (without discrete values it cannot be
+    filtered: "cannot process domain type DATA_TYPE_STRING without discrete domain values"); a filter on
+    winner or seed keeps every search trial (search rows lacked both, so ticking either dropped them all
+    from the parallel-coordinates view); run IDs fit the table's run column (about 16 characters) up to
+    what tells them apart: a trial's number, a retraining's winner, seed and source trial."""
+    import json
+    import time
+    import urllib.request
+
+    def get(url: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    runs = len(pd.read_csv(smoke_chain.folder / "trials.csv")) + len(
+        pd.read_csv(smoke_chain.folder / "retrain_runs.csv")
+    )
+    with _tensorboard_at(smoke_chain.folder / "tensorboard") as address:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(get(f"{address}/data/runs")) < runs:
+            time.sleep(1)  # TensorBoard reads the logdir in the background
+        assert "." not in get(f"{address}/data/runs")
+        experiment = get(f"{address}/data/plugin/hparams/experiment", {"experimentName": ""})
+        infos = {h["name"]: h for h in experiment["hparamInfos"]}
+        shown = sorted(infos, key=lambda name: (not infos[name].get("differs"), name))[:5]  # as the frontend
+        assert shown == ["batch_size", "lr", "optimizer", "scheduler", "stop"], infos
+        strings = [h for h in infos.values() if h["type"] == "DATA_TYPE_STRING"]
+        assert strings and all(h.get("domainDiscrete") for h in strings), strings
+        wide = {"minValue": -1e9, "maxValue": 1e9}
+        request = {
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": [{"hparam": "winner", "filterInterval": wide}, {"hparam": "seed", "filterInterval": wide}],
+            "startIndex": 0,
+            "sliceSize": 1000,
+        }
+        groups = get(f"{address}/data/plugin/hparams/session_groups", request)
+    assert groups["totalSize"] == runs, groups
+    names = {g["hparams"]["stage"]: [] for g in groups["sessionGroups"]}
+    for group in groups["sessionGroups"]:
+        names[group["hparams"]["stage"]].append(group["name"])
+    assert all(re.fullmatch(r"t\d\d-.+", name) for name in names["search"]), names
+    assert all(re.fullmatch(r"w\d-s\d-from-t\d\d", name) for name in names["retrain"]), names  # 14 characters
+    stages = sorted(g["hparams"]["stage"] for g in groups["sessionGroups"])
+    assert stages.count("search") == len(pd.read_csv(smoke_chain.folder / "trials.csv")), stages
 
 
 def test_smoke_best_config_trains_again(smoke_chain, chain_csv, tmp_path):

@@ -271,6 +271,7 @@ def search_job(
             "search",
             experiment_columns(space),
             status=lambda last, error: trial_status(last, budget.max_epochs, error, budget.asha_rungs()),
+            seed=seed,
         ),
         time_budget_s=budget.time_budget_s,
     )

@@ -4,11 +4,15 @@ experiment reaches the logdir; the trials may live in a remote storage, the even
 
 - tags grouped: ``val/acc``, ``val/acc_single``, ``val/loss``, ``val/f1``, ``train/acc``, ``train/loss``,
   ``lr``, ``time/epoch_s`` and ``best_val_acc`` (the best ``val/acc`` so far);
-- run names that say what ran: ``search/t04-adam-cosine-lr7e-4-bs32``, ``retrain/w1-s0-from-t04``
-  (a refit or fine-tune phase of a retraining run: ``.../refit``, ``.../finetune``, scalars only);
-- one HParams experiment for the folder, written once: every sampled key plus ``stage``, ``winner``,
-  ``seed``, ``source_trial`` and ``stop`` (how the run ended: HParams' own status knows only success and
-  failure), metrics ``val/acc`` (last epoch) and ``best_val_acc``.
+- short run names that say what ran: ``t04-adam-cosine-lr7e-4-bs32`` (search trial 4), ``w1-s0-from-t04``
+  (winner 1's retraining with seed 0; a refit or fine-tune phase: ``.../refit``, ``.../finetune``, scalars
+  only): the HParams table cuts its run column at about 16 characters;
+- one HParams experiment for the folder: every sampled key plus ``stage``, ``winner`` (0 for a search
+  trial), ``seed`` (a search trial's: the search's), ``source_trial`` and ``stop`` (how the run ended:
+  HParams' own status knows only success and failure), each with its domain (a choice's values, a range's
+  bounds), metrics ``val/acc`` (last epoch) and ``best_val_acc``. TensorBoard 2.21's dashboard opens on 5
+  columns, the first of those marked as differing across runs (then by name): :data:`SHOWN_FIRST` are so
+  marked, the others are one click away. Every run's event file carries the same copy (no empty root run).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from ray.tune import Callback
 
 from fer_tune.search.runner import creation_number
 from fer_tune.search.space import SearchSpace
-from fer_tune.search_folder import PATIENCE_STATUS, SearchFolder, trial_label
+from fer_tune.search_folder import ASHA_STATUS, PATIENCE_STATUS, TIME_BUDGET_STATUS, SearchFolder, trial_label
+from fer_tune.training.config import runs_own_schedule
 
 TAGS = {
     "val_acc": "val/acc",
@@ -38,8 +43,10 @@ TAGS = {
 }
 BEST = "best_val_acc"
 METRICS = ("val/acc", BEST)
-RUN_COLUMNS = {"stage": "", "winner": 0.0, "seed": 0.0, "source_trial": "", "stop": ""}  # name: an example value
+RUN_COLUMNS = ("stage", "winner", "seed", "source_trial", "stop")  # the columns that say which run is which
+STOPS = ("completed", ASHA_STATUS, PATIENCE_STATUS, TIME_BUDGET_STATUS, "diverged", "error")  # the stop column
 NAMED_KEYS = ("optimizer", "scheduler", "lr", "batch_size")  # the sampled keys a search run's name shows
+SHOWN_FIRST = (*NAMED_KEYS, "stop")  # the dashboard's 5 default columns; the run name says stage, trial, seed
 
 
 def short_number(value: float) -> str:
@@ -51,7 +58,7 @@ def short_number(value: float) -> str:
 
 
 def search_run_name(number: int | None, trial_id: str, config: dict[str, Any]) -> str:
-    """``search/t04-adam-cosine-lr7e-4-bs32`` (what was sampled, in a few words)."""
+    """``t04-adam-cosine-lr7e-4-bs32`` (what was sampled, in a few words)."""
     parts = [trial_label(number, trial_id)]
     for key in NAMED_KEYS:
         value = config.get(key)
@@ -63,12 +70,12 @@ def search_run_name(number: int | None, trial_id: str, config: dict[str, Any]) -
             parts.append(f"bs{int(value)}")
         else:
             parts.append(str(value))
-    return "search/" + "-".join(parts)
+    return "-".join(parts)
 
 
 def retrain_run_name(winner: int, seed: int, source: str) -> str:
-    """``retrain/w1-s0-from-t04``."""
-    return f"retrain/w{winner}-s{seed}-from-{source}"
+    """``w1-s0-from-t04``."""
+    return f"w{winner}-s{seed}-from-{source}"
 
 
 def _hparam_value(value: Any) -> Any:
@@ -83,18 +90,31 @@ def _hparam_value(value: Any) -> Any:
     return str(value)
 
 
-def write_experiment(logdir: Path, examples: dict[str, Any]) -> None:
-    """The folder's one HParams experiment (its columns: ``examples``' keys, typed by their values), once."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
+Domain = tuple[Any, ...] | tuple[float, float]  # a choice's values, or a range's (low, high)
 
-    marker = logdir / ".experiment"
-    if marker.is_file():
-        return
-    experiment, _, _ = hparams({k: _hparam_value(v) for k, v in examples.items()}, dict.fromkeys(METRICS, 0.0))
-    with SummaryWriter(str(logdir)) as writer:
-        writer.file_writer.add_summary(experiment)
-    marker.write_text("the HParams experiment of this folder is written (fer-tune)\n")
+
+def experiment_summary(columns: dict[str, tuple[str, Domain]]):
+    """The folder's one HParams experiment: ``columns`` maps each column to ``("discrete", values)`` or
+    ``("interval", (low, high))``; the columns of :data:`SHOWN_FIRST` are marked as differing (shown)."""
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    def domain(kind: str, values: Domain):
+        if kind == "interval":
+            return hp.RealInterval(float(values[0]), float(values[1]))
+        return hp.Discrete([_hparam_value(v) for v in values])
+
+    summary = hp.hparams_config_pb(
+        [hp.HParam(name, domain(kind, values)) for name, (kind, values) in columns.items()],
+        [hp.Metric(tag) for tag in METRICS],
+        time_created_secs=0.0,  # every run's copy the same bytes
+    )
+    value = summary.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in SHOWN_FIRST
+    value.metadata.CopyFrom(metadata.create_summary_metadata(data))
+    return summary
 
 
 @dataclass
@@ -109,30 +129,53 @@ class RunLog:
     last: dict[str, Any] = field(default_factory=dict)
 
 
-def experiment_columns(space: SearchSpace) -> dict[str, Any]:
-    """The sampled keys of ``space``, each with an example value of its type (a choice's first value,
-    a range's low end): the HParams columns besides :data:`RUN_COLUMNS`."""
-    return {p.name: p.values[0] if p.kind == "choice" else float(p.low) for p in space.params}
+def experiment_columns(space: SearchSpace) -> dict[str, tuple[str, Domain]]:
+    """The HParams columns of ``space``'s search and retraining: its sampled keys with their domains, and
+    the columns that say which run is which (see the module's docstring)."""
+    sampled = {
+        p.name: ("discrete", tuple(p.values)) if p.kind == "choice" else ("interval", (p.low, p.high))
+        for p in space.params
+    }
+    optimizers = next((p.values for p in space.params if p.name == "optimizer"), (space.fixed.get("optimizer"),))
+    if "scheduler" in sampled and any(runs_own_schedule(o) for o in optimizers):  # its trials say "none"
+        sampled["scheduler"] = ("discrete", (*sampled["scheduler"][1], "none"))
+    trials = tuple(trial_label(n) for n in range(1, space.budget.num_trials + 1))
+    return {
+        **sampled,
+        "stage": ("discrete", ("search", "retrain")),
+        "winner": ("interval", (0, space.budget.num_trials)),
+        "seed": ("interval", (0, 2**32 - 1)),
+        "source_trial": ("discrete", trials),
+        "stop": ("discrete", STOPS),
+    }
+
+
+def stop_column(status: str) -> str:
+    """A run's status as the ``stop`` column shows it: one of :data:`STOPS` (the epoch of a divergence is in
+    trials.csv)."""
+    return "diverged" if status.startswith("diverged") else status
 
 
 class TrialBoard(Callback):
     """The Tune callback that writes each trial's epochs and, when it ends, its HParams session.
 
-    ``stage`` is ``search`` or ``retrain``; ``columns`` are :func:`experiment_columns`; a retraining
-    gives ``sources`` (a winner's rank -> its search trial, ``t04``) and ``sampled`` (rank -> the
-    winner's sampled values); ``status`` gives a search trial's stop reason from its last result."""
+    ``stage`` is ``search`` or ``retrain``; ``columns`` are :func:`experiment_columns`; a search gives
+    its ``seed`` (a search trial's seed column), a retraining ``sources`` (a winner's rank -> its search
+    trial, ``t04``) and ``sampled`` (rank -> the winner's sampled values); ``status`` gives a search
+    trial's stop reason from its last result."""
 
     def __init__(
         self,
         folder: Path,
         stage: str,
-        columns: dict[str, Any],
+        columns: dict[str, tuple[str, Domain]],
         sources: dict[int, str] | None = None,
         sampled: dict[int, dict[str, Any]] | None = None,
         status: Callable[[dict[str, Any], bool], str] | None = None,
+        seed: int = 0,
     ):
         self.logdir = Path(folder) / SearchFolder.TENSORBOARD
-        self.stage, self.columns, self.status = stage, columns, status
+        self.stage, self.columns, self.status, self.seed = stage, columns, status, seed
         self.sources, self.sampled = sources or {}, sampled or {}
         self.runs: dict[str, RunLog] = {}
 
@@ -141,7 +184,6 @@ class TrialBoard(Callback):
 
     def setup(self, **info: Any) -> None:
         self.logdir.mkdir(parents=True, exist_ok=True)
-        write_experiment(self.logdir, {**self.columns, **RUN_COLUMNS})
 
     def _run(self, trial) -> RunLog:
         if trial.trial_id not in self.runs:
@@ -149,8 +191,9 @@ class TrialBoard(Callback):
             if self.stage == "search":
                 number = creation_number(trial)
                 name = search_run_name(number, trial.trial_id, config)
-                values = {k: config.get(k) for k in self.columns}
-                extra = {"stage": "search", "source_trial": trial_label(number, trial.trial_id)}
+                values = {p: config.get(p) for p, _ in self.sampled_columns()}
+                label = trial_label(number, trial.trial_id)
+                extra = {"stage": "search", "winner": 0, "seed": self.seed, "source_trial": label}
             else:
                 winner, seed = int(config["winner"]), int(config["seed"])
                 source = self.sources.get(winner, f"w{winner}")
@@ -161,12 +204,18 @@ class TrialBoard(Callback):
             self.runs[trial.trial_id] = RunLog(name, hparams)
         return self.runs[trial.trial_id]
 
+    def sampled_columns(self) -> list[tuple[str, tuple[str, Domain]]]:
+        """The columns of the space's sampled keys (not the ones that say which run is which)."""
+        return [(k, v) for k, v in self.columns.items() if k not in RUN_COLUMNS]
+
     def _writer(self, run: RunLog, phase: str):
         from torch.utils.tensorboard import SummaryWriter
 
         if phase not in run.writers:
             suffix = "" if phase == "select" else f"/{phase}"
             run.writers[phase] = SummaryWriter(str(self.logdir / f"{run.name}{suffix}"))
+            if phase == "select":  # the run's own copy of the folder's one experiment
+                run.writers[phase].file_writer.add_summary(experiment_summary(self.columns))
         return run.writers[phase]
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -195,7 +244,7 @@ class TrialBoard(Callback):
             stop = self.status(run.last, error)
         else:
             stop = "error" if error else (PATIENCE_STATUS if run.patience_stop else "completed")
-        _, start, end = hparams({**run.hparams, "stop": stop}, dict.fromkeys(METRICS, 0.0))
+        _, start, end = hparams({**run.hparams, "stop": stop_column(stop)}, dict.fromkeys(METRICS, 0.0))
         writer = self._writer(run, "select")
         writer.file_writer.add_summary(start)
         if error:
