@@ -13,6 +13,13 @@ from fer_tune.data.fer_data import CANONICAL_MD5, FerData
 from fer_tune.data.leakage import duplicate_groups, rows_with_copy_in
 from fer_tune.markdown import markdown_table
 
+DEMO_DATA = "demo faces, not FER2013"
+
+
+def figure_note(demo: bool) -> str:
+    """What the title of every figure of a run on ``demo`` data says ("" for any other data)."""
+    return DEMO_DATA if demo else ""
+
 
 def data_identity(source: str | None, demo: bool) -> tuple[str, bool]:
     """(the sentence that leads a report about results on ``source``, whether they compare with published
@@ -24,7 +31,7 @@ def data_identity(source: str | None, demo: bool) -> tuple[str, bool]:
         return f"**Data: FER2013** (`{source}`, md5 {md5}: the canonical Kaggle fer2013.csv).", True
     named = f"`{source}`" + (f", md5 {md5}" if md5 else "")
     if demo:
-        return f"**Data: demo faces, not FER2013: not comparable with the paper** ({named}).", False
+        return f"**Data: {DEMO_DATA}: not comparable with the paper** ({named}).", False
     return (
         f"**Data: not the canonical FER2013 file** ({named}; the canonical Kaggle fer2013.csv has md5 "
         f"{CANONICAL_MD5}): **not comparable with the paper**.",

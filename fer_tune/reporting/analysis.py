@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fer_tune.data.describe import data_identity, figure_note
 from fer_tune.errors import UserError
 from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
@@ -137,17 +138,22 @@ def _analyze(folder: Path, manifest, study) -> Path:
         f"(`{SearchFolder.OPTUNA_DB}`); a trial stopped by ASHA, the time budget or divergence is PRUNED there. "
         "The factor tables use every scored trial at its best epoch.",
         "",
+        data_identity(manifest.data, demo=bool(manifest.smoke))[0],  # the data, as report.md states it
+        "",
     ]
-    lines += _importance_lines(found, notes, folder, len(study.get_trials(states=(TrialState.COMPLETE,))))
+    note = figure_note(bool(manifest.smoke))
+    lines += _importance_lines(found, notes, folder, len(study.get_trials(states=(TrialState.COMPLETE,))), note)
     lines += _factor_lines(scored, score, manifest.mode)
     lines += _compute_lines(trials, manifest.budget.get("max_epochs"))
-    lines += _plot_lines(study, folder, manifest.metric)
+    lines += _plot_lines(study, folder, manifest.metric, note)
     path = write_text_atomic(folder / SearchFolder.ANALYSIS, "\n".join(lines) + "\n")
     log.info(f"analysis: {path}")
     return path
 
 
-def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], folder: Path, trials: int) -> list[str]:
+def _importance_lines(
+    found: dict[str, dict[str, float]], notes: list[str], folder: Path, trials: int, data_note: str
+) -> list[str]:
     lines = ["## Hyperparameter importance", "", f"From the {trials} finished (COMPLETE) trials of the study.", ""]
     if found:
         params = sorted(
@@ -159,7 +165,7 @@ def _importance_lines(found: dict[str, dict[str, float]], notes: list[str], fold
             for p in params
         ]
         lines.append(markdown_table(rows))
-        plot_importances(found, folder / SearchFolder.IMPORTANCE_PNG, trials)
+        plot_importances(found, folder / SearchFolder.IMPORTANCE_PNG, trials, data_note)
         write_csv_atomic(pd.DataFrame(found).rename_axis("parameter").reset_index(), folder / IMPORTANCE_CSV)
         lines += [
             "",
@@ -221,8 +227,8 @@ def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
     lines = [
         "## Compute",
         "",
-        f"- {run} trial-epochs run of {full} had every trial run its {max_epochs} epochs "
-        f"({full - run} saved: ASHA, early stopping ({patience} by patience) and divergence)",
+        f"- {run} trial-epochs run, of the {full} that {len(trials)} trials of {max_epochs} epochs each would "
+        f"take ({full - run} saved: ASHA, early stopping ({patience} by patience) and divergence)",
         f"- {trials.wall_time_s.sum() / 3600:.4f} hours of trial time, {trials.gpu_hours.sum():.4f} GPU-hours, "
         f"{trials.cpu_hours.sum():.4f} CPU-hours",
         "",
@@ -240,7 +246,7 @@ def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
     return lines + [markdown_table(rows), ""]
 
 
-def _plot_lines(study, folder: Path, metric: str) -> list[str]:
+def _plot_lines(study, folder: Path, metric: str, data_note: str) -> list[str]:
     """slice.png and parallel_coordinate.png from Optuna's matplotlib plots, made readable."""
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as optuna_plots
@@ -264,6 +270,6 @@ def _plot_lines(study, folder: Path, metric: str) -> list[str]:
         except (RuntimeError, ValueError) as exc:
             lines.append(f"- {name}: not drawn ({str(exc).splitlines()[0]})")
             continue
-        save_figure(readable_optuna_plot(axes, complete, width), folder / f"{name}.png")
+        save_figure(readable_optuna_plot(axes, complete, width), folder / f"{name}.png", data_note)
         lines += [f"![{name}]({name}.png)", ""]
     return lines

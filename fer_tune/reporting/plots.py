@@ -17,19 +17,34 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from fer_tune import EMOTIONS  # noqa: E402
 from fer_tune.files import write_atomic  # noqa: E402
 
+SMALLEST_PT = 9  # no tick label, cell value or legend entry smaller: readable at 100% on a laptop screen
 
-def save_figure(fig, path: Path) -> Path:
-    """Save ``fig`` as a PNG at ``path`` atomically, then close it."""
+
+def save_figure(fig, path: Path, data_note: str = "") -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically, then close it: every text at least
+    :data:`SMALLEST_PT` points, laid out by matplotlib's constrained layout engine, and ``data_note``
+    (a demo run's "demo faces, not FER2013") in its title."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for which, ticks in (("major", axis.get_major_ticks()), ("minor", axis.get_minor_ticks())):
+                if ticks and ticks[0].label1.get_fontsize() < SMALLEST_PT:
+                    axis.set_tick_params(which=which, labelsize=SMALLEST_PT)
+        legend = ax.get_legend()
+        for text in [*ax.texts, *(legend.get_texts() if legend else []), ax.xaxis.label, ax.yaxis.label]:
+            text.set_fontsize(max(SMALLEST_PT, text.get_fontsize()))
+    if data_note:
+        title = fig.get_suptitle()
+        fig.suptitle(f"{title} ({data_note})" if title else data_note, fontsize=11, color="firebrick")
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return Path(path)
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str) -> Path:
+def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str, data_note: str = "") -> Path:
     """Row-normalised confusion matrix (true label per row) with class names and cell values."""
     counts = np.asarray(confusion, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100, layout="constrained")
     display = ConfusionMatrixDisplay(rates, display_labels=list(EMOTIONS))
     display.plot(
         ax=ax,
@@ -38,14 +53,13 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str) -
         xticks_rotation=45,
         colorbar=True,
         im_kw={"vmin": 0, "vmax": 1},
-        text_kw={"fontsize": 7},
+        text_kw={"fontsize": SMALLEST_PT},
     )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.grid(False)  # the style's grid would cross every cell
     ax.set_title(textwrap.fill(title, 55), fontsize=10)  # long titles stay clear of the colour bar
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, data_note)
 
 
 CHANCE = 1 / len(EMOTIONS)  # seven classes
@@ -58,10 +72,11 @@ def plot_curves(
     ylabel: str,
     train: dict[str, Sequence[float]] | None = None,
     selected: dict[str, int] | None = None,
+    data_note: str = "",
 ) -> Path:
     """One line per named series against epochs 1..n (dashed, same colour: its training accuracy), a
     ring at each run's selected epoch and the chance level of seven classes."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100, layout="constrained")
     for name, values in curves.items():
         (line,) = ax.plot(range(1, len(values) + 1), values, label=f"{name} (val)", linewidth=1.2)
         if train and name in train:
@@ -76,17 +91,21 @@ def plot_curves(
     ax.set_title(title + (" (dashed: training; ring: the selected epoch)" if train else ""), fontsize=10)
     ax.grid(alpha=0.3)
     if 0 < len(curves) <= 12:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        ax.legend(fontsize=SMALLEST_PT)
+    return save_figure(fig, path, data_note)
 
 
 def plot_search(
-    curves: dict[str, Sequence[float]], path: Path, model: str, stopped: set[str] = frozenset(), best: str | None = None
+    curves: dict[str, Sequence[float]],
+    path: Path,
+    model: str,
+    stopped: set[str] = frozenset(),
+    best: str | None = None,
+    data_note: str = "",
 ) -> Path:
     """Left: every trial's validation accuracy per epoch, labelled, its end marked (x: stopped by ASHA,
     star: the best trial, dot: any other end); right: the best so far, trial after trial."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=100, layout="constrained")
     best_so_far, running = [], None
     for name, values in curves.items():
         (line,) = left.plot(range(1, len(values) + 1), values, marker="o", markersize=2, linewidth=1, label=name)
@@ -100,7 +119,7 @@ def plot_search(
     left.set_ylabel("val_acc")
     left.set_title(f"{model}: every trial (x: stopped by ASHA, star: best)", fontsize=10)
     if 0 < len(curves) <= 16:
-        left.legend(fontsize=7, ncol=2)
+        left.legend(fontsize=SMALLEST_PT, ncol=2)
     right.plot(range(1, len(best_so_far) + 1), best_so_far, drawstyle="steps-post", marker="o", markersize=3)
     right.set_xlabel("trial")
     right.set_ylabel("best val_acc so far")
@@ -108,15 +127,14 @@ def plot_search(
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, data_note)
 
 
-def plot_importances(found: dict[str, dict[str, float]], path: Path, trials: int) -> Path:
+def plot_importances(found: dict[str, dict[str, float]], path: Path, trials: int, data_note: str = "") -> Path:
     """Horizontal bars: each hyperparameter's importance, one bar per method (fANOVA, PED-ANOVA), the
     number of trials they rest on in the title."""
     params = sorted({p for values in found.values() for p in values})
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(params) + 1.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(params) + 1.5), dpi=100, layout="constrained")
     height = 0.8 / max(len(found), 1)
     for i, (method, values) in enumerate(found.items()):
         ax.barh(
@@ -128,9 +146,8 @@ def plot_importances(found: dict[str, dict[str, float]], path: Path, trials: int
     ax.set_yticks([k + height * (len(found) - 1) / 2 for k in range(len(params))], params)
     ax.set_xlabel("importance")
     ax.set_title(f"hyperparameter importance, from {trials} trials", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    ax.legend(fontsize=SMALLEST_PT)
+    return save_figure(fig, path, data_note)
 
 
 def readable_optuna_plot(axes, trials: int, width: float) -> plt.Figure:
@@ -148,8 +165,8 @@ def readable_optuna_plot(axes, trials: int, width: float) -> plt.Figure:
             if scale == "log":
                 axis.set_minor_formatter(NullFormatter())  # 2x10^-4, 3x10^-4, ... overprint each other
         for label in ax.get_xticklabels():
-            label.set(rotation=30, ha="right", fontsize=8)
-        ax.tick_params(axis="y", which="both", labelsize=8)
+            label.set(rotation=30, ha="right", fontsize=SMALLEST_PT)
+        ax.tick_params(axis="y", which="both", labelsize=SMALLEST_PT)
         ax.xaxis.label.set_fontsize(9)
     fig.suptitle(f"{axes[0].get_title() or fig.get_suptitle()}, {trials} trials", fontsize=10)
     for ax in axes:
@@ -157,5 +174,7 @@ def readable_optuna_plot(axes, trials: int, width: float) -> plt.Figure:
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     if len(axes) > 1 and bars:  # the slice plot's subplots span the figure: keep them left of the bar
         fig.subplots_adjust(right=bars[0].get_position().x0 - 0.06)
-    fig.subplots_adjust(bottom=0.2, top=0.88)  # no tight_layout: Optuna's colour bar has axes of its own
+    # laid out by hand: matplotlib's constrained layout fails on Optuna's parallel-coordinate figure
+    # (ZeroDivisionError in its layout grid) and leaves Optuna's colour bar axes where they were
+    fig.subplots_adjust(bottom=0.2, top=0.88)
     return fig

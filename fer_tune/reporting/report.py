@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fer_tune.data.describe import data_identity
+from fer_tune.data.describe import data_identity, figure_note
 from fer_tune.files import write_csv_atomic, write_text_atomic
 from fer_tune.manifest import read_manifest
 from fer_tune.markdown import markdown_table
@@ -38,9 +38,9 @@ def write_report(
     settings = SETTINGS + (["activation"] if model.startswith("effnet") else [])
     summary = winners_summary(runs, scored, winners_config, settings)
     write_csv_atomic(summary, folder / SearchFolder.WINNERS)
-    _draw_figures(folder, model, summary, runs, trials, scored)
     manifest = read_manifest(folder)
     smoke = bool(manifest and manifest.smoke)
+    _draw_figures(folder, model, summary, runs, trials, scored, figure_note(smoke))
     identity, comparable = data_identity(manifest.data if manifest else None, demo=smoke)
     lines = [
         *_protocol_lines(folder, model, runs.protocol.iloc[0], scored, base_source, smoke),
@@ -90,7 +90,13 @@ def winners_summary(
 
 
 def _draw_figures(
-    folder: Path, model: str, summary: pd.DataFrame, runs: pd.DataFrame, trials: pd.DataFrame, scored: ScoredRuns
+    folder: Path,
+    model: str,
+    summary: pd.DataFrame,
+    runs: pd.DataFrame,
+    trials: pd.DataFrame,
+    scored: ScoredRuns,
+    data_note: str,
 ) -> None:
     """confusion_matrix.png (the headline winner), learning_curves.png (the retraining), search.png."""
     best = int(summary[summary.headline].winner.iloc[0])
@@ -98,6 +104,7 @@ def _draw_figures(
         scored.confusion_by_winner[best],
         folder / SearchFolder.CONFUSION_PNG,
         f"{model} winner {best}, {scored.test_split} (ten-crop, all seeds, row-normalised)",
+        data_note,
     )
     curves, train, selected = {}, {}, {}
     for run in runs.itertuples():
@@ -106,7 +113,8 @@ def _draw_figures(
         curves[name], selected[name] = picked.val_acc.tolist(), getattr(run, "selected_epoch", None)
         if "train_acc" in picked:
             train[name] = picked.train_acc.tolist()
-    plot_curves(curves, folder / SearchFolder.CURVES_PNG, f"{model}: retraining", "accuracy", train, selected)
+    title = f"{model}: retraining, PublicTest (ten-crop)"
+    plot_curves(curves, folder / SearchFolder.CURVES_PNG, title, "accuracy", train, selected, data_note)
     search_curves = {}
     for row in trials.sort_values("trial").itertuples():
         kept = Path(row.history) if isinstance(getattr(row, "history", None), str) else None
@@ -119,7 +127,7 @@ def _draw_figures(
     best = trial_label(trials.loc[scores.idxmax(), "trial"]) if len(scores) else None  # the search's best trial
     asha = trials[trials.status == "stopped by ASHA"].trial if "status" in trials else []
     stopped = {trial_label(t) for t in asha}
-    plot_search(search_curves, folder / SearchFolder.SEARCH_PNG, model, stopped, best)
+    plot_search(search_curves, folder / SearchFolder.SEARCH_PNG, model, stopped, best, data_note)
 
 
 def _protocol_lines(

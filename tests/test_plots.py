@@ -1,0 +1,62 @@
+"""Every PNG fer-tune draws is readable at 100% (no text under 9 pt, a layout engine that keeps labels
+apart) and says in its title when it shows demo faces (issue 44)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pytest
+from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+from fer_tune.data.describe import figure_note
+from fer_tune.reporting import plots
+
+NOTE = figure_note(demo=True)
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures fer-tune saves, kept as they were when saved (``plt.close`` is what save_figure calls last)."""
+    figures, close = [], plt.close
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    yield figures
+    for figure in figures:
+        close(figure)
+
+
+def _texts_under(fig, points: float) -> list[str]:
+    fig.canvas.draw()  # tick labels exist only once drawn
+    small = []
+    for ax in fig.axes:
+        ticks = [*ax.get_xticklabels(which="both"), *ax.get_yticklabels(which="both")]
+        legend = ax.get_legend().get_texts() if ax.get_legend() else []
+        for text in [*ticks, *ax.texts, *legend, ax.xaxis.label, ax.yaxis.label]:
+            if text.get_text() and text.get_visible() and text.get_fontsize() < points:
+                small.append(f"{text.get_text()!r} {text.get_fontsize()} pt")
+    return small
+
+
+def test_every_figure_is_readable_and_names_demo_data(drawn, tmp_path):
+    curves = {f"winner {w} seed {s}": list(np.linspace(0.3, 0.8, 6)) for w in (1, 2) for s in (0, 1)}
+    plots.plot_confusion(np.eye(7, dtype=int) * 5 + 1, tmp_path / "c.png", "winner 1, PrivateTest", NOTE)
+    plots.plot_curves(curves, tmp_path / "l.png", "retraining", "accuracy", curves, {"winner 1 seed 0": 3}, NOTE)
+    plots.plot_search(
+        {f"t{n:02d}": [0.2, 0.4, 0.5][:n] for n in (1, 2, 3)}, tmp_path / "s.png", "vgg", {"t01"}, "t03", NOTE
+    )
+    plots.plot_importances({"fANOVA": {"lr": 0.7, "batch_size": 0.3}}, tmp_path / "i.png", 20, NOTE)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 1e-5, 1e-2, log=True) + t.suggest_int("batch_size", 32, 128), 8)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        axes = optuna.visualization.matplotlib.plot_slice(study)
+    plots.save_figure(plots.readable_optuna_plot(axes, 8, 8), tmp_path / "o.png", NOTE)
+    assert len(drawn) == 5 and all((tmp_path / f"{name}.png").stat().st_size > 0 for name in "clsio")
+    for fig in drawn:
+        assert NOTE in fig.get_suptitle(), fig.get_suptitle()
+        assert not _texts_under(fig, plots.SMALLEST_PT)
+    assert all(isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine) for fig in drawn[:4])
+
+
+def test_a_figure_of_fer2013_says_nothing_of_demo_data(drawn, tmp_path):
+    plots.plot_confusion(np.eye(7, dtype=int), tmp_path / "c.png", "winner 1, PrivateTest", figure_note(demo=False))
+    assert "demo" not in drawn[0].get_suptitle()
