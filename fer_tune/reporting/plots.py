@@ -171,10 +171,12 @@ def readable_optuna_plot(axes, trials: int, width: float) -> plt.Figure:
     fig.suptitle(f"{axes[0].get_title() or fig.get_suptitle()}, {trials} trials", fontsize=10)
     for ax in axes:
         ax.set_title("")
-    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    if len(axes) > 1 and bars:  # the slice plot's subplots span the figure: keep them left of the bar
-        fig.subplots_adjust(right=bars[0].get_position().x0 - 0.06)
     # laid out by hand: matplotlib's constrained layout fails on Optuna's parallel-coordinate figure
     # (ZeroDivisionError in its layout grid) and leaves Optuna's colour bar axes where they were
     fig.subplots_adjust(bottom=0.2, top=0.88)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    if len(axes) > 1 and bars:  # the slice plot's panels fill the width, its colour bar at the right edge
+        fig.subplots_adjust(left=0.8 / width, right=1 - 1.2 / width, wspace=0.15)
+        box = axes[0].get_position()
+        bars[0].set_position([1 - 0.9 / width, box.y0, 0.15 / width, box.height])
     return fig
