@@ -101,11 +101,6 @@ def learn_csv(tmp_path_factory) -> Path:
     return write_demo_csv(tmp_path_factory.mktemp("learn") / "fer2013.csv", DemoSpec(160, 40, 40, seed=0))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``replaces_ray`` run last (the sort keeps the order otherwise)."""
-    items.sort(key=lambda item: item.get_closest_marker("replaces_ray") is not None)
-
-
 FAILING_LR = 0.0042  # a trial with exactly this learning rate raises in the suite's Ray (fer_tune.search.trainable)
 
 
