@@ -21,9 +21,9 @@ SMALLEST_PT = 9  # no tick label, cell value or legend entry smaller: readable a
 
 
 def save_figure(fig, path: Path, data_note: str = "") -> Path:
-    """Save ``fig`` as a PNG at ``path`` atomically, then close it: every text at least
-    :data:`SMALLEST_PT` points, laid out by matplotlib's constrained layout engine, and ``data_note``
-    (a demo run's "demo faces, not FER2013") in its title."""
+    """Save ``fig`` as a PNG at ``path`` atomically, then close it: every tick label, cell value, legend
+    entry and axis label at least :data:`SMALLEST_PT` points, and ``data_note`` (a demo run's "demo faces,
+    not FER2013") in its title. fer-tune's own figures are made with matplotlib's constrained layout."""
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             for which, ticks in (("major", axis.get_major_ticks()), ("minor", axis.get_minor_ticks())):
@@ -167,7 +167,6 @@ def readable_optuna_plot(axes, trials: int, width: float) -> plt.Figure:
         for label in ax.get_xticklabels():
             label.set(rotation=30, ha="right", fontsize=SMALLEST_PT)
         ax.tick_params(axis="y", which="both", labelsize=SMALLEST_PT)
-        ax.xaxis.label.set_fontsize(9)
     fig.suptitle(f"{axes[0].get_title() or fig.get_suptitle()}, {trials} trials", fontsize=10)
     for ax in axes:
         ax.set_title("")
