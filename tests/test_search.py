@@ -348,6 +348,15 @@ def test_smoke_report_winners_and_pictures(smoke_chain):
     assert "Protocol: **paper**" in report and "PrivateTest" in report
     winners = pd.read_csv(folder / "winners.csv")
     assert winners.winner.tolist() == [1, 2] and (winners.seeds == 2).all()  # the smoke.retrain preset
+    # each winner's trial by the name trials.csv, the plots and TensorBoard give it, its Ray id beside it
+    trials = pd.read_csv(folder / "trials.csv").astype({"trial_id": str}).set_index("trial_id")
+    table = table_rows(report.split("## Winners")[1].split("\n## ")[0])
+    header = table[0]
+    for row in table[1:]:
+        cells = dict(zip(header, row))
+        number, ray_id = re.fullmatch(r"t(\d\d) \(([0-9a-f_]+)\)", cells["trial"]).groups()
+        assert int(number) == trials.loc[ray_id, "trial"]
+        assert all(re.fullmatch(r"\d\.\d\de[-+]\d\d", cells[k]) for k in ("lr", "weight_decay")), cells
     assert len(list((folder / "winners").glob("winner*_seed*.pt"))) == 4
     from PIL import Image
 

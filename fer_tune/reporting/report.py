@@ -46,7 +46,7 @@ def write_report(
         *_protocol_lines(folder, model, runs.protocol.iloc[0], scored, base_source, smoke),
         identity,
         "",
-        *_winners_lines(summary, settings),
+        *_winners_lines(summary, settings, trials),
         *_headline_lines(summary, scored.test_split, model, comparable),
         *_every_winner_lines(summary, scored.test_split),
         *ensemble_lines(ensembles, scored.test_split),
@@ -155,7 +155,11 @@ def _protocol_lines(
     ]
 
 
-def _winners_lines(summary: pd.DataFrame, settings: list[str]) -> list[str]:
+def _winners_lines(summary: pd.DataFrame, settings: list[str], trials: pd.DataFrame) -> list[str]:
+    """The winners table: each winner's search trial by the name every file gives it (``t03``, its Ray id
+    beside it), its scores and settings; a number column in one format (lr and weight decay: 3 significant
+    digits)."""
+    numbers = dict(zip(trials.trial_id.astype(str), trials.trial))
     lines = [
         "## Winners (top configurations of the search by validation score)",
         "",
@@ -163,14 +167,19 @@ def _winners_lines(summary: pd.DataFrame, settings: list[str]) -> list[str]:
     rows = [
         {
             "winner": row.winner,
-            "trial": row.trial,
+            "trial": _trial_name(numbers, str(row.trial)),
             "val score in search": f"{row.search_score:.4f}",
             "mean val acc. in retraining": f"{row.val_acc_mean:.4f}",
-            **{k: f"{v:.3g}" if isinstance(v, float) else v for k, v in ((k, getattr(row, k)) for k in settings)},
+            **{k: f"{v:.2e}" if isinstance(v, float) else v for k, v in ((k, getattr(row, k)) for k in settings)},
         }
         for row in summary.itertuples()
     ]
     return lines + [markdown_table(rows), ""]
+
+
+def _trial_name(numbers: dict[str, int], trial_id: str) -> str:
+    """``t03 (42d7ff2f)``: a search trial by its number in trials.csv, its Ray id beside it."""
+    return f"{trial_label(numbers[trial_id])} ({trial_id})" if trial_id in numbers else trial_id
 
 
 def _headline_lines(summary: pd.DataFrame, test_split: str, model: str, comparable: bool) -> list[str]:
