@@ -1,5 +1,5 @@
 """How many finished trials hyperparameter importances need before they can be read: the calibration of
-``MIN_TRIALS_FOR_IMPORTANCE`` (fer_tune/reporting/analysis.py).
+``MIN_TRIALS_FOR_IMPORTANCE`` (fer_tune/search_folder.py).
 
     python bench/bench_importance.py [--seeds 20] [--sizes 4 6 8 12 16 24 32]   # ~2 minutes on 2 cores
 

@@ -23,10 +23,23 @@ SCORED_STATUSES = (
 )  # trials.csv rows a retraining may pick
 
 
+# importances from fewer finished trials than this are not shown (analysis.md) nor to be read (the study's
+# note): calibrated by bench/bench_importance.py (bench/README.md, 40 synthetic studies per size): the smallest
+# size at which fANOVA named the parameter that mattered in at least 90% of them (92% at 16, 75% at 12, 28% at
+# 4; PED-ANOVA 72-80% from 16 up)
+MIN_TRIALS_FOR_IMPORTANCE = 16
+MIN_TRIALS_WHY = "75% of 40 studies (28% with 4 trials)"
+
+
 def trial_label(number: int | None, trial_id: str = "") -> str:
     """``t04``: a search trial by its number in trials.csv (its Tune id where it has none), as run names,
     plots and the retraining's sources show it."""
     return f"t{int(number):02d}" if number is not None else trial_id
+
+
+def retrain_label(winner: int, seed: int) -> str:
+    """``w1-s0``: a retraining run by its winner's rank and its seed (run names add the source trial)."""
+    return f"w{int(winner)}-s{int(seed)}"
 
 
 @dataclass(frozen=True)

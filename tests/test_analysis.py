@@ -110,7 +110,7 @@ def test_factor_tables_take_the_best_by_the_search_mode():
 def test_no_importances_from_fewer_finished_trials_than_the_calibrated_minimum(tmp_path):
     """Issue 23: 15 finished trials are below MIN_TRIALS_FOR_IMPORTANCE (16, bench/bench_importance.py): the
     analysis says so and why, and draws no importance; the plots of every trial say how many they show."""
-    from fer_tune.reporting.analysis import MIN_TRIALS_FOR_IMPORTANCE
+    from fer_tune.search_folder import MIN_TRIALS_FOR_IMPORTANCE
 
     rng = np.random.default_rng(0)
     lrs = 10 ** rng.uniform(-4, -1, MIN_TRIALS_FOR_IMPORTANCE - 1)

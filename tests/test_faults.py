@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from fer_tune.cli import main
 from fer_tune.errors import UserError
 from fer_tune.manifest import read_manifest
 from fer_tune.run_folder import folder_lock
+from fer_tune.search_folder import retrain_label
 from fer_tune.training.checkpoint import save_checkpoint
 from fer_tune.yaml_files import read_yaml
 
@@ -62,6 +64,12 @@ def _went_on(epochs: list[int]) -> bool:
     """Ray's record of a run (its progress.csv) shows it went on after a fault, never from scratch:
     epochs 1 and 2, the last of them perhaps twice (reported just before a kill, trained again)."""
     return epochs[:2] == [1, 2] and epochs == sorted(epochs)
+
+
+def _retrain_name(trial_folder: Path) -> str:
+    """A retraining run's name (``w1-s0``) from its Ray trial folder's params.json."""
+    params = json.loads((trial_folder / "params.json").read_text())
+    return retrain_label(params["winner"], params["seed"])
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -197,26 +205,26 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(
     folder = tmp_path / "r" / "killme"
 
     first, out = _launch(["--search", str(space), *common], env={"FER_TUNE_TEST_CRASH_ONCE_DIR": str(marker_dir)}), []
-    done = _read_until(first, r"\] search killme (\w+) epoch 2/2: val_acc ([0-9.]+)", out)
+    done = _read_until(first, r"\] search killme (t\d\d) epoch 2/2: val_acc ([0-9.]+)", out)
     _kill(first)
     assert done, "the first run did not finish a trial in time: " + "".join(out[-20:])
     assert (marker_dir / "crashed").is_file()
     assert any(re.search(r"failed; Ray retries it .*\(why: Ray's logs in /\S+/logs on the node", line) for line in out)
     ray_text = ("Traceback", "Trial task failed", "(raylet)", "worker died")  # Ray's words stay in its logs
     assert not any(text in line for line in out for text in ray_text), "".join(out)
-    finished_id, finished_acc = done.group(1), float(done.group(2))
+    finished, finished_acc = done.group(1), float(done.group(2))
 
     second, out = (
         _launch(["--search", str(space), *common], env={"RAY_ADDRESS": ray.get_runtime_context().gcs_address}),
         [],
     )  # the suite's Ray
-    retrained = _read_until(second, r"\] retraining killme (\w+) epoch 2/2: val_acc", out)
+    retrained = _read_until(second, r"\] retraining killme (w\d-s\d) epoch 2/2: val_acc", out)
     _kill(second)
     assert retrained, "the retraining did not finish a run in time: " + "".join(out[-20:])
     assert any(re.search(r"resuming search killme .*: \d+ trial\(s\) already finished", line) for line in out)
-    table = pd.read_csv(folder / "trials.csv").set_index("trial_id")
+    table = pd.read_csv(folder / "trials.csv").set_index("name")
     assert len(table) == 2 and (table.epochs_run == 2).all()
-    row = table.loc[finished_id]
+    row = table.loc[finished]
     assert row.last_val_acc == pytest.approx(finished_acc, abs=1e-4)  # kept, unchanged
     assert row.restarts == 1  # its worker died once and it went on from its checkpoint
     assert _went_on(pd.read_csv(Path(row.trial_path) / "progress.csv").epoch.tolist())
@@ -230,7 +238,7 @@ def test_dying_worker_killed_driver_and_killed_retraining_all_continue(
     assert re.search(r"resuming the retraining of killme: \d of 2 runs already finished", printed)
     runs = pd.read_csv(folder / "retrain_runs.csv")
     assert sorted(runs.seed) == [0, 1] and (runs.epochs_run == 2).all(), runs  # each epoch counted once
-    (kept,) = (folder / "retrain").glob(f"*{retrained.group(1)}")
+    (kept,) = [p for p in (folder / "retrain").glob("trial_*") if _retrain_name(p) == retrained.group(1)]
     assert _went_on(pd.read_csv(kept / "progress.csv").epoch.tolist())
     assert sorted(map(len, curves.values())) == [2, 2], curves  # the report's learning curves: each epoch once
     assert (folder / "report.md").is_file()
@@ -262,7 +270,7 @@ def test_a_search_whose_trials_failed_says_so_exits_3_and_does_not_retrain(ray_l
     assert (table[table.status != "error"].status == "completed").all(), table
     error_file = Path(failed.error_file.iloc[0])
     assert error_file.is_file() and "test fault" in error_file.read_text()
-    assert f"trial 1 ({failed.trial_id.iloc[0]}) failed: {error_file}" in out
+    assert f"t01 (Ray trial {failed.trial_id.iloc[0]}) failed: {error_file}" in out
     assert f"its error is in {error_file}" in out
     assert re.search(r"^error: 1 of 2 trials of search failing ended in error .*--allow-failed-trials", err, re.M)
     assert "search failing ended with failed trials" in out and "search failing done" not in out

@@ -89,12 +89,12 @@ def test_smoke_console_shows_fer_tune_lines_only(smoke_chain):
     assert "sampler: Optuna TPE, multivariate with the constant liar, seed 0, the first 10 trials random" in out
     # one progress format for the search and the retraining: clock, elapsed, time left, trial, epoch
     assert re.search(
-        r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left <=\d:\d\d:\d\d\] search vgg_spinal-smoke \w+ epoch \d/2: "
+        r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left <=\d:\d\d:\d\d\] search vgg_spinal-smoke t\d\d epoch \d/2: "
         r"val_acc \d\.\d{4} \|",
         out,
     )
     assert re.search(
-        r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left ~\d:\d\d:\d\d\] retraining vgg_spinal-smoke \w+ epoch \d/2: "
+        r"\[\d\d:\d\d:\d\d \d:\d\d:\d\d left ~\d:\d\d:\d\d\] retraining vgg_spinal-smoke w\d-s\d epoch \d/2: "
         r"val_acc \d\.\d{4} \|",
         out,
     )
@@ -468,11 +468,69 @@ def test_smoke_keeps_its_optuna_study_and_analyze_reads_it(smoke_chain, capsys):
     assert f"- {trials.epochs_run.sum()} trial-epochs run, of the 8 that 4 trials of 2 epochs each would take" in text
     assert "**Data: demo faces, not FER2013: not comparable with the paper**" in text  # as report.md says it
     for row in trials.itertuples():  # compute per trial
-        assert [str(row.trial), row.status, str(row.epochs_run), f"{row.gpu_hours:.4f}", f"{row.cpu_hours:.4f}"] in rows
+        assert [row.name, row.status, str(row.epochs_run), f"{row.gpu_hours:.4f}", f"{row.cpu_hours:.4f}"] in rows
     assert not (folder / "importance.png").exists()
     for picture in ("slice.png", "parallel_coordinate.png"):
         assert (folder / picture).stat().st_size > 5000
     assert f"plots of the {complete} finished trials" in text
+
+
+def _dashboard_study(folder: Path, name: str) -> dict:
+    """The study as optuna-dashboard's frontend reads it (``GET /api/studies/ID`` of its WSGI app)."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna
+    from optuna_dashboard import wsgi
+
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    study_id = optuna.load_study(study_name=name, storage=storage)._study_id
+    environ: dict = {"PATH_INFO": f"/api/studies/{study_id}", "REQUEST_METHOD": "GET", "wsgi.errors": io.StringIO()}
+    setup_testing_defaults(environ)
+    replies: list[str] = []
+    body = b"".join(wsgi(storage)(environ, lambda status, *headers: replies.append(status)))
+    assert replies == ["200 OK"], (replies, environ["wsgi.errors"].getvalue()[-3000:])
+    return json.loads(body)
+
+
+def test_smoke_calls_each_trial_by_one_name_everywhere(smoke_chain):
+    """`t03` for a search trial, `w1-s0` for a retraining run: the console, trials.csv, retrain_runs.csv,
+    report.md, analysis.md, TensorBoard's run names and the Optuna study (user attribute and optuna-dashboard's
+    trial note) call each by the same name; the study's note says what data and what objective it holds."""
+    folder, out = smoke_chain.folder, smoke_chain.out
+    trials = pd.read_csv(folder / "trials.csv")
+    names = [f"t{n:02d}" for n in trials.trial]
+    assert trials.name.tolist() == names
+    runs = pd.read_csv(folder / "retrain_runs.csv")
+    runs = runs[runs.stage == "main"]
+    assert set(runs.name) == {f"w{w}-s{s}" for w, s in zip(runs.winner, runs.seed)}
+    by_id = dict(zip(trials.trial_id.astype(str), names))
+    assert runs.source_trial.tolist() == [by_id[str(t)] for t in runs.trial]
+
+    assert set(re.findall(r"\] search vgg_spinal-smoke (\S+) epoch", out)) == set(names)
+    assert set(re.findall(r"\] retraining vgg_spinal-smoke (\S+) epoch", out)) == set(runs.name)
+    report = (folder / "report.md").read_text()
+    winners = table_rows(report.split("## Winners")[1].split("\n## ")[0])
+    assert {row[winners[0].index("trial")].split()[0] for row in winners[1:]} == set(runs.source_trial)
+    compute = table_rows((folder / "analysis.md").read_text().split("## Compute")[1].split("\n## ")[0])
+    assert [row[0] for row in compute[1:]] == names
+    tensorboard = {p.name for p in (folder / "tensorboard").iterdir() if p.is_dir()}
+    assert {r.split("-")[0] for r in tensorboard if r.startswith("t")} == set(names)
+    assert {r for r in tensorboard if r.startswith("w")} == {
+        f"{row.name}-from-{row.source_trial}" for row in runs.itertuples()
+    }
+
+    study = _dashboard_study(folder, "vgg_spinal-smoke")
+    dashboard = {t["number"]: t for t in study["trials"]}
+    assert len(dashboard) == len(names)
+    for number, name in enumerate(names):
+        trial = dashboard[number]
+        assert {a["key"]: a["value"] for a in trial["user_attrs"]}["name"] == name
+        assert trial["note"]["body"].startswith(f"**{name}** (Ray trial `{trials.trial_id[number]}`)")
+    note = study["note"]["body"]
+    assert "**Data: demo faces, not FER2013: not comparable with the paper**" in note and "**Smoke run**" in note
+    assert "on **PublicTest** (the validation split)" in note
+    assert "importances from fewer than 16 finished trials are not to be read" in note
 
 
 def test_asha_stops_weak_trials_early(ray_local, chain_data, tmp_path):

@@ -23,17 +23,18 @@ from fer_tune.markdown import markdown_table
 from fer_tune.reporting.plots import plot_importances, readable_optuna_plot, save_figure
 from fer_tune.reporting.report import epochs_saved_by_patience
 from fer_tune.run_folder import folder_lock, require_search_folder
-from fer_tune.search_folder import SCORED_STATUSES, SearchFolder
+from fer_tune.search_folder import (
+    MIN_TRIALS_FOR_IMPORTANCE,
+    MIN_TRIALS_WHY,
+    SCORED_STATUSES,
+    SearchFolder,
+    trial_label,
+)
 
 log = logging.getLogger(__name__)
 
 FACTORS = ("optimizer", "scheduler", "freeze", "activation", "batch_size")
 IMPORTANCE_CSV = SearchFolder.IMPORTANCE_CSV
-# importances from fewer finished trials than this are not shown: calibrated by bench/bench_importance.py
-# (bench/README.md, 40 synthetic studies per size): the smallest size at which fANOVA named the parameter
-# that mattered in at least 90% of them (92% at 16, 75% at 12, 28% at 4; PED-ANOVA 72-80% from 16 up)
-MIN_TRIALS_FOR_IMPORTANCE = 16
-MIN_TRIALS_WHY = "75% of 40 studies (28% with 4 trials)"
 
 
 def load_study(folder: Path, name: str):
@@ -235,7 +236,7 @@ def _compute_lines(trials: pd.DataFrame, max_epochs: int | None) -> list[str]:
     ]
     rows = [
         {
-            "trial": row.trial,
+            "trial": trial_label(row.trial, str(getattr(row, "trial_id", ""))),
             "status": row.status,
             "epochs run": row.epochs_run,
             "GPU-hours": f"{row.gpu_hours:.4f}",

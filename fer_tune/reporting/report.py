@@ -330,11 +330,12 @@ def _transfer_lines(trials: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
         return []
     lines = ["## Transfer from the base", ""]
     by_id = trials.set_index("trial_id")
+    numbers = dict(zip(trials.trial_id.astype(str), trials.trial))
     for row in summary.itertuples():
         if row.trial in by_id.index:
             t = by_id.loc[row.trial]
             lines.append(
-                f"- winner {row.winner} (trial {row.trial}): {int(t.transfer_loaded)} tensors loaded from "
-                f"the base, {int(t.transfer_new)} new, {int(t.transfer_frozen)} parameters frozen"
+                f"- winner {row.winner} ({_trial_name(numbers, str(row.trial))}): {int(t.transfer_loaded)} tensors "
+                f"loaded from the base, {int(t.transfer_new)} new, {int(t.transfer_frozen)} parameters frozen"
             )
     return lines + [""]

@@ -12,11 +12,18 @@ import pandas as pd
 from fer_tune.errors import TrialsFailed, UserError
 from fer_tune.files import write_csv_atomic
 from fer_tune.search.in_trial import BEST_FILE, STATE_FILE
-from fer_tune.search.runner import trial_number
 from fer_tune.search.space import SearchSpace
 from fer_tune.search.storage import TrialStorage
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search_folder import ASHA_STATUS, PATIENCE_STATUS, TIME_BUDGET_STATUS, SearchFolder, run_history
+from fer_tune.search.trial_names import trial_number
+from fer_tune.search_folder import (
+    ASHA_STATUS,
+    PATIENCE_STATUS,
+    TIME_BUDGET_STATUS,
+    SearchFolder,
+    run_history,
+    trial_label,
+)
 from fer_tune.training.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from fer_tune.yaml_files import write_yaml
 
@@ -68,10 +75,8 @@ def trials_table(
     for result in results:
         history = run_history(result)
         metrics = result.metrics or {}
-        row: dict[str, Any] = {
-            "trial": trial_number(result.path),
-            "trial_id": metrics.get("trial_id") or Path(result.path).name,
-        }
+        number, trial_id = trial_number(result.path), metrics.get("trial_id") or Path(result.path).name
+        row: dict[str, Any] = {"trial": number, "name": trial_label(number, trial_id), "trial_id": trial_id}
         row.update({name: result.config.get(name) for name in names})
         if "scheduler" in names and row.get("scheduler") is None:
             row["scheduler"] = result.config.get("scheduler", "none")

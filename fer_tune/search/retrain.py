@@ -42,7 +42,7 @@ from fer_tune.search.space_file import load_search_space
 from fer_tune.search.storage import TrialStorage, remove_experiment
 from fer_tune.search.tensorboard_runs import TrialBoard, experiment_columns
 from fer_tune.search.trial_data import TrialData
-from fer_tune.search_folder import SCORED_STATUSES, SearchFolder, run_history, trial_label
+from fer_tune.search_folder import SCORED_STATUSES, SearchFolder, retrain_label, run_history, trial_label
 from fer_tune.training.checkpoint import load_checkpoint, save_checkpoint
 from fer_tune.training.config import TrainConfig, load_train_config
 from fer_tune.training.transfer import load_base
@@ -210,7 +210,7 @@ def _kept_runs(results, storage: TrialStorage, plan: RetrainPlan, resources: dic
     """Copy each run's kept model(s) to ``folder/winners/`` and its history to ``folder/history/``; one row
     per (winner, seed, stage)."""
     folder = storage.folder
-    rows = []
+    rows, sources = [], _trial_labels(folder, plan.winners)
     for result in results:
         if result.error is not None:
             raise UserError(f"retraining run {storage.address(result.path)} failed: {result.error}")
@@ -228,12 +228,14 @@ def _kept_runs(results, storage: TrialStorage, plan: RetrainPlan, resources: dic
                 selection = history[history.phase == "select"]
                 rows.append(
                     {
+                        "name": retrain_label(rank, seed),
                         "winner": rank,
                         "seed": seed,
                         "train_seed": retrain_seed(winner.config.get("seed", 0), seed),
                         "stage": stage,
                         "protocol": plan.protocol,
                         "trial": winner.trial,
+                        "source_trial": sources[rank],
                         "search_score": winner.search_score,
                         "checkpoint": str(kept),
                         "selected_epoch": int(payload["epoch"]),

@@ -179,7 +179,7 @@ def _search_in_folder(
     )
     if not failed.empty:
         for row in failed.itertuples():
-            log.info(f"  trial {row.trial} ({row.trial_id}) failed: {row.error_file}")
+            log.info(f"  {row.name} (Ray trial {row.trial_id}) failed: {row.error_file}")
         if not opts.allow_failed_trials:
             raise TrialsFailed(
                 f"{len(failed)} of {len(outcome.trials)} trials of search {name} ended in error (files above); its "

@@ -1,5 +1,5 @@
 """The one Ray Tune runner, used by the search and by the retraining: trial resources (GPU share 0 on
-a CPU-only cluster; ``auto`` measured by a probe), trial folder names, the failure policy, one
+a CPU-only cluster; ``auto`` measured by a probe), the failure policy, one
 progress-line format with an estimate of the time left, and the Tuner. A trial receives only the
 train and validation arrays: the test split never reaches it.
 """
@@ -31,6 +31,7 @@ from fer_tune.search.ray_setup import quiet_ray, ray_session
 from fer_tune.search.space import AUTO
 from fer_tune.search.storage import TrialStorage
 from fer_tune.search.trial_data import TrialData
+from fer_tune.search.trial_names import trial_dirname, trial_name
 from fer_tune.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -100,24 +101,6 @@ def _probe_trial(data: TrialData, config: TrainConfig, steps: int = 3) -> tuple[
     return torch.cuda.max_memory_allocated(), torch.cuda.get_device_properties(0).total_memory, rate
 
 
-def creation_number(trial) -> int | None:
-    """A Tune trial's creation order (1 = the first), read from its experiment tag."""
-    number = str(trial.experiment_tag).split("_", 1)[0]
-    return int(number) if number.isdigit() else None
-
-
-def trial_dirname(trial) -> str:
-    """Short trial folder names in creation order, ``trial_001_<id>`` (Ray's default spells out the config)."""
-    number = creation_number(trial)
-    return f"trial_{number:03d}_{trial.trial_id}" if number is not None else f"trial_{trial.trial_id}"
-
-
-def trial_number(path: str) -> int | None:
-    """The creation order of a trial from its folder name (1 = the first trial)."""
-    parts = Path(path).name.split("_")
-    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
-
-
 @dataclass
 class Progress:
     """One line per trial epoch, the same for the search and the retraining: time, elapsed, an
@@ -175,22 +158,23 @@ def progress_callback(progress: Progress, storage: TrialStorage):
                 states[name] = states.get(name, 0) + 1
             note = " DIVERGED" if result.get("diverged") else ""
             log.info(
-                progress.line(trial.trial_id, int(result.get("epoch", 0)), result.get(progress.metric), states, note)
+                progress.line(trial_name(trial), int(result.get("epoch", 0)), result.get(progress.metric), states, note)
             )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            progress.ended.add(trial.trial_id)
+            progress.ended.add(trial_name(trial))
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             log.info(
-                f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed; Ray retries it from its last "
-                f"checkpoint (why: Ray's logs in {ray_logs_folder()} on the node that ran it)"
+                f"[{time.strftime('%H:%M:%S')}] {trial_name(trial)} (Ray trial {trial.trial_id}) failed; Ray "
+                f"retries it from its last checkpoint (why: Ray's logs in {ray_logs_folder()} on the node that ran it)"
             )
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            progress.ended.add(trial.trial_id)
+            progress.ended.add(trial_name(trial))
             log.info(
-                f"[{time.strftime('%H:%M:%S')}] {trial.trial_id} failed and has no retries left; "
+                f"[{time.strftime('%H:%M:%S')}] {trial_name(trial)} (Ray trial {trial.trial_id}) failed and has "
+                "no retries left; "
                 f"its error is in {storage.address(trial.path)}/error.txt"
             )
 

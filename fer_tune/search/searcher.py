@@ -17,7 +17,14 @@ from fer_tune.compat import intermediate_steps, optuna_trial_of
 from fer_tune.search.cluster import Concurrency, node_resources
 from fer_tune.search.outputs import trial_status
 from fer_tune.search.space import AUTO, SearchSpace, SpaceSampler, paper_point
-from fer_tune.search_folder import ASHA_STATUS, TIME_BUDGET_STATUS, SearchFolder
+from fer_tune.search_folder import (
+    ASHA_STATUS,
+    MIN_TRIALS_FOR_IMPORTANCE,
+    MIN_TRIALS_WHY,
+    TIME_BUDGET_STATUS,
+    SearchFolder,
+    trial_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,43 @@ def labelled_study(space: SearchSpace, name: str, storage: Any, attributes: dict
         study.set_metric_names([space.metric])
     for key, value in attributes.items():
         study.set_user_attr(key, value)
+    dashboard_note(study, study_note(space, name, attributes))
+
+
+def study_note(space: SearchSpace, name: str, attributes: dict[str, Any]) -> str:
+    """The study's note in optuna-dashboard: the data, the objective's split, smoke or not, how trials are
+    named, and below how many finished trials its importances are not to be read."""
+    from fer_tune.data.describe import data_identity
+
+    smoke = bool(attributes.get("smoke"))
+    data, _ = data_identity(attributes.get("data"), smoke)
+    return "\n".join(
+        [
+            f"## fer-tune search {name} ({space.model})",
+            "",
+            f"- {data}",
+            f"- Objective: `{space.metric}`, each trial's best epoch on **PublicTest** (the validation split); "
+            "PrivateTest is never seen by the search.",
+            f"- {'**Smoke run** (`--smoke`): demo budgets, for plumbing, not results.' if smoke else 'Full budget.'}",
+            "- Each trial's name (`t03`) is its user attribute `name`, as in trials.csv, report.md, analysis.md, "
+            "TensorBoard and the console (Optuna's own numbers count from 0).",
+            f"- **Hyperparameter importances from fewer than {MIN_TRIALS_FOR_IMPORTANCE} finished trials are not to "
+            f"be read**: below that, fANOVA named the parameter that mattered in at most {MIN_TRIALS_WHY} "
+            "(bench/bench_importance.py); analysis.md refuses them.",
+            "- A Ranger21 trial has no `scheduler` parameter here (Ranger21 runs its own warm-up and warm-down; "
+            "trials.csv says `none`): Optuna keeps each parameter's choices fixed per study.",
+        ]
+    )
+
+
+def dashboard_note(study_or_trial: Any, body: str) -> None:
+    """``body`` as optuna-dashboard's note of a study or trial (nothing where optuna-dashboard is not
+    installed: it is an optional extra, ``pip install fer-tune[dashboard]``)."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    save_note(study_or_trial, body)
 
 
 def sampler_settings(seed: int) -> dict[str, Any]:
@@ -128,8 +172,9 @@ class MarkedOptunaSearch(OptunaSearch):
     (or the time budget) stopped, or one that diverged, is PRUNED at the epoch it reached (its per-epoch
     values are in the study, and TPE ranks pruned trials by the step they reached); a trial that ran its
     budget or stopped by patience is COMPLETE with its **best** score (the one trials.csv and the winners
-    use). Each trial is marked with how it ended (user attribute ``fer_tune_status``), its Ray id, its
-    trials.csv number, its best epoch and whether it is the paper's."""
+    use). Each trial is marked with how it ended (user attribute ``fer_tune_status``), its name
+    (``t03``, user attribute ``name`` and its dashboard note), Ray id, trials.csv number, best epoch and whether
+    it is the paper's."""
 
     def __init__(
         self, *args: Any, max_epochs: int, rungs: set[int] | None = None, paper_first: bool = False, **kwargs: Any
@@ -178,11 +223,15 @@ class MarkedOptunaSearch(OptunaSearch):
         if trial is not None:
             trial.set_user_attr(STATUS_ATTR, status)
             number = self.numbers.get(trial_id)
+            trial.set_user_attr("name", trial_label(number, trial_id))
             trial.set_user_attr("ray_trial_id", trial_id)
             trial.set_user_attr("trials_csv_trial", number)
             trial.set_user_attr("paper_trial", number == 1 and self.paper_first)
             if trial_id in self.best:
                 trial.set_user_attr("best_epoch", self.best[trial_id][1])
+            best = self.best.get(trial_id)
+            scored = f"best {self.metric} {best[0]:.4f} at epoch {best[1]}" if best else "no epoch scored"
+            dashboard_note(trial, f"**{trial_label(number, trial_id)}** (Ray trial `{trial_id}`): {status}; {scored}")
             value, step = result.get(self.metric), result.get("training_iteration")
             if value is not None and step is not None and step not in intermediate_steps(trial):
                 trial.report(value, step)  # Tune hands the last epoch to on_trial_complete only

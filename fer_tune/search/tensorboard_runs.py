@@ -26,9 +26,16 @@ from typing import Any
 import numpy as np
 from ray.tune import Callback
 
-from fer_tune.search.runner import creation_number
 from fer_tune.search.space import SearchSpace
-from fer_tune.search_folder import ASHA_STATUS, PATIENCE_STATUS, TIME_BUDGET_STATUS, SearchFolder, trial_label
+from fer_tune.search.trial_names import creation_number
+from fer_tune.search_folder import (
+    ASHA_STATUS,
+    PATIENCE_STATUS,
+    TIME_BUDGET_STATUS,
+    SearchFolder,
+    retrain_label,
+    trial_label,
+)
 from fer_tune.training.config import runs_own_schedule
 
 TAGS = {
@@ -75,7 +82,7 @@ def search_run_name(number: int | None, trial_id: str, config: dict[str, Any]) -
 
 def retrain_run_name(winner: int, seed: int, source: str) -> str:
     """``w1-s0-from-t04``."""
-    return f"w{winner}-s{seed}-from-{source}"
+    return f"{retrain_label(winner, seed)}-from-{source}"
 
 
 def _hparam_value(value: Any) -> Any:
