@@ -3,6 +3,7 @@ apart) and says in its title when it shows demo faces (issue 44)."""
 
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
@@ -60,3 +61,27 @@ def test_every_figure_is_readable_and_names_demo_data(drawn, tmp_path):
 def test_a_figure_of_fer2013_says_nothing_of_demo_data(drawn, tmp_path):
     plots.plot_confusion(np.eye(7, dtype=int), tmp_path / "c.png", "winner 1, PrivateTest", figure_note(demo=False))
     assert "demo" not in drawn[0].get_suptitle()
+
+
+def test_a_trial_has_one_colour_in_search_png_and_slice_png(drawn, tmp_path):
+    """t02's line in search.png and t02's points in slice.png share its colour (Optuna colours the slice by
+    a colour scale of trial numbers, which search.png cannot match); the slice's legend names the trials."""
+    plots.plot_search({f"t{n:02d}": [0.2, 0.4, 0.5][:n] for n in (1, 2, 3)}, tmp_path / "s.png", "vgg", set(), "t03")
+    lines = {line.get_label(): line.get_color() for line in drawn[0].axes[0].get_lines()}
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 1e-5, 1e-2, log=True) + t.suggest_int("batch_size", 32, 128), 3)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        axes = optuna.visualization.matplotlib.plot_slice(study)
+    names = {t.number: f"t{t.number + 1:02d}" for t in study.trials}
+    fig = plots.readable_optuna_plot(axes, 3, 8, names)
+    for ax in axes:
+        (points,) = [c for c in ax.collections if len(c.get_offsets()) == 3]
+        assert [tuple(c) for c in points.get_facecolor()] == [plots.trial_colour(names[n]) for n in range(3)]
+    for name in ("t01", "t02", "t03"):
+        assert tuple(matplotlib.colors.to_rgba(lines[name])) == plots.trial_colour(name)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["t01", "t02", "t03"]
+    assert not [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    fig.canvas.draw()
+    for ax in axes:  # every panel keeps the readable ticks: slanted, never under 9 pt
+        assert all(t.get_rotation() == 30 for t in ax.get_xticklabels() if t.get_text()), ax.get_xlabel()
+        assert not [t for t in ax.get_yticklabels() if t.get_text() and t.get_fontsize() < plots.SMALLEST_PT]

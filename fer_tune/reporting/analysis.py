@@ -260,9 +260,10 @@ def _plot_lines(study, folder: Path, metric: str, data_note: str) -> list[str]:
         f"Optuna's slice and parallel-coordinate plots of the {complete} finished trials.",
         "",
     ]
-    for name, draw, width in (
-        ("slice", optuna_plots.plot_slice, 2.6 * knobs + 1.5),
-        ("parallel_coordinate", optuna_plots.plot_parallel_coordinate, 1.6 * knobs + 5),
+    names = {t.number: str(t.user_attrs.get("name", trial_label(t.number + 1))) for t in finished}
+    for name, draw, width, by_trial in (
+        ("slice", optuna_plots.plot_slice, 2.6 * knobs + 1.5, names),  # Optuna colours its points by trial
+        ("parallel_coordinate", optuna_plots.plot_parallel_coordinate, 1.6 * knobs + 5, None),  # by score
     ):
         try:
             with warnings.catch_warnings():
@@ -271,6 +272,6 @@ def _plot_lines(study, folder: Path, metric: str, data_note: str) -> list[str]:
         except (RuntimeError, ValueError) as exc:
             lines.append(f"- {name}: not drawn ({str(exc).splitlines()[0]})")
             continue
-        save_figure(readable_optuna_plot(axes, complete, width), folder / f"{name}.png", data_note)
+        save_figure(readable_optuna_plot(axes, complete, width, by_trial), folder / f"{name}.png", data_note)
         lines += [f"![{name}]({name}.png)", ""]
     return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,14 @@ from fer_tune import EMOTIONS  # noqa: E402
 from fer_tune.files import write_atomic  # noqa: E402
 
 SMALLEST_PT = 9  # no tick label, cell value or legend entry smaller: readable at 100% on a laptop screen
+TRIAL_COLOURS = "tab10"  # trial t03 has the third colour in every PNG (search.png, slice.png); t13 too
+
+
+def trial_colour(name: str) -> tuple[float, float, float, float]:
+    """The colour of search trial ``name`` (``t03``) in every figure that shows trials; grey for any other name."""
+    if not re.fullmatch(r"t\d+", name):
+        return (0.5, 0.5, 0.5, 1.0)
+    return plt.get_cmap(TRIAL_COLOURS)((int(name[1:]) - 1) % 10)
 
 
 def save_figure(fig, path: Path, data_note: str = "") -> Path:
@@ -108,7 +117,9 @@ def plot_search(
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=100, layout="constrained")
     best_so_far, running = [], None
     for name, values in curves.items():
-        (line,) = left.plot(range(1, len(values) + 1), values, marker="o", markersize=2, linewidth=1, label=name)
+        (line,) = left.plot(
+            range(1, len(values) + 1), values, "o-", markersize=2, linewidth=1, label=name, color=trial_colour(name)
+        )
         if len(values):
             marker, size = ("*", 90) if name == best else ("x", 40) if name in stopped else ("o", 14)
             left.scatter([len(values)], [values[-1]], s=size, marker=marker, color=line.get_color(), zorder=3)
@@ -150,23 +161,39 @@ def plot_importances(found: dict[str, dict[str, float]], path: Path, trials: int
     return save_figure(fig, path, data_note)
 
 
-def readable_optuna_plot(axes, trials: int, width: float) -> plt.Figure:
+def readable_optuna_plot(axes, trials: int, width: float, names: dict[int, str] | None = None) -> plt.Figure:
     """Optuna's slice or parallel-coordinate plot made readable: a colour map whose low end is not
     white (Optuna's Blues draws the worst trial white, invisible), slanted tick labels that do not
-    overprint, ``width`` inches of room, axes left of Optuna's colour bar, and the trial count in the title."""
+    overprint, ``width`` inches of room, axes left of Optuna's colour bar, and the trial count in the title.
+    With ``names`` (Optuna trial number -> ``t03``), points coloured by trial number (the slice plot) take
+    each trial's own colour (:func:`trial_colour`) and a legend of names in place of the colour bar."""
     axes = list(np.atleast_1d(axes).ravel())
     fig = axes[0].figure
     fig.set_size_inches(width, 4.5)
     for ax in fig.axes:
         for collection in ax.collections:
-            if collection.get_array() is not None:
+            if collection.get_array() is None:
+                continue
+            if names is None:
                 collection.set_cmap("viridis")
+                continue
+            numbers = [int(n) for n in collection.get_array()]
+            collection.set_array(None)
+            collection.set_facecolor([trial_colour(names.get(n, "")) for n in numbers])
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
                 axis.set_minor_formatter(NullFormatter())  # 2x10^-4, 3x10^-4, ... overprint each other
         for label in ax.get_xticklabels():
             label.set(rotation=30, ha="right", fontsize=SMALLEST_PT)
         ax.tick_params(axis="y", which="both", labelsize=SMALLEST_PT)
+    if names is not None:
+        for bar in [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]:
+            bar.remove()
+        handles = [
+            plt.Line2D([], [], marker="o", linestyle="", color=trial_colour(name), label=name)
+            for _, name in sorted(names.items())
+        ]
+        fig.legend(handles=handles, loc="center right", fontsize=SMALLEST_PT, title="trial", title_fontsize=SMALLEST_PT)
     fig.suptitle(f"{axes[0].get_title() or fig.get_suptitle()}, {trials} trials", fontsize=10)
     for ax in axes:
         ax.set_title("")
@@ -174,7 +201,9 @@ def readable_optuna_plot(axes, trials: int, width: float) -> plt.Figure:
     # (ZeroDivisionError in its layout grid) and leaves Optuna's colour bar axes where they were
     fig.subplots_adjust(bottom=0.2, top=0.88)
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    if len(axes) > 1 and bars:  # the slice plot's panels fill the width, its colour bar at the right edge
+    if names is not None:  # the legend of trials at the right edge
+        fig.subplots_adjust(left=0.8 / width, right=1 - 1.1 / width, wspace=0.3)
+    elif len(axes) > 1 and bars:  # the slice plot's panels fill the width, its colour bar at the right edge
         fig.subplots_adjust(left=0.8 / width, right=1 - 1.2 / width, wspace=0.15)
         box = axes[0].get_position()
         bars[0].set_position([1 - 0.9 / width, box.y0, 0.15 / width, box.height])
