@@ -69,7 +69,7 @@ def _one_error_line(result: list, status: int, *words: str) -> str:
 
 
 @pytest.mark.skipif(NO_UNSHARE is not None, reason=str(NO_UNSHARE))
-def test_a_full_or_read_only_disk_is_one_line_naming_the_path_and_cause(tmp_path):
+def test_a_full_or_read_only_disk_is_one_line_naming_the_path_and_cause(chain_csv, tmp_path):
     """A checkpoint that does not fit raised torch's "unexpected pos" RuntimeError and left its temporary
     file; a train run on a full disk, and --report / --analyze / --retrain / train / a search on a read-only
     folder, ended in tracebacks."""
@@ -84,7 +84,7 @@ try:
 except OSError as exc:
     out["save"] = [exc.errno, exc.filename, sorted(os.listdir(small)), torch.load(small / "w.pt")["w"].numel()]
 os.remove(small / "w.pt")
-out["train_full"] = run(["train", "--smoke", "--epochs", 1, "--results", small, "--name", "t"])
+out["train_full"] = run(["train", "--smoke", "--data", sys.argv[2], "--epochs", 1, "--results", small, "--name", "t"])
 out["left_by_train"] = sorted(str(p.relative_to(small)) for p in small.rglob("*"))
 out["search_full"] = run(["--search", "vgg_spinal", "--smoke", "--results", small])
 
@@ -102,7 +102,7 @@ for name, argv in {
 out["kept"] = (rw / "s" / "manifest.yaml").read_text()
 print(json.dumps(out))
 """
-    out = _in_own_mounts(script, tmp_path, timeout=300)
+    out = _in_own_mounts(script, tmp_path, chain_csv, timeout=300)
     errno_, filename, left, kept = out["save"]
     assert errno_ == 28 and filename == str(tmp_path / "small" / "w.pt")
     assert left == ["w.pt"] and kept == 10  # no temporary file; the earlier file whole
@@ -134,17 +134,18 @@ def test_a_name_over_255_bytes_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(NO_UNSHARE is not None, reason=str(NO_UNSHARE))
-def test_a_search_a_full_disk_stopped_continues_with_the_same_command(tmp_path):
+def test_a_search_a_full_disk_stopped_continues_with_the_same_command(chain_csv, tmp_path):
     """ENOSPC mid-search gave 9 tracebacks and Optuna's "invalid data in the commit", and Ray's half-written
     state lost the running trials. The search now stops while there is still room for Tune's state, in one
     line; once space is back the same command finishes every trial."""
-    assert main(["train", "--smoke", "--epochs", "1", "--results", str(tmp_path / "b"), "--name", "base"]) == 0
+    base_run = ["train", "--smoke", "--data", str(chain_csv), "--epochs", "1", "--results", str(tmp_path / "b")]
+    assert main([*base_run, "--name", "base"]) == 0
     script = """
 import pandas as pd, ray
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 disk = root / "disk"; disk.mkdir(); mount("-t", "tmpfs", "-o", f"size={sys.argv[2]}", "tmpfs", disk)
-argv = ["--search", "vgg_spinal", "--smoke", "--results", disk, "--no-retrain", "--base-checkpoint", sys.argv[3],
-        "--trials", 2, "--max-epochs", 2]
+argv = ["--search", "vgg_spinal", "--smoke", "--data", sys.argv[4], "--results", disk, "--no-retrain",
+        "--base-checkpoint", sys.argv[3], "--trials", 2, "--max-epochs", 2]
 out["first"] = run(argv)
 out["files"] = sorted(os.listdir(disk / "vgg_spinal-smoke"))
 mount("-o", "remount,size=64m", disk)
@@ -154,7 +155,7 @@ out["trials"] = trials[["status", "epochs_run"]].values.tolist()
 print(json.dumps(out))
 """
     base = tmp_path / "b" / "train" / "base" / "best.pt"
-    out = _in_own_mounts(script, tmp_path, FLOOR_BYTES + MIB, base, timeout=400)
+    out = _in_own_mounts(script, tmp_path, FLOOR_BYTES + MIB, base, chain_csv, timeout=400)
     _one_error_line(
         out["first"], 1, f"{tmp_path / 'disk' / 'vgg_spinal-smoke'}: stopped with", "MiB left on the device, under"
     )
