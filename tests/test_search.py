@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import textwrap
 from dataclasses import dataclass
@@ -233,6 +234,33 @@ def test_smoke_tensorboard_has_one_hparams_table_of_every_run(smoke_chain):
         assert hparams["stage"].string_value == "retrain" and hparams["source_trial"].string_value == source
         assert (hparams["winner"].number_value, hparams["seed"].number_value) == (row.winner, row.seed)
         assert keys <= set(hparams)
+
+
+def test_smoke_val_acc_card_shows_every_run(smoke_chain):
+    """TensorBoard's `val/acc` card: every run is a line from step 0 (the model before its first epoch), and
+    every run crosses the y range the card's outlier filter leaves (the frontend's rule: the sorted values
+    from position ceil(5% of n-1) to floor(95% of n-1)); a trial stopped after one epoch was a lone low
+    point, always left out of that range."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.util import tensor_util
+
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(smoke_chain.folder / "tensorboard"))
+    multiplexer.Reload()
+    curves = {
+        run: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in multiplexer.Tensors(run, "val/acc")]
+        for run, tags in multiplexer.Runs().items()
+        if "val/acc" in tags["tensors"]
+    }
+    values = sorted(v for curve in curves.values() for _, v in curve)
+    low, high = values[math.ceil(0.05 * (len(values) - 1))], values[math.floor(0.95 * (len(values) - 1))]
+    table = pd.read_csv(smoke_chain.folder / "trials.csv")
+    assert {f"t{n:02d}" for n in table.trial} <= {run[:3] for run in curves}
+    for run, curve in curves.items():
+        if "/" not in run:  # a search trial or a retraining's selection run (a refit phase trains on)
+            assert curve[0][0] == 0 and len(curve) >= 2, (run, curve)
+        ys = [v for _, v in curve]
+        assert min(ys) <= high and max(ys) >= low, (run, curve, (low, high))
 
 
 @contextlib.contextmanager

@@ -27,6 +27,17 @@ def restored_state(name: str = STATE_FILE) -> dict[str, Any] | None:
         return load_checkpoint(path) if path.is_file() else None
 
 
+START_KEYS = ("val_loss", "val_acc", "val_acc_single", "val_f1")  # scored before the first epoch, as ``start_<key>``
+
+
+def start_scores(trainer: Any) -> dict[str, float]:
+    """The validation scores of the model before its first epoch (``start_val_acc``, ...: one evaluation), reported
+    with a fresh run's first epoch, so that every curve starts at epoch 0: a trial stopped after one epoch is
+    a line from its starting point, not a lone point TensorBoard drops from the chart's range as an outlier."""
+    loss, acc, single, f1 = trainer.validate()
+    return dict(zip((f"start_{k}" for k in START_KEYS), (finite(loss), acc, single, f1), strict=True))
+
+
 def report_epoch(metrics: dict[str, Any], files: dict[str, dict[str, Any]] | None) -> float:
     """Report one epoch's scalars to Tune, with a checkpoint holding ``files`` (name -> payload) when
     given; returns the seconds the checkpoint took to write (0 without one)."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fer_tune.search.cluster import this_trial_device
-from fer_tune.search.in_trial import STATE_FILE, CheckpointSchedule, report_epoch, restored_state
+from fer_tune.search.in_trial import STATE_FILE, CheckpointSchedule, report_epoch, restored_state, start_scores
 from fer_tune.search.retrain_plan import RetrainPlan, retrain_seed
 from fer_tune.search.trial_data import TrialData
 from fer_tune.training.checkpoint import model_payload
@@ -52,6 +52,7 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
             current.load_state_dict(resume)
             resume = None
         schedule = CheckpointSchedule.of(plan, current.epoch)
+        start = start_scores(current) if phase == "select" and current.epoch == 0 else {}  # epoch 0 of the curves
         while current.epoch < stop_epoch and not _no_better(phase, current, plan.patience):
             result = current.step_epoch()
             if (
@@ -78,6 +79,7 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
                     files["finetune.pt"] = _kept(current, result, phase, plan.protocol)
             cost = report_epoch(
                 {
+                    **start,
                     **result.as_dict(),
                     "diverged": int(result.diverged),
                     "phase": phase,
@@ -90,6 +92,7 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
                 files,
             )
             schedule.written(current.epoch, cost)
+            start = {}
             if result.diverged:
                 return
 

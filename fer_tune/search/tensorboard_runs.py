@@ -3,7 +3,10 @@ into the search folder's ``tensorboard/`` (Ray's TensorBoard logger is off, so t
 experiment reaches the logdir; the trials may live in a remote storage, the events never do).
 
 - tags grouped: ``val/acc``, ``val/acc_single``, ``val/loss``, ``val/f1``, ``train/acc``, ``train/loss``,
-  ``lr``, ``time/epoch_s`` and ``best_val_acc`` (the best ``val/acc`` so far);
+  ``lr``, ``time/epoch_s`` and ``best_val_acc`` (the best ``val/acc`` so far); the ``val/`` curves start at
+  step 0, the scores of the model before its first epoch (:func:`~fer_tune.search.in_trial.start_scores`): TensorBoard's
+  outlier filter leaves each chart's lowest points out of its range, which hid a trial stopped after one
+  epoch, a lone low point; now it is a line from its start, and the lowest points are every run's start;
 - short run names that say what ran: ``t04-adam-cosine-lr7e-4-bs32`` (search trial 4), ``w1-s0-from-t04``
   (winner 1's retraining with seed 0; a refit or fine-tune phase: ``.../refit``, ``.../finetune``, scalars
   only): the HParams table cuts its run column at about 16 characters;
@@ -231,9 +234,9 @@ class TrialBoard(Callback):
         epoch = int(result.get("epoch", 0) or 0)
         writer = self._writer(run, phase)
         for key, tag in TAGS.items():
-            value = result.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                writer.add_scalar(tag, float(value), epoch)
+            for step, value in ((0, result.get(f"start_{key}")), (epoch, result.get(key))):
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    writer.add_scalar(tag, float(value), step)
         value = result.get("val_acc")
         if phase == "select" and isinstance(value, (int, float)) and math.isfinite(value):
             run.best = max(run.best, float(value))

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from fer_tune.search.cluster import this_trial_device
-from fer_tune.search.in_trial import BEST_FILE, STATE_FILE, CheckpointSchedule, finite, report_epoch, restored_state
+from fer_tune.search.in_trial import (
+    BEST_FILE,
+    STATE_FILE,
+    CheckpointSchedule,
+    finite,
+    report_epoch,
+    restored_state,
+    start_scores,
+)
 from fer_tune.search.space import SearchSpace
 from fer_tune.search.trial_data import TrialData
 from fer_tune.training.checkpoint import model_payload
@@ -58,6 +66,7 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
     state = restored_state()
     restarts = 0
     best: dict[str, Any] | None = None
+    start = start_scores(trainer) if state is None else {}  # epoch 0 of the curves, with the first report
     if state is not None:
         trainer.load_state_dict(state)
         restarts = int(state.get("restarts", 0)) + 1
@@ -76,6 +85,7 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
         ends = result.diverged or no_better or trainer.epoch >= trainer.config.epochs
         at_rung = trainer.epoch in rungs  # ASHA may stop the trial after this report: its best weights are kept
         metrics = {
+            **start,
             **result.as_dict(),
             "train_loss": finite(result.train_loss),
             "val_loss": finite(result.val_loss),
@@ -90,6 +100,7 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
         if schedule.due(trainer.epoch, result.epoch_time, ends or at_rung):
             files = {STATE_FILE: {**trainer.state_dict(), "restarts": restarts}, **({BEST_FILE: best} if best else {})}
         schedule.written(trainer.epoch, report_epoch(metrics, files))
+        start = {}
         if result.diverged or no_better:
             return
 
