@@ -85,3 +85,51 @@ def test_a_trial_has_one_colour_in_search_png_and_slice_png(drawn, tmp_path):
     for ax in axes:  # every panel keeps the readable ticks: slanted, never under 9 pt
         assert all(t.get_rotation() == 30 for t in ax.get_xticklabels() if t.get_text()), ax.get_xlabel()
         assert not [t for t in ax.get_yticklabels() if t.get_text() and t.get_fontsize() < plots.SMALLEST_PT]
+
+
+def _extents(fig) -> list[tuple[str, object]]:
+    """Every visible text of ``fig`` drawn on the canvas (a tick outside its axis' view is not), with its box."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = list(fig.texts)  # the suptitle among them
+    for ax in fig.axes:
+        texts += [ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis, (low, high) in ((ax.xaxis, sorted(ax.get_xlim())), (ax.yaxis, sorted(ax.get_ylim()))):
+            if not axis.get_visible():  # a twin's hidden copy of the shared axis
+                continue
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                if low <= tick.get_loc() <= high:
+                    texts += [label for label in (tick.label1, tick.label2) if label.get_visible()]
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text() and t.get_visible()]
+
+
+def test_parallel_coordinates_labels_every_axis_without_overprinting(drawn, tmp_path):
+    """parallel_coordinate.png (issue 44): a learning-rate range inside one decade has labelled ticks (it
+    had one), no two labels overprint each other, the colour bar clears the last axis' labels, and the labels
+    Optuna sets on each axis have a ground (the lines that cross the axis ran through them)."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+
+    def objective(trial):
+        trial.suggest_categorical("optimizer", ["adam", "ranger21", "sgd_nesterov"])
+        trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True)
+        return trial.suggest_float("lr", 2e-4, 1.5e-3, log=True) * 100 + trial.suggest_int("batch_size", 32, 128) / 1e3
+
+    study.optimize(objective, 6)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target_name="val_acc (best)")
+    fig = plots.readable_optuna_plot(ax, 6, 1.6 * 4 + 5)
+    boxes = _extents(fig)
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            assert not box_a.overlaps(box_b), (a, b)
+    logs = [axis for axis in fig.axes if axis.get_yscale() == "log"]
+    assert len(logs) == 2
+    for axis in logs:
+        low, high = sorted(axis.get_ylim())
+        shown = [t.label2.get_text() for t in axis.yaxis.get_major_ticks() if low <= t.get_loc() <= high]
+        assert len([s for s in shown if s]) >= 2, shown
+    categories = [a for a in fig.axes[1:] if a.get_label() != "<colorbar>" and a.get_yscale() != "log"]
+    grounds = [t.label2.get_bbox_patch() for a in categories for t in a.yaxis.get_major_ticks() if t.label2.get_text()]
+    assert grounds and all(g is not None and g.get_alpha() >= 0.8 for g in grounds)
+    assert not _texts_under(fig, plots.SMALLEST_PT)
+    plots.save_figure(fig, tmp_path / "parallel.png", NOTE)

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from fer_tune import EMOTIONS  # noqa: E402
@@ -161,6 +161,17 @@ def plot_importances(found: dict[str, dict[str, float]], path: Path, trials: int
     return save_figure(fig, path, data_note)
 
 
+def _label_log_axis(axis) -> None:
+    """A log axis labelled at 1, 2 and 5 of each decade when it spans less than about a decade and a half (a
+    range inside one decade has one label, or none, otherwise), at the decades when wider; never the
+    minor ticks (2x10^-4, 3x10^-4, ... overprint each other)."""
+    low, high = sorted(axis.get_view_interval())
+    if low > 0 and np.log10(high / low) < 1.5:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(np.inf, np.inf)))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def readable_optuna_plot(axes, trials: int, width: float, names: dict[int, str] | None = None) -> plt.Figure:
     """Optuna's slice or parallel-coordinate plot made readable: a colour map whose low end is not
     white (Optuna's Blues draws the worst trial white, invisible), slanted tick labels that do not
@@ -182,10 +193,13 @@ def readable_optuna_plot(axes, trials: int, width: float, names: dict[int, str] 
             collection.set_facecolor([trial_colour(names.get(n, "")) for n in numbers])
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
-                axis.set_minor_formatter(NullFormatter())  # 2x10^-4, 3x10^-4, ... overprint each other
+                _label_log_axis(axis)
         for label in ax.get_xticklabels():
             label.set(rotation=30, ha="right", fontsize=SMALLEST_PT)
         ax.tick_params(axis="y", which="both", labelsize=SMALLEST_PT)
+        if len(axes) == 1 and ax is not axes[0] and ax.get_label() != "<colorbar>":  # a parallel-coordinate axis
+            for tick in ax.yaxis.get_major_ticks():  # its labels sit on the lines that cross it: give them a ground
+                tick.label2.set_bbox({"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.0})
     if names is not None:
         for bar in [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]:
             bar.remove()
@@ -203,6 +217,9 @@ def readable_optuna_plot(axes, trials: int, width: float, names: dict[int, str] 
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     if names is not None:  # the legend of trials at the right edge
         fig.subplots_adjust(left=0.8 / width, right=1 - 1.1 / width, wspace=0.3)
+    elif len(axes) == 1 and bars:  # the parallel-coordinate plot fills the width, its colour bar at the right
+        axes[0].set_position([1.3 / width, 0.2, 1 - 3.5 / width, 0.68])  # room for the slanted first label
+        bars[0].set_position([1 - 1.2 / width, 0.2, 0.15 / width, 0.68])
     elif len(axes) > 1 and bars:  # the slice plot's panels fill the width, its colour bar at the right edge
         fig.subplots_adjust(left=0.8 / width, right=1 - 1.2 / width, wspace=0.15)
         box = axes[0].get_position()
