@@ -241,3 +241,46 @@ def test_search_quality_table_comes_again_from_its_per_seed_csv(tmp_path, capsys
     pd.DataFrame(rows[:-1], columns=bench.CSV_COLUMNS).to_csv(saved, index=False)  # one arm lacks a seed
     code, out, err = _table_from(bench, saved, capsys, monkeypatch)
     assert code == 2 and "the arms ran different seeds" in err, err
+
+
+def test_rung_fidelity_judges_a_late_riser_as_the_search_would(tmp_path, capsys, monkeypatch):
+    """The real-data bench's judgement from curves alone (issue 42): the vgg space's rungs 10, 30, 90 of 200
+    epochs are 1, 4 and 12 of 27, its patience 30 of 200 is 4; a schedule that stays flat until its warm-down
+    and then rises to the best final score is stopped at the first rung, and patience ends a flat curve."""
+    bench = _bench_module("bench_rung_fidelity")
+    from fer_tune.search.space_file import load_search_space
+
+    space = load_search_space("vgg")
+    rungs, reduction, patience = bench.scaled_judges(space, 27)
+    assert (rungs, reduction, patience) == ([1, 4, 12], 3, 4)
+    epochs = np.arange(1, 28)
+    shapes = {
+        "late": np.where(epochs <= 13, 0.30, 0.30 + 0.04 * (epochs - 13)),  # ends at 0.86, the best
+        "fast": 0.50 + 0.25 * (1 - np.exp(-epochs / 3)),  # ends near 0.75
+        "flat": np.full(27, 0.40),  # never better after epoch 1
+    }
+    for i in range(6):  # fillers that rank like their finals from the start
+        shapes[f"f{i}"] = 0.35 + 0.02 * i + 0.002 * epochs
+    curves = pd.concat(
+        [
+            pd.DataFrame({"config": n, "epoch": epochs, "val_acc": v, "lr": 0.01, "epoch_time": 60.0})
+            for n, v in shapes.items()
+        ]
+    )
+    rows, table = bench.judge(curves, rungs, reduction, patience)
+    row = rows.set_index("config")
+    assert (
+        row.loc["late", "best_overall"]
+        and row.loc["late", "asha_stops_at"] == 1
+        and row.loc["flat", "asha_stops_at"] == 1
+    )
+    assert pd.isna(row.loc["fast", "asha_stops_at"]) and row.loc["flat", "patience_stops_at"] == 5
+    assert [t["rung"] for t in table] == [1, 4, 12] and [t["judged"] for t in table] == [9, 3, 1]
+    assert table[0]["go_on"] == "fast, f5, f4"
+    path = tmp_path / "curves.csv"
+    curves.to_csv(path, index=False)
+    monkeypatch.setattr(sys, "argv", ["bench_rung_fidelity.py", "--analyze", str(path)])
+    bench.main()
+    out = capsys.readouterr().out
+    assert "ASHA rungs [1, 4, 12] (reduction 3), patience 4 epochs" in out and "243.0 min of training" in out
+    assert "Best final configuration: late; it is stopped by ASHA." in out

@@ -261,6 +261,10 @@ def test_smoke_val_acc_card_shows_every_run(smoke_chain):
             assert curve[0][0] == 0 and len(curve) >= 2, (run, curve)
         ys = [v for _, v in curve]
         assert min(ys) <= high and max(ys) >= low, (run, curve, (low, high))
+    for progress in (smoke_chain.folder / "ray").rglob("progress.csv"):  # every report has the start's columns
+        record = pd.read_csv(progress)
+        assert record.epoch.tolist() == list(range(1, len(record) + 1)), progress
+        assert record.start_val_acc.nunique() == 1 and record.start_val_acc.notna().all(), progress
 
 
 @contextlib.contextmanager

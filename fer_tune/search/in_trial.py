@@ -30,12 +30,14 @@ def restored_state(name: str = STATE_FILE) -> dict[str, Any] | None:
 START_KEYS = ("val_loss", "val_acc", "val_acc_single", "val_f1")  # scored before the first epoch, as ``start_<key>``
 
 
-def start_scores(trainer: Any) -> dict[str, float]:
-    """The validation scores of the model before its first epoch (``start_val_acc``, ...: one evaluation), reported
-    with a fresh run's first epoch, so that every curve starts at epoch 0: a trial stopped after one epoch is
-    a line from its starting point, not a lone point TensorBoard drops from the chart's range as an outlier."""
-    loss, acc, single, f1 = trainer.validate()
-    return dict(zip((f"start_{k}" for k in START_KEYS), (finite(loss), acc, single, f1), strict=True))
+def start_scores(trainer: Any = None) -> dict[str, float]:
+    """The validation scores of the model before its first epoch (``start_val_acc``, ...: one evaluation),
+    reported with every epoch of the run (Ray's progress.csv takes its columns from the first report), so
+    that every curve starts at epoch 0: a trial stopped after one epoch is a line from its starting point,
+    not a lone point TensorBoard drops from the chart's range as an outlier. Without ``trainer`` (a run that
+    resumed from a checkpoint that lacks them): NaN."""
+    scores = trainer.validate() if trainer is not None else (math.nan,) * len(START_KEYS)
+    return {f"start_{k}": float(v) for k, v in zip(START_KEYS, scores, strict=True)}
 
 
 def report_epoch(metrics: dict[str, Any], files: dict[str, dict[str, Any]] | None) -> float:

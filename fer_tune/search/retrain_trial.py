@@ -42,6 +42,7 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
     resume = restored_state()
     kept: dict[str, Any] | None = resume["kept"] if resume else None
     restarts = resume["restarts"] + 1 if resume else 0
+    start = resume.get("start", start_scores()) if resume else start_scores(trainer)  # epoch 0 of the curves
     if resume and resume["phase"] != "select":  # the selection ended before the restart
         trainer.history = [EpochResult(**r) for r in resume["select_history"]]
         trainer.epoch = trainer.config.epochs
@@ -52,7 +53,6 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
             current.load_state_dict(resume)
             resume = None
         schedule = CheckpointSchedule.of(plan, current.epoch)
-        start = start_scores(current) if phase == "select" and current.epoch == 0 else {}  # epoch 0 of the curves
         while current.epoch < stop_epoch and not _no_better(phase, current, plan.patience):
             result = current.step_epoch()
             if (
@@ -70,6 +70,7 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
                         "phase": phase,
                         "kept": kept,
                         "restarts": restarts,
+                        "start": start,
                         "select_history": [r.as_dict() for r in trainer.history],
                     }
                 }
@@ -92,7 +93,6 @@ def retrain_trainable(config: dict[str, Any], data: TrialData, plan: RetrainPlan
                 files,
             )
             schedule.written(current.epoch, cost)
-            start = {}
             if result.diverged:
                 return
 

@@ -233,8 +233,10 @@ class TrialBoard(Callback):
         phase = str(result.get("phase", "select"))
         epoch = int(result.get("epoch", 0) or 0)
         writer = self._writer(run, phase)
-        for key, tag in TAGS.items():
-            for step, value in ((0, result.get(f"start_{key}")), (epoch, result.get(key))):
+        first = phase == "select" and epoch == 1  # a fresh run: its curves start at step 0
+        for step, prefix in ((0, "start_"), (epoch, "")) if first else ((epoch, ""),):
+            for key, tag in TAGS.items():  # every step-0 point first: a step back would purge (TensorBoard)
+                value = result.get(f"{prefix}{key}")
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     writer.add_scalar(tag, float(value), step)
         value = result.get("val_acc")

@@ -66,7 +66,7 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
     state = restored_state()
     restarts = 0
     best: dict[str, Any] | None = None
-    start = start_scores(trainer) if state is None else {}  # epoch 0 of the curves, with the first report
+    start = start_scores(trainer) if state is None else state.get("start", start_scores())  # epoch 0 of the curves
     if state is not None:
         trainer.load_state_dict(state)
         restarts = int(state.get("restarts", 0)) + 1
@@ -98,9 +98,9 @@ def search_trainable(config: dict[str, Any], data: TrialData, space: SearchSpace
         }
         files = None
         if schedule.due(trainer.epoch, result.epoch_time, ends or at_rung):
-            files = {STATE_FILE: {**trainer.state_dict(), "restarts": restarts}, **({BEST_FILE: best} if best else {})}
+            state_file = {**trainer.state_dict(), "restarts": restarts, "start": start}
+            files = {STATE_FILE: state_file, **({BEST_FILE: best} if best else {})}
         schedule.written(trainer.epoch, report_epoch(metrics, files))
-        start = {}
         if result.diverged or no_better:
             return
 
