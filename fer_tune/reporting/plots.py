@@ -175,18 +175,22 @@ def _label_log_axis(axis) -> None:
 def readable_optuna_plot(axes, trials: int, width: float, names: dict[int, str] | None = None) -> plt.Figure:
     """Optuna's slice or parallel-coordinate plot made readable: a colour map whose low end is not
     white (Optuna's Blues draws the worst trial white, invisible), slanted tick labels that do not
-    overprint, ``width`` inches of room, axes left of Optuna's colour bar, and the trial count in the title.
-    With ``names`` (Optuna trial number -> ``t03``), points coloured by trial number (the slice plot) take
-    each trial's own colour (:func:`trial_colour`) and a legend of names in place of the colour bar."""
+    overprint, ``width`` inches of room laid out by matplotlib's constrained layout, and the trial count in
+    the title. With ``names`` (Optuna trial number -> ``t03``), points coloured by trial number (the slice
+    plot) take each trial's own colour (:func:`trial_colour`) and a legend of names in place of the colour bar."""
     axes = list(np.atleast_1d(axes).ravel())
     fig = axes[0].figure
     fig.set_size_inches(width, 4.5)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    bar_label = bars[0].get_ylabel() if bars else ""
+    mappable = None
     for ax in fig.axes:
         for collection in ax.collections:
             if collection.get_array() is None:
                 continue
             if names is None:
                 collection.set_cmap("viridis")
+                mappable = collection
                 continue
             numbers = [int(n) for n in collection.get_array()]
             collection.set_array(None)
@@ -197,31 +201,36 @@ def readable_optuna_plot(axes, trials: int, width: float, names: dict[int, str] 
         for label in ax.get_xticklabels():
             label.set(rotation=30, ha="right", fontsize=SMALLEST_PT)
         ax.tick_params(axis="y", which="both", labelsize=SMALLEST_PT)
-        if len(axes) == 1 and ax is not axes[0] and ax.get_label() != "<colorbar>":  # a parallel-coordinate axis
+        if len(axes) == 1 and ax is not axes[0] and ax not in bars:  # a parallel-coordinate axis
             for tick in ax.yaxis.get_major_ticks():  # its labels sit on the lines that cross it: give them a ground
                 tick.label2.set_bbox({"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.0})
+    _constrained(fig, axes, bars)
     if names is not None:
-        for bar in [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]:
-            bar.remove()
         handles = [
             plt.Line2D([], [], marker="o", linestyle="", color=trial_colour(name), label=name)
             for _, name in sorted(names.items())
         ]
-        fig.legend(handles=handles, loc="center right", fontsize=SMALLEST_PT, title="trial", title_fontsize=SMALLEST_PT)
+        fig.legend(
+            handles=handles, loc="outside right center", fontsize=SMALLEST_PT, title="trial", title_fontsize=SMALLEST_PT
+        )
+    elif mappable is not None:
+        fig.colorbar(mappable, ax=axes, label=bar_label, pad=0.02)
     fig.suptitle(f"{axes[0].get_title() or fig.get_suptitle()}, {trials} trials", fontsize=10)
     for ax in axes:
         ax.set_title("")
-    # laid out by hand: matplotlib's constrained layout fails on Optuna's parallel-coordinate figure
-    # (ZeroDivisionError in its layout grid) and leaves Optuna's colour bar axes where they were
-    fig.subplots_adjust(bottom=0.2, top=0.88)
-    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    if names is not None:  # the legend of trials at the right edge
-        fig.subplots_adjust(left=0.8 / width, right=1 - 1.1 / width, wspace=0.3)
-    elif len(axes) == 1 and bars:  # the parallel-coordinate plot fills the width, its colour bar at the right
-        axes[0].set_position([1.3 / width, 0.2, 1 - 3.5 / width, 0.68])  # room for the slanted first label
-        bars[0].set_position([1 - 1.2 / width, 0.2, 0.15 / width, 0.68])
-    elif len(axes) > 1 and bars:  # the slice plot's panels fill the width, its colour bar at the right edge
-        fig.subplots_adjust(left=0.8 / width, right=1 - 1.2 / width, wspace=0.15)
-        box = axes[0].get_position()
-        bars[0].set_position([1 - 0.9 / width, box.y0, 0.15 / width, box.height])
     return fig
+
+
+def _constrained(fig, panels: list, bars: list) -> None:
+    """Hand ``fig`` to matplotlib's constrained layout: Optuna's colour bar goes (it was made without a layout
+    engine, which the constrained layout cannot take: ZeroDivisionError), each panel gets its own cell of a
+    one-row grid, and a parallel-coordinate plot's twin axes share its one cell."""
+    for bar in bars:
+        bar.remove()
+    grid = fig.add_gridspec(1, len(panels))
+    for i, panel in enumerate(panels):
+        panel.set_subplotspec(grid[0, i])
+    for ax in fig.axes:
+        if ax not in panels:  # the twins of a parallel-coordinate plot
+            ax.set_subplotspec(grid[0, 0])
+    fig.set_layout_engine("constrained")
